@@ -1,0 +1,598 @@
+//! The pipeline file: parse, interpolate, check, and produce a [`Pipeline`]
+//! the runtime can trust. Every problem is collected (not just the first)
+//! and points at `file:line:column`. Nothing here starts a task or opens a
+//! connection: validating a file has no side effects.
+
+pub mod diagnostic;
+pub mod interpolate;
+pub mod value;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use operators::registry::{self, KindSpec, OptionError, PathSegment, Role};
+
+pub use diagnostic::{Diagnostic, Severity};
+use value::{Key, Node, Value};
+
+pub const DEFAULT_BATCH_SIZE: usize = 8192;
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 4;
+
+/// Options every component accepts, handled by the engine itself.
+const COMMON: &[&str] = &["kind", "inputs", "batch_size", "channel_capacity"];
+const TOP_LEVEL: &[&str] = &["pipeline", "sources", "transforms", "sinks"];
+const PIPELINE_KEYS: &[&str] = &["name", "description", "batch_size", "channel_capacity"];
+
+/// A validated pipeline.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    pub name: String,
+    pub description: Option<String>,
+    pub file: PathBuf,
+    pub batch_size: usize,
+    pub channel_capacity: usize,
+    /// Sources, then transforms, then sinks, each in file order.
+    pub components: Vec<Component>,
+    /// Problems that do not stop a run (e.g. rejects nobody reads).
+    pub warnings: Vec<Diagnostic>,
+    pub source_text: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Component {
+    pub id: String,
+    pub role: Role,
+    pub kind: &'static KindSpec,
+    pub inputs: Vec<Input>,
+    /// Operator options, interpolated, without the common keys.
+    pub options: serde_json::Value,
+    /// Rows per batch (sources).
+    pub batch_size: usize,
+    /// Capacity, in batches, of each edge into this component.
+    pub channel_capacity: usize,
+}
+
+/// One edge into a component: `from` (a component id) and its port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Input {
+    pub from: String,
+    pub port: usize,
+    pub port_name: &'static str,
+}
+
+/// Why a file could not become a pipeline.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub source: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(diagnostic::render(&self.file, &self.source, &self.diagnostics).trim_end())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and validates a pipeline file, looking variables up in the process
+/// environment.
+pub fn load(path: &Path) -> Result<Pipeline, ConfigErrors> {
+    let file = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: file.clone(),
+        source: String::new(),
+        diagnostics: vec![Diagnostic::error(format!("cannot read the pipeline file: {e}"), None)],
+    })?;
+    load_str(path, &source, &|name| std::env::var(name).ok())
+}
+
+/// Validates pipeline text; `lookup` resolves `${VAR}`.
+pub fn load_str(path: &Path, source: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Pipeline, ConfigErrors> {
+    let mut checker = Checker { diags: Vec::new(), lookup };
+    let result = checker.check(path, source);
+    let errors = checker.diags.iter().any(|d| d.severity == Severity::Error);
+    match result {
+        Some(p) if !errors => Ok(Pipeline { warnings: checker.diags, ..p }),
+        _ => Err(ConfigErrors {
+            file: path.display().to_string(),
+            source: source.to_string(),
+            diagnostics: checker.diags,
+        }),
+    }
+}
+
+struct Checker<'a> {
+    diags: Vec<Diagnostic>,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// A component as read, before its inputs are resolved.
+struct Raw<'n> {
+    id: &'n Key,
+    role: Role,
+    kind: Option<&'static KindSpec>,
+    inputs: Vec<(String, Range<usize>)>,
+    node: &'n Node,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, message: impl Into<String>, span: Range<usize>) -> &mut Diagnostic {
+        self.diags.push(Diagnostic::error(message, Some(span)));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn check(&mut self, path: &Path, source: &str) -> Option<Pipeline> {
+        let root = match value::parse(source) {
+            Ok(r) => r,
+            Err((msg, span)) => {
+                self.diags.push(Diagnostic::error(format!("invalid TOML: {msg}"), span));
+                return None;
+            }
+        };
+        let mut root = root;
+        self.interpolate(&mut root, &mut Vec::new());
+        let table = root.value.as_table().unwrap_or(&[]);
+        for (k, _) in table {
+            if !TOP_LEVEL.contains(&k.name.as_str()) {
+                let d = self.err(format!("unknown section `{}`", k.name), k.span.clone());
+                d.help = Some(match diagnostic::closest(&k.name, TOP_LEVEL.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`? sections are: {}", TOP_LEVEL.join(", ")),
+                    None => format!("sections are: {}", TOP_LEVEL.join(", ")),
+                });
+            }
+        }
+
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "pipeline".into());
+        let mut name = stem;
+        let mut description = None;
+        let mut batch_size = DEFAULT_BATCH_SIZE;
+        let mut channel_capacity = DEFAULT_CHANNEL_CAPACITY;
+        if let Some((key, p)) = root.get("pipeline") {
+            match p.value.as_table() {
+                None => {
+                    self.err(format!("`pipeline` must be a table, found {}", p.value.type_name()), key.span.clone());
+                }
+                Some(entries) => {
+                    for (k, v) in entries {
+                        match k.name.as_str() {
+                            "name" => name = self.string(v, "pipeline.name").unwrap_or(name),
+                            "description" => description = self.string(v, "pipeline.description"),
+                            "batch_size" => batch_size = self.positive(v, "pipeline.batch_size").unwrap_or(batch_size),
+                            "channel_capacity" => {
+                                channel_capacity =
+                                    self.positive(v, "pipeline.channel_capacity").unwrap_or(channel_capacity)
+                            }
+                            other => self.unknown_option(k, other, "[pipeline]", PIPELINE_KEYS),
+                        }
+                    }
+                }
+            }
+        }
+
+        // Read every component.
+        let mut raws: Vec<Raw<'_>> = Vec::new();
+        for role in [Role::Source, Role::Transform, Role::Sink] {
+            let Some((key, section)) = root.get(role.table()) else { continue };
+            let Some(entries) = section.value.as_table() else {
+                self.err(
+                    format!("`{}` must be a table of components, found {}", role.table(), section.value.type_name()),
+                    key.span.clone(),
+                );
+                continue;
+            };
+            for (id, node) in entries {
+                if let Some(raw) = self.read_component(role, id, node) {
+                    raws.push(raw);
+                }
+            }
+        }
+        if raws.iter().all(|r| r.role != Role::Source) {
+            self.diags
+                .push(Diagnostic::error("the pipeline has no source", None).with_help("add a [sources.<id>] table"));
+        }
+        if raws.iter().all(|r| r.role != Role::Sink) {
+            self.diags.push(Diagnostic::error("the pipeline has no sink", None).with_help("add a [sinks.<id>] table"));
+        }
+
+        // Duplicate ids across sections (TOML itself refuses them within one).
+        let mut first_seen: HashMap<&str, &Raw<'_>> = HashMap::new();
+        for r in &raws {
+            if let Some(prev) = first_seen.get(r.id.name.as_str()) {
+                let (line, col) = diagnostic::line_col(source, prev.id.span.start);
+                let msg =
+                    format!("duplicate id `{}`: already used by [{}.{}]", r.id.name, prev.role.table(), prev.id.name);
+                self.err(msg, r.id.span.clone()).help = Some(format!(
+                    "first defined at line {line}, column {col}; ids must be unique across sources, transforms and sinks"
+                ));
+            } else {
+                first_seen.insert(&r.id.name, r);
+            }
+        }
+
+        // Resolve inputs.
+        let by_id: BTreeMap<&str, &Raw<'_>> = raws.iter().map(|r| (r.id.name.as_str(), r)).collect();
+        let mut components = Vec::new();
+        for r in &raws {
+            let mut inputs = Vec::new();
+            for (text, span) in &r.inputs {
+                let (from, port) = match text.split_once('.') {
+                    Some((f, p)) => (f, Some(p)),
+                    None => (text.as_str(), None),
+                };
+                let Some(up) = by_id.get(from) else {
+                    let names: Vec<&str> = by_id.keys().copied().filter(|n| *n != r.id.name).collect();
+                    let d =
+                        self.err(format!("unknown input `{text}` of [{}.{}]", r.role.table(), r.id.name), span.clone());
+                    d.help = Some(match diagnostic::closest(from, names.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`? components: {}", names.join(", ")),
+                        None => format!("components: {}", names.join(", ")),
+                    });
+                    continue;
+                };
+                if up.role == Role::Sink {
+                    self.err(format!("`{from}` is a sink and has no output to read from"), span.clone());
+                    continue;
+                }
+                let Some(kind) = up.kind else { continue };
+                let port_idx = match port {
+                    None => 0,
+                    Some(p) => match kind.ports.iter().position(|x| *x == p) {
+                        Some(i) => i,
+                        None => {
+                            let d = self.err(
+                                format!("`{from}` ({} {}) has no output port `{p}`", kind.name, role_word(up.role)),
+                                span.clone(),
+                            );
+                            d.help = Some(format!("its ports: {}", kind.ports.join(", ")));
+                            continue;
+                        }
+                    },
+                };
+                if kind.ports.is_empty() {
+                    continue;
+                }
+                inputs.push(Input { from: from.to_string(), port: port_idx, port_name: kind.ports[port_idx] });
+            }
+            let Some(kind) = r.kind else { continue };
+            let (options, bs, cap) = self.options(r, kind);
+            components.push(Component {
+                id: r.id.name.clone(),
+                role: r.role,
+                kind,
+                inputs,
+                options,
+                batch_size: bs.unwrap_or(batch_size),
+                channel_capacity: cap.unwrap_or(channel_capacity),
+            });
+        }
+
+        if let Some(cycle) = crate::graph::find_cycle(&components) {
+            let span = raws.iter().find(|r| r.id.name == cycle[0]).map(|r| r.id.span.clone()).unwrap_or(0..0);
+            self.err(format!("the pipeline has a cycle: {}", cycle.join(" -> ")), span).help =
+                Some("data must flow one way, from sources to sinks".into());
+        }
+
+        // Warnings: outputs that go nowhere.
+        for c in &components {
+            for (i, port) in c.kind.ports.iter().enumerate() {
+                let read = components.iter().any(|d| d.inputs.iter().any(|inp| inp.from == c.id && inp.port == i));
+                if read {
+                    continue;
+                }
+                let span = raws.iter().find(|r| r.id.name == c.id).map(|r| r.id.span.clone());
+                if *port == "rejects" {
+                    self.diags.push(
+                        Diagnostic::warning(
+                            format!(
+                                "rejected rows of `{}` are not written anywhere (port `{}.rejects` has no reader)",
+                                c.id, c.id
+                            ),
+                            span,
+                        )
+                        .with_help(format!("add a sink with inputs = [\"{}.rejects\"] to keep them", c.id)),
+                    );
+                } else if i == 0 {
+                    self.diags
+                        .push(Diagnostic::warning(format!("the output of `{}` is not read by anything", c.id), span));
+                }
+            }
+        }
+
+        Some(Pipeline {
+            name,
+            description,
+            file: path.to_path_buf(),
+            batch_size,
+            channel_capacity,
+            components,
+            warnings: Vec::new(),
+            source_text: source.to_string(),
+        })
+    }
+
+    fn read_component<'n>(&mut self, role: Role, id: &'n Key, node: &'n Node) -> Option<Raw<'n>> {
+        let where_ = format!("[{}.{}]", role.table(), id.name);
+        let Some(_) = node.value.as_table() else {
+            self.err(format!("{where_} must be a table, found {}", node.value.type_name()), node.span.clone());
+            return None;
+        };
+        let kind = match node.get("kind") {
+            None => {
+                let names = registry::names(role);
+                self.err(format!("{where_} has no `kind`"), id.span.clone()).help =
+                    Some(format!("{} kinds: {}", role_word(role), names.join(", ")));
+                None
+            }
+            Some((_, v)) => match &v.value {
+                Value::String(k) => match registry::find(role, k) {
+                    Some(spec) => Some(spec),
+                    None => {
+                        let names = registry::names(role);
+                        let d = self.err(format!("unknown {} kind `{k}` in {where_}", role_word(role)), v.span.clone());
+                        d.help = Some(match diagnostic::closest(k, names.iter().copied()) {
+                            Some(s) => format!("did you mean `{s}`? {} kinds: {}", role_word(role), names.join(", ")),
+                            None => format!("{} kinds: {}", role_word(role), names.join(", ")),
+                        });
+                        None
+                    }
+                },
+                other => {
+                    self.err(
+                        format!("`kind` in {where_} must be a string, found {}", other.type_name()),
+                        v.span.clone(),
+                    );
+                    None
+                }
+            },
+        };
+        let mut inputs = Vec::new();
+        match (role, node.get("inputs")) {
+            (Role::Source, Some((k, _))) => {
+                self.err(format!("{where_} is a source and cannot have inputs"), k.span.clone());
+            }
+            (Role::Source, None) => {}
+            (_, None) => {
+                self.err(format!("{where_} has no `inputs`"), id.span.clone()).help =
+                    Some(format!("every {} reads from something: add inputs = [\"<component id>\"]", role_word(role)));
+            }
+            (_, Some((_, v))) => match &v.value {
+                Value::Array(items) if items.is_empty() => {
+                    self.err(format!("{where_} has an empty `inputs`"), v.span.clone()).help =
+                        Some(format!("every {} reads from something", role_word(role)));
+                }
+                Value::Array(items) => {
+                    for it in items {
+                        match &it.value {
+                            Value::String(s) => inputs.push((s.clone(), it.span.clone())),
+                            other => {
+                                self.err(
+                                    format!("inputs of {where_} must be strings, found {}", other.type_name()),
+                                    it.span.clone(),
+                                );
+                            }
+                        }
+                    }
+                }
+                other => {
+                    self.err(
+                        format!("`inputs` of {where_} must be an array of strings, found {}", other.type_name()),
+                        v.span.clone(),
+                    );
+                }
+            },
+        }
+        Some(Raw { id, role, kind, inputs, node })
+    }
+
+    /// Checks operator options against the kind's schema, collecting every
+    /// problem: after each error the offending key is set aside and the
+    /// check runs again.
+    fn options(&mut self, r: &Raw<'_>, kind: &'static KindSpec) -> (serde_json::Value, Option<usize>, Option<usize>) {
+        let where_ = format!("[{}.{}]", r.role.table(), r.id.name);
+        let mut batch_size = None;
+        let mut capacity = None;
+        let mut options = serde_json::Map::new();
+        for (k, v) in r.node.value.as_table().unwrap_or(&[]) {
+            match k.name.as_str() {
+                "kind" | "inputs" => {}
+                "batch_size" if r.role == Role::Source => {
+                    batch_size = self.positive(v, &format!("{where_}.batch_size"))
+                }
+                "channel_capacity" if r.role != Role::Source => {
+                    capacity = self.positive(v, &format!("{where_}.channel_capacity"))
+                }
+                _ => {
+                    options.insert(k.name.clone(), v.value.to_json());
+                }
+            }
+        }
+        let mut value = serde_json::Value::Object(options);
+        let mut seen = Vec::new();
+        for _ in 0..32 {
+            let Err(OptionError { path, message }) = (kind.check)(&value) else { break };
+            let removable = !path.is_empty() && !message.starts_with("missing field");
+            let key = (path.clone(), message.clone());
+            if seen.contains(&key) {
+                break;
+            }
+            seen.push(key);
+            self.option_error(r, kind, &path, &message);
+            if !removable || !remove_path(&mut value, &path) {
+                break;
+            }
+        }
+        (value, batch_size, capacity)
+    }
+
+    fn option_error(&mut self, r: &Raw<'_>, kind: &KindSpec, path: &[PathSegment], message: &str) {
+        let where_ = format!("[{}.{}]", r.role.table(), r.id.name);
+        let dotted = path
+            .iter()
+            .map(|s| match s {
+                PathSegment::Key(k) => k.clone(),
+                PathSegment::Index(i) => format!("[{i}]"),
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+            .replace(".[", "[");
+        let (key_span, value_span) = locate(r.node, path).unwrap_or((None, r.id.span.clone()));
+        let key_or_value = key_span.clone().unwrap_or_else(|| value_span.clone());
+        let expected = backticked_after(message, "expected");
+        if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+            let mut options: Vec<&str> = expected.iter().map(String::as_str).collect();
+            if path.len() <= 1 {
+                options.extend(COMMON.iter().copied().filter(|c| r.role != Role::Source || *c != "inputs"));
+            }
+            let d = self.err(
+                format!("unknown option `{dotted}` in {where_} ({} {})", kind.name, role_word(r.role)),
+                key_or_value,
+            );
+            d.help = Some(match diagnostic::closest(field, options.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`? options here: {}", options.join(", ")),
+                None => format!("options here: {}", options.join(", ")),
+            });
+        } else if let Some(variant) = message.strip_prefix("unknown variant `").and_then(|m| m.split('`').next()) {
+            let d = self.err(format!("`{dotted}` in {where_} cannot be `{variant}`"), value_span);
+            d.help = Some(match diagnostic::closest(variant, expected.iter().map(String::as_str)) {
+                Some(s) => format!("did you mean `{s}`? allowed: {}", expected.join(", ")),
+                None => format!("allowed: {}", expected.join(", ")),
+            });
+        } else if message.starts_with("missing field") {
+            let at = if dotted.is_empty() { String::new() } else { format!(".{dotted}") };
+            self.err(format!("{where_}{at}: {message}"), if path.is_empty() { r.id.span.clone() } else { value_span });
+        } else {
+            self.err(format!("wrong type or value for `{dotted}` in {where_}: {message}"), value_span);
+        }
+    }
+
+    fn string(&mut self, v: &Node, what: &str) -> Option<String> {
+        match &v.value {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                self.err(format!("`{what}` must be a string, found {}", other.type_name()), v.span.clone());
+                None
+            }
+        }
+    }
+
+    fn positive(&mut self, v: &Node, what: &str) -> Option<usize> {
+        match &v.value {
+            Value::Integer(i) if *i > 0 => Some(*i as usize),
+            Value::Integer(i) => {
+                self.err(format!("`{what}` must be at least 1, found {i}"), v.span.clone());
+                None
+            }
+            other => {
+                self.err(format!("`{what}` must be a positive integer, found {}", other.type_name()), v.span.clone());
+                None
+            }
+        }
+    }
+
+    fn unknown_option(&mut self, k: &Key, name: &str, where_: &str, options: &[&str]) {
+        let d = self.err(format!("unknown option `{name}` in {where_}"), k.span.clone());
+        d.help = Some(match diagnostic::closest(name, options.iter().copied()) {
+            Some(s) => format!("did you mean `{s}`? options here: {}", options.join(", ")),
+            None => format!("options here: {}", options.join(", ")),
+        });
+    }
+
+    /// Expands `${VAR}` in every string value, in place.
+    fn interpolate(&mut self, node: &mut Node, path: &mut Vec<String>) {
+        match &mut node.value {
+            Value::String(s) => match interpolate::interpolate(s, self.lookup) {
+                Ok(v) => *s = v,
+                Err(e) => {
+                    let at = if path.is_empty() { String::new() } else { format!(" (in {})", path.join(".")) };
+                    self.err(format!("{e}{at}"), node.span.clone()).help = match &e {
+                        interpolate::InterpolateError::Unset { var } => {
+                            Some(format!("export {var}=… or write ${{{var}:-default}} to give a default"))
+                        }
+                        _ => None,
+                    };
+                }
+            },
+            Value::Array(items) => {
+                for (i, it) in items.iter_mut().enumerate() {
+                    path.push(format!("[{i}]"));
+                    self.interpolate(it, path);
+                    path.pop();
+                }
+            }
+            Value::Table(entries) => {
+                for (k, v) in entries.iter_mut() {
+                    path.push(k.name.clone());
+                    self.interpolate(v, path);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn role_word(role: Role) -> &'static str {
+    match role {
+        Role::Source => "source",
+        Role::Transform => "transform",
+        Role::Sink => "sink",
+    }
+}
+
+/// The span of the value at `path` under `node`: the key's span when the
+/// last segment names a key that exists (an unknown option), else the value.
+fn locate(node: &Node, path: &[PathSegment]) -> Option<(Option<Range<usize>>, Range<usize>)> {
+    let mut cur = node;
+    let mut last_key: Option<&Key> = None;
+    for seg in path {
+        match (seg, &cur.value) {
+            (PathSegment::Key(k), Value::Table(entries)) => {
+                let (key, next) = entries.iter().find(|(kk, _)| &kk.name == k).map(|(a, b)| (a, b))?;
+                last_key = Some(key);
+                cur = next;
+            }
+            (PathSegment::Index(i), Value::Array(items)) => {
+                cur = items.get(*i)?;
+                last_key = None;
+            }
+            _ => return Some((None, cur.span.clone())),
+        }
+    }
+    Some((last_key.map(|k| k.span.clone()), cur.span.clone()))
+}
+
+/// Names in backticks after `word` in a serde message: the alternatives of
+/// "unknown field `x`, expected one of `a`, `b`".
+fn backticked_after(message: &str, word: &str) -> Vec<String> {
+    let Some(i) = message.find(word) else { return Vec::new() };
+    message[i..].split('`').skip(1).step_by(2).map(str::to_string).collect()
+}
+
+fn remove_path(v: &mut serde_json::Value, path: &[PathSegment]) -> bool {
+    let Some((last, parents)) = path.split_last() else { return false };
+    let mut cur = v;
+    for seg in parents {
+        cur = match (seg, cur) {
+            (PathSegment::Key(k), serde_json::Value::Object(m)) => match m.get_mut(k) {
+                Some(n) => n,
+                None => return false,
+            },
+            (PathSegment::Index(i), serde_json::Value::Array(a)) => match a.get_mut(*i) {
+                Some(n) => n,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, cur) {
+        (PathSegment::Key(k), serde_json::Value::Object(m)) => m.remove(k).is_some(),
+        (PathSegment::Index(i), serde_json::Value::Array(a)) if *i < a.len() => {
+            a.remove(*i);
+            true
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,195 @@
+//! The `engine` command line. Thin on purpose: parse flags, set up logging,
+//! call the library, turn the outcome into an exit code.
+//!
+//! Exit codes: 0 done; 1 the run failed; 2 the pipeline file is invalid;
+//! 130/143 stopped by SIGINT/SIGTERM after draining.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use engine::config::{self, Severity, diagnostic};
+use engine::graph;
+use engine::observe::{self, LogFormat};
+use engine::report::{self, Progress};
+use engine::runtime::{self, Control};
+
+#[derive(Parser)]
+#[command(name = "engine", version, about = "Dataflow streaming ETL: run pipelines described in TOML")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format: `text` for people, `json` for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing syntax, e.g. `info`, `debug,operators=trace`); ENGINE_LOG overrides.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline.
+    Run {
+        file: PathBuf,
+        /// Serve /metrics, /health/live and /health/ready at this address
+        /// (a bare port means 127.0.0.1).
+        #[arg(long)]
+        metrics_addr: Option<String>,
+        /// No progress line, even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Check a pipeline file without running it.
+    Validate { file: PathBuf },
+    /// Draw the pipeline's DAG.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = graph::Format::Ascii)]
+        format: graph::Format,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    observe::init_logging(cli.log_format, &cli.log_level);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { file } => Ok(validate(&file)),
+        Command::Graph { file, format } => match load(&file) {
+            Ok(p) => {
+                print!("{}", graph::render(&p, format));
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(code) => Ok(code),
+        },
+        Command::Run { file, metrics_addr, no_progress } => {
+            let pipeline = match load(&file) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("engine-worker")
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(run(pipeline, metrics_addr, !no_progress))
+        }
+    }
+}
+
+/// Loads and validates; prints diagnostics (warnings too) to stderr.
+fn load(file: &std::path::Path) -> Result<config::Pipeline, ExitCode> {
+    match config::load(file) {
+        Ok(p) => {
+            if !p.warnings.is_empty() {
+                eprint!("{}", diagnostic::render(&file.display().to_string(), &p.source_text, &p.warnings));
+            }
+            Ok(p)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    match load(file) {
+        Ok(p) => {
+            let sources = p.components.iter().filter(|c| c.role == operators::Role::Source).count();
+            let sinks = p.components.iter().filter(|c| c.role == operators::Role::Sink).count();
+            let transforms = p.components.len() - sources - sinks;
+            let warnings = p.warnings.iter().filter(|d| d.severity == Severity::Warning).count();
+            println!(
+                "{}: ok — pipeline `{}`: {sources} source(s), {transforms} transform(s), {sinks} sink(s), {warnings} warning(s)",
+                file.display(),
+                p.name
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn run(pipeline: config::Pipeline, metrics_addr: Option<String>, progress: bool) -> anyhow::Result<ExitCode> {
+    let live_slot: Arc<OnceLock<Arc<runtime::Live>>> = Arc::new(OnceLock::new());
+    if let Some(addr) = metrics_addr {
+        let addr = observe::parse_addr(&addr).map_err(anyhow::Error::msg)?;
+        let handle = observe::install_recorder().map_err(anyhow::Error::msg)?;
+        let bound = observe::serve(addr, handle, live_slot.clone()).await.map_err(anyhow::Error::msg)?;
+        tracing::info!(addr = %bound, "serving /metrics, /health/live, /health/ready");
+    }
+
+    let control = Control::default();
+    spawn_signal_handler(control.clone());
+
+    tracing::info!(pipeline = %pipeline.name, file = %pipeline.file.display(), "starting");
+    let bar = Progress::start(progress);
+    let report = runtime::run(&pipeline, control, |live| {
+        let _ = live_slot.set(live.clone());
+        bar.follow(live);
+    })
+    .await;
+    bar.finish();
+
+    print!("{}", report::summary(&report));
+    match &report.outcome {
+        runtime::Outcome::Failed { operator, error } => eprintln!("error: operator `{operator}` failed: {error}"),
+        runtime::Outcome::Interrupted { signal } => {
+            eprintln!("stopped by {signal}; exit code {}", report.outcome.exit_code())
+        }
+        runtime::Outcome::Completed => {}
+    }
+    Ok(ExitCode::from(report.outcome.exit_code() as u8))
+}
+
+/// First SIGINT/SIGTERM: drain. Second: abort.
+fn spawn_signal_handler(control: Control) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                return;
+            }
+        };
+        let mut count = 0;
+        loop {
+            #[cfg(unix)]
+            let name = tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            #[cfg(not(unix))]
+            let name = {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            };
+            count += 1;
+            if count == 1 {
+                tracing::warn!(
+                    signal = name,
+                    "stopping: sources stop reading, in-flight rows are drained and sinks flushed (send again to abort)"
+                );
+                control.request_drain(name);
+            } else {
+                tracing::error!(signal = name, "aborting now; sinks discard partial output");
+                control.abort.cancel();
+                return;
+            }
+        }
+    });
+}

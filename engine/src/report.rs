@@ -1,0 +1,159 @@
+//! What a person sees of a run: the progress line while it runs (only on a
+//! terminal) and the per-operator summary table at the end.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use operators::OperatorStats;
+use operators::registry::Role;
+
+use crate::runtime::{Live, Outcome, RunReport};
+
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn rate(rows: u64, d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs <= 0.0 || rows == 0 { "-".into() } else { thousands((rows as f64 / secs) as u64) }
+}
+
+/// The summary table, one row per operator in pipeline order.
+pub fn summary(r: &RunReport) -> String {
+    let mut out = String::new();
+    let status = match &r.outcome {
+        Outcome::Completed => "completed".to_string(),
+        Outcome::Interrupted { signal } => {
+            format!("interrupted by {signal} (in-flight rows drained, outputs complete)")
+        }
+        Outcome::Failed { operator, .. } => format!("failed in operator `{operator}`"),
+    };
+    let _ = writeln!(out, "pipeline {} {status} in {:.2} s", r.pipeline, r.elapsed.as_secs_f64());
+    if r.operators.is_empty() {
+        return out;
+    }
+    let header = ["operator", "kind", "rows in", "rows out", "rejected", "dropped", "time", "rows/s"];
+    let rows: Vec<[String; 8]> = r
+        .operators
+        .iter()
+        .map(|o| {
+            let role = match o.role {
+                Role::Source => "source",
+                Role::Transform => "transform",
+                Role::Sink => "sink",
+            };
+            [
+                o.id.clone(),
+                format!("{} {role}", o.kind),
+                thousands(o.rows_in),
+                if o.role == Role::Sink { "-".into() } else { thousands(o.rows_out) },
+                thousands(o.rows_rejected),
+                thousands(o.rows_dropped),
+                format!("{:.2}s", o.elapsed.as_secs_f64()),
+                rate(o.rows_in, o.elapsed),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+            if i < 2 {
+                let _ = write!(l, "{c:<w$}  ");
+            } else {
+                let _ = write!(l, "{c:>w$}  ");
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", line(&header.map(String::from)));
+    for row in &rows {
+        let _ = writeln!(out, "{}", line(row));
+    }
+    out
+}
+
+/// A spinner with rows read and written, on stderr, only on a terminal.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    pub fn start(enabled: bool) -> Self {
+        if !enabled || !std::io::stderr().is_terminal() {
+            return Progress { bar: None };
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress { bar: Some(bar) }
+    }
+
+    /// Follows `live` until the bar is finished.
+    pub fn follow(&self, live: Arc<Live>) {
+        let Some(bar) = self.bar.clone() else { return };
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            while !bar.is_finished() {
+                tick.tick().await;
+                let get = OperatorStats::get;
+                let read: u64 = live
+                    .stats
+                    .iter()
+                    .filter(|(_, r, _)| *r == Role::Source)
+                    .map(|(_, _, s)| get(&s.rows_out) + get(&s.rows_rejected))
+                    .sum();
+                let written: u64 =
+                    live.stats.iter().filter(|(_, r, _)| *r == Role::Sink).map(|(_, _, s)| get(&s.rows_in)).sum();
+                let rejected: u64 = live.stats.iter().map(|(_, _, s)| get(&s.rows_rejected)).sum();
+                bar.set_message(format!(
+                    "read {} rows ({} rows/s) · sinks received {} · rejected {}",
+                    thousands(read),
+                    rate(read, started.elapsed()),
+                    thousands(written),
+                    thousands(rejected)
+                ));
+            }
+        });
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1924665), "1,924,665");
+    }
+}

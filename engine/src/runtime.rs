@@ -1,0 +1,413 @@
+//! Runs a validated [`Pipeline`]: builds every operator, wires bounded
+//! channels between them, spawns one task per operator inside its own span,
+//! and supervises the run until it completes, fails or is interrupted.
+//!
+//! **Invariant:** an edge is a bounded channel; a full channel makes the
+//! sender wait. That wait is the only flow control, and it is what keeps
+//! memory bounded whatever the input size.
+//!
+//! **Invariant:** the first operator error cancels every task; sinks then
+//! discard partial output (temp files) instead of publishing it.
+//!
+//! **Invariant:** a graceful stop (first SIGINT/SIGTERM) only stops the
+//! sources; every batch already in flight is processed and sinks flush and
+//! publish as at a normal end of stream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use futures::FutureExt;
+use futures::future::{BoxFuture, select_all};
+use operators::registry::{Built, Role};
+use operators::{
+    BuildContext, Collector, Message, Operator, OperatorError, OperatorStats, OutPort, Source, SourceState,
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Pipeline;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    /// Stopped by a signal after draining what was in flight.
+    Interrupted {
+        signal: &'static str,
+    },
+    Failed {
+        operator: String,
+        error: String,
+    },
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Completed => 0,
+            Outcome::Interrupted { signal: "SIGINT" } => 130,
+            Outcome::Interrupted { .. } => 143,
+            Outcome::Failed { .. } => 1,
+        }
+    }
+}
+
+/// One operator's figures at the end of a run.
+#[derive(Debug, Clone)]
+pub struct OperatorReport {
+    pub id: String,
+    pub kind: &'static str,
+    pub role: Role,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub rows_rejected: u64,
+    pub rows_dropped: u64,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub pipeline: String,
+    pub outcome: Outcome,
+    pub elapsed: Duration,
+    pub operators: Vec<OperatorReport>,
+}
+
+/// Signals from outside the run.
+#[derive(Clone, Default)]
+pub struct Control {
+    /// Stop reading sources; drain and finish normally.
+    pub drain: CancellationToken,
+    /// Stop everything now.
+    pub abort: CancellationToken,
+    /// Which signal asked for the drain, for the outcome.
+    pub drain_reason: Arc<std::sync::Mutex<Option<&'static str>>>,
+}
+
+impl Control {
+    pub fn request_drain(&self, reason: &'static str) {
+        if let Ok(mut r) = self.drain_reason.lock() {
+            r.get_or_insert(reason);
+        }
+        self.drain.cancel();
+    }
+}
+
+/// Shared view of a running pipeline, for the progress bar and health checks.
+pub struct Live {
+    pub ready: AtomicBool,
+    pub stats: Vec<(String, Role, Arc<OperatorStats>)>,
+}
+
+struct Edge {
+    label: String,
+    tx: Sender<Message>,
+}
+
+/// Builds everything, then runs. Build and open errors come back before any
+/// row moves, as a failed outcome naming the operator.
+pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)) -> RunReport {
+    let started = Instant::now();
+    let fail = |operator: &str, error: String| RunReport {
+        pipeline: p.name.clone(),
+        outcome: Outcome::Failed { operator: operator.to_string(), error },
+        elapsed: started.elapsed(),
+        operators: Vec::new(),
+    };
+
+    // Build every operator first: a bad option fails the run with nothing started.
+    let mut built: Vec<(usize, Built)> = Vec::with_capacity(p.components.len());
+    for (i, c) in p.components.iter().enumerate() {
+        let ctx = BuildContext { pipeline: p.name.clone(), id: c.id.clone(), batch_size: c.batch_size };
+        match (c.kind.build)(&ctx, c.options.clone()) {
+            Ok(b) => built.push((i, b)),
+            Err(e) => return fail(&c.id, e.to_string()),
+        }
+    }
+
+    // Channels: one per edge, sized by the consumer's channel_capacity.
+    let mut senders: HashMap<(String, usize), Vec<Sender<Message>>> = HashMap::new();
+    let mut receivers: HashMap<String, Vec<Receiver<Message>>> = HashMap::new();
+    let mut edges = Vec::new();
+    for c in &p.components {
+        for inp in &c.inputs {
+            let (tx, rx) = async_channel::bounded(c.channel_capacity);
+            senders.entry((inp.from.clone(), inp.port)).or_default().push(tx.clone());
+            receivers.entry(c.id.clone()).or_default().push(rx);
+            edges.push(Edge { label: format!("{}.{}->{}", inp.from, inp.port_name, c.id), tx });
+        }
+    }
+
+    let abort = control.abort.clone();
+    let stats: Vec<Arc<OperatorStats>> = p.components.iter().map(|_| Arc::new(OperatorStats::default())).collect();
+    let live = Arc::new(Live {
+        ready: AtomicBool::new(false),
+        stats: p.components.iter().zip(&stats).map(|(c, s)| (c.id.clone(), c.role, s.clone())).collect(),
+    });
+    on_live(live.clone());
+
+    // Open sources before spawning: a missing file fails here, cleanly.
+    let mut tasks: Vec<(usize, BoxFuture<'static, Result<(), OperatorError>>)> = Vec::new();
+    for (i, b) in built {
+        let c = &p.components[i];
+        let ports = c
+            .kind
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(pi, name)| OutPort::new(&c.id, name, senders.remove(&(c.id.clone(), pi)).unwrap_or_default()))
+            .collect();
+        let out = Collector::new(&c.id, ports, stats[i].clone(), abort.clone());
+        let fut = match b {
+            Built::Source(mut s) => {
+                let span = tracing::info_span!("operator", operator = %c.id, kind = c.kind.name);
+                let opened = s.open().instrument(span).await;
+                if let Err(e) = opened {
+                    return fail(&c.id, e.to_string());
+                }
+                source_task(s, out, control.drain.clone(), abort.clone()).boxed()
+            }
+            Built::Operator(op) => {
+                let inputs = receivers.remove(&c.id).unwrap_or_default();
+                operator_task(c.id.clone(), op, inputs, out, stats[i].clone(), abort.clone()).boxed()
+            }
+        };
+        tasks.push((i, fut));
+    }
+    live.ready.store(true, Ordering::Relaxed);
+
+    // Channel fill gauges, sampled: reading a length is cheap, but not free
+    // enough to do on every send.
+    let sampler = {
+        let gauges: Vec<(metrics::Gauge, Sender<Message>)> = edges
+            .iter()
+            .map(|e| (metrics::gauge!("engine_channel_fill_ratio", "edge" => e.label.clone()), e.tx.clone()))
+            .collect();
+        drop(edges);
+        let stop = CancellationToken::new();
+        let s2 = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = s2.cancelled() => break,
+                    _ = tick.tick() => {
+                        for (g, tx) in &gauges {
+                            let cap = tx.capacity().unwrap_or(1).max(1) as f64;
+                            g.set(tx.len() as f64 / cap);
+                        }
+                    }
+                }
+            }
+        });
+        stop
+    };
+    // Senders held here would keep channels open forever.
+    drop(senders);
+
+    let mut set = JoinSet::new();
+    let mut elapsed = vec![Duration::ZERO; p.components.len()];
+    for (i, fut) in tasks {
+        let c = &p.components[i];
+        let span = tracing::info_span!("operator", operator = %c.id, kind = c.kind.name);
+        set.spawn(
+            async move {
+                let t = Instant::now();
+                let r = fut.await;
+                (i, t.elapsed(), r)
+            }
+            .instrument(span),
+        );
+    }
+
+    let mut failure: Option<(String, String)> = None;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((i, took, r)) => {
+                elapsed[i] = took;
+                match r {
+                    Ok(()) => tracing::debug!(operator = %p.components[i].id, "finished"),
+                    Err(OperatorError::Cancelled) => {}
+                    Err(e) => {
+                        if failure.is_none() {
+                            tracing::error!(operator = %p.components[i].id, error = %e, "operator failed; stopping the run");
+                            failure = Some((p.components[i].id.clone(), e.to_string()));
+                        }
+                        abort.cancel();
+                    }
+                }
+            }
+            Err(join_err) => {
+                if failure.is_none() {
+                    failure = Some(("<runtime>".into(), format!("an operator task panicked: {join_err}")));
+                }
+                abort.cancel();
+            }
+        }
+    }
+    sampler.cancel();
+
+    let outcome = match failure {
+        Some((operator, error)) => Outcome::Failed { operator, error },
+        None if abort.is_cancelled() => Outcome::Failed { operator: "<runtime>".into(), error: "aborted".into() },
+        None if control.drain.is_cancelled() => {
+            let signal = control.drain_reason.lock().ok().and_then(|r| *r).unwrap_or("SIGTERM");
+            Outcome::Interrupted { signal }
+        }
+        None => Outcome::Completed,
+    };
+    let operators = p
+        .components
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let s = &stats[i];
+            let get = OperatorStats::get;
+            let (out, rej) = (get(&s.rows_out), get(&s.rows_rejected));
+            OperatorReport {
+                id: c.id.clone(),
+                kind: c.kind.name,
+                role: c.role,
+                // A source's input is what it read: good rows plus rejects.
+                rows_in: if c.role == Role::Source { out + rej } else { get(&s.rows_in) },
+                rows_out: out,
+                rows_rejected: rej,
+                rows_dropped: get(&s.rows_dropped),
+                elapsed: elapsed[i],
+            }
+        })
+        .collect();
+    RunReport { pipeline: p.name.clone(), outcome, elapsed: started.elapsed(), operators }
+}
+
+async fn source_task(
+    mut source: Box<dyn Source>,
+    mut out: Collector,
+    drain: CancellationToken,
+    abort: CancellationToken,
+) -> Result<(), OperatorError> {
+    loop {
+        // Checked between steps, never mid-step, so a batch is either sent to
+        // every edge of its port or to none.
+        if drain.is_cancelled() {
+            tracing::info!("stopping: drain requested");
+            break;
+        }
+        let step = tokio::select! {
+            biased;
+            _ = abort.cancelled() => return Err(OperatorError::Cancelled),
+            r = source.next(&mut out) => r?,
+        };
+        if step == SourceState::Done {
+            break;
+        }
+    }
+    out.broadcast(Message::End).await
+}
+
+/// The inputs of one operator, merged. Ended inputs are no longer polled.
+struct Inputs {
+    rxs: Vec<Receiver<Message>>,
+    open: Vec<bool>,
+    /// Inputs that delivered the barrier of the epoch being aligned.
+    barrier_seen: Vec<bool>,
+}
+
+enum Next {
+    Msg(usize, Message),
+    /// Every input sent End.
+    AllEnded,
+    /// An upstream task vanished without End: the run is being torn down.
+    Broken,
+}
+
+impl Inputs {
+    async fn recv(&mut self) -> Next {
+        let active: Vec<usize> = (0..self.rxs.len()).filter(|&i| self.open[i] && !self.barrier_seen[i]).collect();
+        if active.is_empty() {
+            return Next::AllEnded;
+        }
+        let (i, r) = if active.len() == 1 {
+            let i = active[0];
+            (i, self.rxs[i].recv().await)
+        } else {
+            let futs = active.iter().map(|&i| {
+                let rx = self.rxs[i].clone();
+                Box::pin(async move { (i, rx.recv().await) })
+            });
+            select_all(futs).await.0
+        };
+        match r {
+            Ok(Message::End) => {
+                self.open[i] = false;
+                Next::Msg(i, Message::End)
+            }
+            Ok(m) => Next::Msg(i, m),
+            Err(_) => Next::Broken,
+        }
+    }
+}
+
+async fn operator_task(
+    id: String,
+    op: Box<dyn Operator>,
+    rxs: Vec<Receiver<Message>>,
+    out: Collector,
+    stats: Arc<OperatorStats>,
+    abort: CancellationToken,
+) -> Result<(), OperatorError> {
+    let rows_in = metrics::counter!("engine_rows_in_total", "operator" => id.clone());
+    let batches_in = metrics::counter!("engine_batches_in_total", "operator" => id);
+    let n = rxs.len();
+    let mut inputs = Inputs { rxs, open: vec![true; n], barrier_seen: vec![false; n] };
+    let mut op = op;
+    let mut out = out;
+    let mut pending: Option<operators::Barrier> = None;
+    let result = async {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = abort.cancelled() => return Err(OperatorError::Cancelled),
+                m = inputs.recv() => m,
+            };
+            match next {
+                Next::Msg(_, Message::Data(b)) => {
+                    let rows = b.num_rows() as u64;
+                    stats.rows_in.fetch_add(rows, Ordering::Relaxed);
+                    stats.batches_in.fetch_add(1, Ordering::Relaxed);
+                    rows_in.increment(rows);
+                    batches_in.increment(1);
+                    op.process(b, &mut out).await?;
+                }
+                Next::Msg(i, Message::Barrier(b)) => {
+                    // Alignment: hold this input until every open input has
+                    // delivered the same barrier, then act on it once.
+                    inputs.barrier_seen[i] = true;
+                    pending = Some(b);
+                }
+                Next::Msg(_, Message::End) => {}
+                Next::AllEnded => break,
+                Next::Broken => return Err(OperatorError::Cancelled),
+            }
+            if let Some(b) = pending
+                && (0..n).all(|k| !inputs.open[k] || inputs.barrier_seen[k])
+            {
+                pending = None;
+                op.on_barrier(b, &mut out).await?;
+                out.broadcast(Message::Barrier(b)).await?;
+                inputs.barrier_seen.iter_mut().for_each(|s| *s = false);
+            }
+        }
+        op.finish(&mut out).await?;
+        out.broadcast(Message::End).await
+    }
+    .await;
+    if result.is_err() {
+        op.abort().await;
+    }
+    result
+}

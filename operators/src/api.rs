@@ -1,0 +1,255 @@
+//! The operator contract: the traits sources and operators implement, the
+//! [`Collector`] they emit through, and the error type they return.
+//!
+//! The runtime (engine crate) owns channels, tasks, shutdown and barrier
+//! alignment; an operator only sees batches in and a collector out. Rejected
+//! rows are data sent to a `rejects` port, never an `Err`: an `Err` stops the
+//! whole run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::error::ArrowError;
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{Barrier, Batch, Message};
+
+/// Index of the default output port, the one an input reference names when
+/// it gives no port (`inputs = ["valid"]`).
+pub const OUT: usize = 0;
+
+/// Why an operator stopped the run. The runtime prefixes the operator id.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// Options that passed the schema check but cannot work (e.g. a regex
+    /// that does not compile, a rule on a column of the wrong type).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Reading or writing an object failed.
+    #[error("{context}: {source}")]
+    Storage {
+        context: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{context}: {source}")]
+    Arrow {
+        context: String,
+        #[source]
+        source: ArrowError,
+    },
+    #[error("{context}: {source}")]
+    Parquet {
+        context: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    /// Input the operator was told not to tolerate (`on_error = "fail"`), or
+    /// input it cannot make sense of at all (a header that does not match).
+    #[error("{0}")]
+    Data(String),
+    /// The run is stopping because of another operator or a signal; never the
+    /// root cause of a failed run.
+    #[error("stopped before completion")]
+    Cancelled,
+}
+
+impl OperatorError {
+    pub fn storage(context: impl Into<String>, source: object_store::Error) -> Self {
+        OperatorError::Storage { context: context.into(), source }
+    }
+    pub fn arrow(context: impl Into<String>, source: ArrowError) -> Self {
+        OperatorError::Arrow { context: context.into(), source }
+    }
+    pub fn parquet(context: impl Into<String>, source: parquet::errors::ParquetError) -> Self {
+        OperatorError::Parquet { context: context.into(), source }
+    }
+}
+
+/// Counters the runtime reads for the end-of-run summary and the progress
+/// bar; the same numbers go to `metrics` under the operator's label.
+#[derive(Debug, Default)]
+pub struct OperatorStats {
+    pub rows_in: AtomicU64,
+    pub rows_out: AtomicU64,
+    pub rows_rejected: AtomicU64,
+    pub rows_dropped: AtomicU64,
+    pub batches_in: AtomicU64,
+    pub batches_out: AtomicU64,
+}
+
+impl OperatorStats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// What an operator is told when it is built.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    pub pipeline: String,
+    /// The component id from the pipeline file.
+    pub id: String,
+    /// Rows per batch a source should aim for.
+    pub batch_size: usize,
+}
+
+/// One output port and the edges leaving it.
+pub struct OutPort {
+    pub name: String,
+    /// One sender per downstream edge; a batch is cloned (Arc'd arrays, no
+    /// copy of the data) into each.
+    pub senders: Vec<async_channel::Sender<Message>>,
+    rows: metrics::Counter,
+    is_rejects: bool,
+    warned_unconnected: bool,
+}
+
+impl OutPort {
+    pub fn new(operator: &str, name: &str, senders: Vec<async_channel::Sender<Message>>) -> Self {
+        let rows = metrics::counter!(
+            "engine_rows_out_total",
+            "operator" => operator.to_string(),
+            "port" => name.to_string()
+        );
+        OutPort { name: name.to_string(), senders, rows, is_rejects: name == "rejects", warned_unconnected: false }
+    }
+}
+
+/// How an operator emits. Sending waits while a downstream channel is full:
+/// that wait is the backpressure that keeps memory bounded.
+pub struct Collector {
+    operator: String,
+    ports: Vec<OutPort>,
+    stats: Arc<OperatorStats>,
+    cancel: CancellationToken,
+    rejected: metrics::Counter,
+    dropped: metrics::Counter,
+    batches: metrics::Counter,
+}
+
+impl Collector {
+    pub fn new(operator: &str, ports: Vec<OutPort>, stats: Arc<OperatorStats>, cancel: CancellationToken) -> Self {
+        let label = operator.to_string();
+        Collector {
+            operator: label.clone(),
+            ports,
+            stats,
+            cancel,
+            rejected: metrics::counter!("engine_rows_rejected_total", "operator" => label.clone()),
+            dropped: metrics::counter!("engine_rows_dropped_total", "operator" => label.clone()),
+            batches: metrics::counter!("engine_batches_out_total", "operator" => label),
+        }
+    }
+
+    /// Whether anything reads `port`: lets an operator skip building output
+    /// nobody consumes (e.g. dedupe's `duplicates`).
+    pub fn is_connected(&self, port: usize) -> bool {
+        self.ports.get(port).is_some_and(|p| !p.senders.is_empty())
+    }
+
+    /// Sends `batch` to every edge of `port`. Empty batches are not sent.
+    pub async fn emit(&mut self, port: usize, batch: Batch) -> Result<(), OperatorError> {
+        let n = batch.num_rows() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        let Some(p) = self.ports.get_mut(port) else {
+            return Err(OperatorError::Config(format!("operator emitted on undeclared port {port}")));
+        };
+        p.rows.increment(n);
+        if p.is_rejects {
+            self.stats.rows_rejected.fetch_add(n, Ordering::Relaxed);
+            self.rejected.increment(n);
+        } else {
+            self.stats.rows_out.fetch_add(n, Ordering::Relaxed);
+        }
+        if p.senders.is_empty() {
+            if p.is_rejects && !p.warned_unconnected {
+                p.warned_unconnected = true;
+                tracing::warn!(
+                    operator = %self.operator,
+                    "rows were rejected but the rejects port is not connected; they are counted, not kept"
+                );
+            }
+            return Ok(());
+        }
+        self.stats.batches_out.fetch_add(1, Ordering::Relaxed);
+        self.batches.increment(1);
+        let last = p.senders.len() - 1;
+        let mut batch = Some(batch);
+        for (i, tx) in p.senders.iter().enumerate() {
+            let b = if i == last { batch.take() } else { batch.clone() };
+            let Some(b) = b else { break };
+            send(tx, Message::Data(b), &self.cancel).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a control message on every edge of every port.
+    pub async fn broadcast(&mut self, msg: Message) -> Result<(), OperatorError> {
+        for p in &self.ports {
+            for tx in &p.senders {
+                send(tx, msg.clone(), &self.cancel).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows an operator removed on purpose (e.g. duplicates), for the summary.
+    pub fn record_dropped(&mut self, n: u64) {
+        self.stats.rows_dropped.fetch_add(n, Ordering::Relaxed);
+        self.dropped.increment(n);
+    }
+
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+async fn send(
+    tx: &async_channel::Sender<Message>,
+    msg: Message,
+    cancel: &CancellationToken,
+) -> Result<(), OperatorError> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(OperatorError::Cancelled),
+        r = tx.send(msg) => r.map_err(|_| OperatorError::Cancelled),
+    }
+}
+
+/// Whether a source has more to read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SourceState {
+    More,
+    Done,
+}
+
+/// A source reads in steps so the runtime can stop it (shutdown) or inject a
+/// barrier between two steps; each step emits at most a few batches.
+#[async_trait]
+pub trait Source: Send {
+    /// Opens the input; errors here (missing file, bad header) fail the run
+    /// before any row moves.
+    async fn open(&mut self) -> Result<(), OperatorError>;
+    async fn next(&mut self, out: &mut Collector) -> Result<SourceState, OperatorError>;
+}
+
+/// A transform or a sink.
+#[async_trait]
+pub trait Operator: Send {
+    /// Called with every batch from any input.
+    async fn process(&mut self, batch: Batch, out: &mut Collector) -> Result<(), OperatorError>;
+    /// Called once every input delivered this barrier, before it is forwarded.
+    async fn on_barrier(&mut self, _barrier: Barrier, _out: &mut Collector) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// Every input ended: flush what is buffered and make output durable.
+    async fn finish(&mut self, _out: &mut Collector) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// The run failed elsewhere: discard partial output (temp files).
+    async fn abort(&mut self) {}
+}

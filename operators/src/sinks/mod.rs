@@ -1,0 +1,4 @@
+//! Sinks: operators whose output leaves the engine.
+
+pub mod blackhole;
+pub mod file;

@@ -1,0 +1,664 @@
+//! Push-based CSV decoding into Arrow: bytes go in chunk by chunk (as they
+//! arrive from the object store), typed batches and rejects come out. Owns
+//! the CSV dialect, the header, type inference and per-line error reporting;
+//! knows nothing about where the bytes come from.
+//!
+//! A record is all-or-nothing: it is appended to the builders only after
+//! every field parsed, so a bad line becomes one reject and never a
+//! half-filled row.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use csv_core::{ReadRecordResult, Reader, ReaderBuilder};
+use serde::Deserialize;
+
+use crate::api::OperatorError;
+use crate::batch::Batch;
+use crate::rejects::{Reject, RejectsBuilder};
+
+/// A column type a pipeline file can declare.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    #[serde(alias = "utf8", alias = "str")]
+    String,
+    #[serde(alias = "int", alias = "integer", alias = "i64")]
+    Int64,
+    #[serde(alias = "i32")]
+    Int32,
+    #[serde(alias = "float", alias = "double", alias = "f64")]
+    Float64,
+    #[serde(alias = "bool")]
+    Boolean,
+}
+
+impl ColumnType {
+    pub fn data_type(self) -> DataType {
+        match self {
+            ColumnType::String => DataType::Utf8,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Boolean => DataType::Boolean,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            ColumnType::String => "string",
+            ColumnType::Int64 => "int64",
+            ColumnType::Int32 => "int32",
+            ColumnType::Float64 => "float64",
+            ColumnType::Boolean => "boolean",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnDecl {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+}
+
+/// Dialect and schema options.
+#[derive(Clone, Debug)]
+pub struct CsvOptions {
+    pub header: bool,
+    pub delimiter: u8,
+    pub quote: u8,
+    pub schema: Option<Vec<ColumnDecl>>,
+    pub infer_rows: usize,
+    pub batch_size: usize,
+}
+
+enum Col {
+    Str(StringBuilder),
+    I64(Int64Builder),
+    I32(Int32Builder),
+    F64(Float64Builder),
+    Bool(BooleanBuilder),
+}
+
+impl Col {
+    fn new(ty: ColumnType, cap: usize) -> Col {
+        match ty {
+            ColumnType::String => Col::Str(StringBuilder::with_capacity(cap, cap * 8)),
+            ColumnType::Int64 => Col::I64(Int64Builder::with_capacity(cap)),
+            ColumnType::Int32 => Col::I32(Int32Builder::with_capacity(cap)),
+            ColumnType::Float64 => Col::F64(Float64Builder::with_capacity(cap)),
+            ColumnType::Boolean => Col::Bool(BooleanBuilder::with_capacity(cap)),
+        }
+    }
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Col::Str(b) => Arc::new(b.finish()),
+            Col::I64(b) => Arc::new(b.finish()),
+            Col::I32(b) => Arc::new(b.finish()),
+            Col::F64(b) => Arc::new(b.finish()),
+            Col::Bool(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// A field that parsed, waiting for the rest of its record.
+#[derive(Clone, Copy)]
+enum Cell {
+    Null,
+    Str(usize, usize),
+    I64(i64),
+    I32(i32),
+    F64(f64),
+    Bool(bool),
+}
+
+/// Where a declared column is found in each record.
+struct Plan {
+    schema: SchemaRef,
+    /// Per output column: (field index in the record, type).
+    columns: Vec<(usize, ColumnType)>,
+    expected_fields: usize,
+}
+
+/// A record kept aside while the first rows are read to infer types.
+struct Held {
+    line: u64,
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    raw: Vec<u8>,
+}
+
+pub struct CsvDecoder {
+    opts: CsvOptions,
+    /// Display name of the object, for error messages.
+    object: String,
+    reader: Reader,
+    out: Vec<u8>,
+    out_len: usize,
+    ends: Vec<usize>,
+    ends_len: usize,
+    /// Bytes of the record being read, terminators before it included, for
+    /// the `raw` column of a reject.
+    raw: Vec<u8>,
+    /// `reader.line()` when `raw` was last cleared.
+    line_at_raw_start: u64,
+    bom_checked: bool,
+    bom_prefix: Vec<u8>,
+    header: Option<Vec<String>>,
+    plan: Option<Plan>,
+    held: Vec<Held>,
+    cols: Vec<Col>,
+    cells: Vec<Cell>,
+    lines: UInt64Builder,
+    ready: VecDeque<Batch>,
+    rejects: RejectsBuilder,
+    /// Data rows accepted so far (for the summary and tests).
+    pub rows_accepted: u64,
+    done: bool,
+}
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+impl CsvDecoder {
+    pub fn new(operator: &str, object: &str, opts: CsvOptions) -> Self {
+        let reader = ReaderBuilder::new().delimiter(opts.delimiter).quote(opts.quote).build();
+        CsvDecoder {
+            object: object.to_string(),
+            reader,
+            out: vec![0; 64 * 1024],
+            out_len: 0,
+            ends: vec![0; 64],
+            ends_len: 0,
+            raw: Vec::with_capacity(1024),
+            line_at_raw_start: 1,
+            bom_checked: false,
+            bom_prefix: Vec::new(),
+            header: None,
+            plan: None,
+            held: Vec::new(),
+            cols: Vec::new(),
+            cells: Vec::new(),
+            lines: UInt64Builder::with_capacity(opts.batch_size),
+            ready: VecDeque::new(),
+            rejects: RejectsBuilder::new(operator),
+            rows_accepted: 0,
+            done: false,
+            opts,
+        }
+    }
+
+    /// The schema of the batches, once the header (and inference) settled it.
+    pub fn schema(&self) -> Option<SchemaRef> {
+        self.plan.as_ref().map(|p| p.schema.clone())
+    }
+
+    pub fn take_ready(&mut self) -> Option<Batch> {
+        self.ready.pop_front()
+    }
+
+    pub fn take_rejects(&mut self) -> Option<Batch> {
+        self.rejects.finish()
+    }
+
+    pub fn pending_rejects(&self) -> usize {
+        self.rejects.len()
+    }
+
+    /// Feeds the next chunk of the object.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), OperatorError> {
+        if !self.bom_checked {
+            // The BOM may straddle chunks in theory; keep bytes until 3 are seen.
+            self.bom_prefix.extend_from_slice(chunk);
+            if self.bom_prefix.len() < UTF8_BOM.len() {
+                return Ok(());
+            }
+            self.bom_checked = true;
+            let buf = std::mem::take(&mut self.bom_prefix);
+            let start = if buf.starts_with(UTF8_BOM) { UTF8_BOM.len() } else { 0 };
+            return self.decode(&buf[start..]);
+        }
+        self.decode(chunk)
+    }
+
+    /// The object is fully read: flush the last record and the last batch.
+    pub fn finish(&mut self) -> Result<(), OperatorError> {
+        if !self.bom_checked {
+            self.bom_checked = true;
+            let buf = std::mem::take(&mut self.bom_prefix);
+            let start = if buf.starts_with(UTF8_BOM) { UTF8_BOM.len() } else { 0 };
+            self.decode(&buf[start..])?;
+        }
+        // An empty input tells csv_core the stream ended; a last line without
+        // a terminator completes here.
+        self.decode(&[])?;
+        if self.plan.is_none() {
+            self.settle_plan()?;
+        }
+        self.flush_batch()?;
+        self.done = true;
+        Ok(())
+    }
+
+    fn decode(&mut self, mut input: &[u8]) -> Result<(), OperatorError> {
+        let at_eof = input.is_empty();
+        loop {
+            let (res, nin, nout, nend) =
+                self.reader.read_record(input, &mut self.out[self.out_len..], &mut self.ends[self.ends_len..]);
+            self.raw.extend_from_slice(&input[..nin]);
+            input = &input[nin..];
+            self.out_len += nout;
+            self.ends_len += nend;
+            match res {
+                ReadRecordResult::InputEmpty => {
+                    if !at_eof {
+                        return Ok(());
+                    }
+                }
+                ReadRecordResult::OutputFull => {
+                    let n = self.out.len() * 2;
+                    self.out.resize(n, 0);
+                }
+                ReadRecordResult::OutputEndsFull => {
+                    let n = self.ends.len() * 2;
+                    self.ends.resize(n, 0);
+                }
+                ReadRecordResult::Record => {
+                    self.on_record()?;
+                    self.out_len = 0;
+                    self.ends_len = 0;
+                    self.raw.clear();
+                    self.line_at_raw_start = self.reader.line();
+                }
+                ReadRecordResult::End => return Ok(()),
+            }
+        }
+    }
+
+    /// Line number where the record now in `raw` starts, and its text.
+    fn record_position(&self) -> (u64, usize, usize) {
+        let lead = self.raw.iter().take_while(|&&b| b == b'\n' || b == b'\r').count();
+        let newlines = self.raw[..lead].iter().filter(|&&b| b == b'\n').count() as u64;
+        let mut end = self.raw.len();
+        while end > lead && (self.raw[end - 1] == b'\n' || self.raw[end - 1] == b'\r') {
+            end -= 1;
+        }
+        (self.line_at_raw_start + newlines, lead, end)
+    }
+
+    fn on_record(&mut self) -> Result<(), OperatorError> {
+        let (line, raw_start, raw_end) = self.record_position();
+        if self.opts.header && self.header.is_none() {
+            let names = (0..self.ends_len)
+                .map(|i| String::from_utf8_lossy(self.field(i)).trim().to_string())
+                .collect::<Vec<_>>();
+            self.header = Some(names);
+            if self.opts.schema.is_some() {
+                self.settle_plan()?;
+            }
+            return Ok(());
+        }
+        if self.plan.is_none() {
+            if self.opts.schema.is_some() || self.opts.infer_rows == 0 {
+                self.settle_plan()?;
+            } else {
+                self.held.push(Held {
+                    line,
+                    data: self.out[..self.out_len].to_vec(),
+                    ends: self.ends[..self.ends_len].to_vec(),
+                    raw: self.raw[raw_start..raw_end].to_vec(),
+                });
+                if self.held.len() >= self.opts.infer_rows {
+                    self.settle_plan()?;
+                }
+                return Ok(());
+            }
+        }
+        let data = std::mem::take(&mut self.out);
+        let ends = std::mem::take(&mut self.ends);
+        let raw = std::mem::take(&mut self.raw);
+        let r = self.append(line, &data[..self.out_len], &ends[..self.ends_len], &raw[raw_start..raw_end]);
+        self.out = data;
+        self.ends = ends;
+        self.raw = raw;
+        r
+    }
+
+    fn field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.out[start..self.ends[i]]
+    }
+
+    /// Fixes the output schema: from the declared schema (matched to the
+    /// header by name), or inferred from the rows held so far.
+    fn settle_plan(&mut self) -> Result<(), OperatorError> {
+        let held = std::mem::take(&mut self.held);
+        let plan = match &self.opts.schema {
+            Some(decl) => self.plan_declared(decl, held.first())?,
+            None => self.plan_inferred(&held),
+        };
+        self.cols = plan.columns.iter().map(|&(_, ty)| Col::new(ty, self.opts.batch_size)).collect();
+        self.plan = Some(plan);
+        for h in held {
+            self.append(h.line, &h.data, &h.ends, &h.raw)?;
+        }
+        Ok(())
+    }
+
+    fn plan_declared(&self, decl: &[ColumnDecl], _first: Option<&Held>) -> Result<Plan, OperatorError> {
+        let (columns, expected_fields) = match &self.header {
+            Some(names) => {
+                let mut cols = Vec::with_capacity(decl.len());
+                for d in decl {
+                    let Some(idx) = names.iter().position(|n| n == &d.name) else {
+                        return Err(OperatorError::Data(format!(
+                            "column `{}` of the declared schema is not in the header of {} (header: {})",
+                            d.name,
+                            self.object,
+                            names.join(", ")
+                        )));
+                    };
+                    cols.push((idx, d.ty));
+                }
+                (cols, names.len())
+            }
+            None => (decl.iter().enumerate().map(|(i, d)| (i, d.ty)).collect(), decl.len()),
+        };
+        let fields = decl.iter().map(|d| Field::new(&d.name, d.ty.data_type(), true)).collect::<Vec<_>>();
+        Ok(Plan { schema: Arc::new(Schema::new(fields)), columns, expected_fields })
+    }
+
+    fn plan_inferred(&self, held: &[Held]) -> Plan {
+        let width = match &self.header {
+            Some(h) => h.len(),
+            None => held.first().map(|h| h.ends.len()).unwrap_or(0),
+        };
+        let names: Vec<String> = match &self.header {
+            Some(h) => h.clone(),
+            None => (1..=width).map(|i| format!("column_{i}")).collect(),
+        };
+        let mut types = Vec::with_capacity(width);
+        for c in 0..width {
+            let values = held.iter().filter(|h| h.ends.len() == width).map(|h| {
+                let start = if c == 0 { 0 } else { h.ends[c - 1] };
+                &h.data[start..h.ends[c]]
+            });
+            types.push(infer_type(values));
+        }
+        let fields = names.iter().zip(&types).map(|(n, t)| Field::new(n, t.data_type(), true)).collect::<Vec<_>>();
+        Plan {
+            schema: Arc::new(Schema::new(fields)),
+            columns: types.into_iter().enumerate().collect(),
+            expected_fields: width,
+        }
+    }
+
+    /// Parses one record into cells, then appends all of them or none.
+    fn append(&mut self, line: u64, data: &[u8], ends: &[usize], raw: &[u8]) -> Result<(), OperatorError> {
+        let Some(plan) = &self.plan else { return Ok(()) };
+        if ends.len() != plan.expected_fields {
+            let reason = format!("expected {} fields, found {}", plan.expected_fields, ends.len());
+            let raw = String::from_utf8_lossy(raw);
+            self.rejects.push(Reject {
+                line: Some(line),
+                column: None,
+                rule: "columns",
+                value: None,
+                reason: &reason,
+                raw: Some(&raw),
+            });
+            return Ok(());
+        }
+        self.cells.clear();
+        for (out_idx, &(idx, ty)) in plan.columns.iter().enumerate() {
+            let start = if idx == 0 { 0 } else { ends[idx - 1] };
+            let end = ends[idx];
+            match parse_cell(&data[start..end], ty, start) {
+                Ok(cell) => self.cells.push(cell),
+                Err(why) => {
+                    let column = plan.schema.field(out_idx).name().clone();
+                    let value = String::from_utf8_lossy(&data[start..end]).into_owned();
+                    let (rule, reason) = match why {
+                        ParseFail::Utf8 => ("utf8", format!("column {column} is not valid UTF-8")),
+                        ParseFail::Type => {
+                            ("parse", format!("`{value}` is not a valid {} for column {column}", ty.name()))
+                        }
+                    };
+                    let raw = String::from_utf8_lossy(raw);
+                    self.rejects.push(Reject {
+                        line: Some(line),
+                        column: Some(&column),
+                        rule,
+                        value: Some(&value),
+                        reason: &reason,
+                        raw: Some(&raw),
+                    });
+                    return Ok(());
+                }
+            }
+        }
+        for (col, cell) in self.cols.iter_mut().zip(&self.cells) {
+            match (col, *cell) {
+                (Col::Str(b), Cell::Str(s, e)) => {
+                    // parse_cell checked UTF-8 for this exact range.
+                    b.append_value(std::str::from_utf8(&data[s..e]).unwrap_or_default())
+                }
+                (Col::Str(b), Cell::Null) => b.append_value(""),
+                (Col::I64(b), Cell::I64(v)) => b.append_value(v),
+                (Col::I32(b), Cell::I32(v)) => b.append_value(v),
+                (Col::F64(b), Cell::F64(v)) => b.append_value(v),
+                (Col::Bool(b), Cell::Bool(v)) => b.append_value(v),
+                (Col::I64(b), _) => b.append_null(),
+                (Col::I32(b), _) => b.append_null(),
+                (Col::F64(b), _) => b.append_null(),
+                (Col::Bool(b), _) => b.append_null(),
+                (Col::Str(b), _) => b.append_null(),
+            }
+        }
+        self.lines.append_value(line);
+        self.rows_accepted += 1;
+        if self.lines.len() >= self.opts.batch_size {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<(), OperatorError> {
+        let Some(plan) = &self.plan else { return Ok(()) };
+        if self.lines.len() == 0 {
+            return Ok(());
+        }
+        let arrays = self.cols.iter_mut().map(Col::finish).collect::<Vec<_>>();
+        let lines = self.lines.finish();
+        let n = lines.len();
+        let records = RecordBatch::try_new_with_options(
+            plan.schema.clone(),
+            arrays,
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
+        )
+        .map_err(|e| OperatorError::arrow(format!("building a batch from {}", self.object), e))?;
+        self.ready.push_back(Batch::with_lines(records, lines));
+        Ok(())
+    }
+}
+
+enum ParseFail {
+    Utf8,
+    Type,
+}
+
+fn parse_cell(bytes: &[u8], ty: ColumnType, offset: usize) -> Result<Cell, ParseFail> {
+    let s = std::str::from_utf8(bytes).map_err(|_| ParseFail::Utf8)?;
+    if ty == ColumnType::String {
+        return Ok(Cell::Str(offset, offset + bytes.len()));
+    }
+    let t = s.trim();
+    if t.is_empty() {
+        return Ok(Cell::Null);
+    }
+    match ty {
+        ColumnType::Int64 => t.parse().map(Cell::I64).map_err(|_| ParseFail::Type),
+        ColumnType::Int32 => t.parse().map(Cell::I32).map_err(|_| ParseFail::Type),
+        ColumnType::Float64 => t.parse().map(Cell::F64).map_err(|_| ParseFail::Type),
+        ColumnType::Boolean => parse_bool(t).map(Cell::Bool).ok_or(ParseFail::Type),
+        ColumnType::String => unreachable!("handled above"),
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    if s.eq_ignore_ascii_case("true") {
+        Some(true)
+    } else if s.eq_ignore_ascii_case("false") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The narrowest type every non-empty value parses as.
+fn infer_type<'a>(values: impl Iterator<Item = &'a [u8]>) -> ColumnType {
+    let (mut int, mut float, mut boolean, mut any) = (true, true, true, false);
+    for v in values {
+        let Ok(s) = std::str::from_utf8(v) else { return ColumnType::String };
+        let s = s.trim();
+        if s.is_empty() {
+            continue;
+        }
+        any = true;
+        int &= s.parse::<i64>().is_ok();
+        float &= s.parse::<f64>().is_ok();
+        boolean &= parse_bool(s).is_some();
+        if !(int || float || boolean) {
+            return ColumnType::String;
+        }
+    }
+    match (any, int, float, boolean) {
+        (false, ..) => ColumnType::String,
+        (_, true, ..) => ColumnType::Int64,
+        (_, _, true, _) => ColumnType::Float64,
+        (_, _, _, true) => ColumnType::Boolean,
+        _ => ColumnType::String,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+
+    fn opts(schema: Option<Vec<ColumnDecl>>) -> CsvOptions {
+        CsvOptions { header: true, delimiter: b',', quote: b'"', schema, infer_rows: 100, batch_size: 1000 }
+    }
+
+    fn decl(cols: &[(&str, ColumnType)]) -> Option<Vec<ColumnDecl>> {
+        Some(cols.iter().map(|(n, t)| ColumnDecl { name: n.to_string(), ty: *t }).collect())
+    }
+
+    /// Feeds `input` in chunks of `chunk` bytes; returns (data batches, rejects).
+    fn run(input: &[u8], o: CsvOptions, chunk: usize) -> (Vec<Batch>, Vec<Batch>) {
+        let mut d = CsvDecoder::new("src", "test.csv", o);
+        for c in input.chunks(chunk.max(1)) {
+            d.feed(c).unwrap();
+        }
+        d.finish().unwrap();
+        let mut data = vec![];
+        while let Some(b) = d.take_ready() {
+            data.push(b);
+        }
+        let rejects = d.take_rejects().into_iter().collect();
+        (data, rejects)
+    }
+
+    #[test]
+    fn quoted_fields_bom_crlf_and_line_numbers_survive_any_chunking() {
+        let input = "\u{FEFF}Id,Name\r\n1,\"O\"\"Brien, Jr\"\r\n2,\"two\nlines\"\r\n\r\n3,Zoë\r\n".as_bytes();
+        for chunk in [1, 2, 3, 7, 1024] {
+            let (data, rejects) =
+                run(input, opts(decl(&[("Id", ColumnType::Int64), ("Name", ColumnType::String)])), chunk);
+            assert!(rejects.is_empty());
+            assert_eq!(data.len(), 1);
+            let b = &data[0];
+            assert_eq!(b.records.schema().field(0).name(), "Id");
+            let names = b.records.column(1).as_string::<i32>();
+            assert_eq!(names.value(0), "O\"Brien, Jr");
+            assert_eq!(names.value(1), "two\nlines");
+            assert_eq!(names.value(2), "Zoë");
+            let lines: Vec<u64> = (0..3).map(|i| b.line(i).unwrap()).collect();
+            assert_eq!(lines, vec![2, 3, 6], "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn malformed_lines_are_rejected_with_line_raw_text_and_reason() {
+        let input = b"Id,Year\n1,1880\n2\n3,abc\n4,1881,x\n5,\xff\n6,1882\n";
+        let (data, rejects) = run(input, opts(decl(&[("Id", ColumnType::Int64), ("Year", ColumnType::Int64)])), 4);
+        let rows: usize = data.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 2);
+        let r = &rejects[0].records;
+        assert_eq!(r.num_rows(), 4);
+        let line = r.column(0).as_primitive::<arrow::datatypes::UInt64Type>();
+        assert_eq!((0..4).map(|i| line.value(i)).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
+        let rule = r.column(3).as_string::<i32>();
+        assert_eq!(rule.value(0), "columns");
+        assert_eq!(rule.value(1), "parse");
+        assert_eq!(rule.value(2), "columns");
+        assert_eq!(rule.value(3), "parse");
+        let reason = r.column(5).as_string::<i32>();
+        assert_eq!(reason.value(1), "`abc` is not a valid int64 for column Year");
+        let raw = r.column(6).as_string::<i32>();
+        assert_eq!(raw.value(0), "2");
+        assert_eq!(raw.value(1), "3,abc");
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_string_column_is_a_reject() {
+        let input = b"Name\nok\nbad\xfe\n";
+        let (data, rejects) = run(input, opts(decl(&[("Name", ColumnType::String)])), 100);
+        assert_eq!(data[0].num_rows(), 1);
+        let r = &rejects[0].records;
+        assert_eq!(r.column(3).as_string::<i32>().value(0), "utf8");
+        assert_eq!(r.column(0).as_primitive::<arrow::datatypes::UInt64Type>().value(0), 3);
+    }
+
+    #[test]
+    fn types_are_inferred_from_the_first_rows() {
+        let input = b"a;b;c;d\n1;2.5;true;x\n2;3;false;y\n";
+        let mut o = opts(None);
+        o.delimiter = b';';
+        let (data, _) = run(input, o, 5);
+        let s = data[0].records.schema();
+        let types: Vec<_> = s.fields().iter().map(|f| f.data_type().clone()).collect();
+        assert_eq!(types, vec![DataType::Int64, DataType::Float64, DataType::Boolean, DataType::Utf8]);
+        assert_eq!(data[0].records.column(0).as_primitive::<Int64Type>().value(1), 2);
+    }
+
+    #[test]
+    fn declared_columns_are_found_by_header_name() {
+        let input = b"x,Year,Name\n9,1900,Ann\n";
+        let (data, _) = run(input, opts(decl(&[("Name", ColumnType::String), ("Year", ColumnType::Int64)])), 64);
+        assert_eq!(data[0].records.column(0).as_string::<i32>().value(0), "Ann");
+        assert_eq!(data[0].records.column(1).as_primitive::<Int64Type>().value(0), 1900);
+    }
+
+    #[test]
+    fn a_declared_column_missing_from_the_header_is_an_error_naming_the_header() {
+        let mut d = CsvDecoder::new("src", "t.csv", opts(decl(&[("Count", ColumnType::Int64)])));
+        let err = d.feed(b"Id,Name\n1,a\n").unwrap_err().to_string();
+        assert_eq!(err, "column `Count` of the declared schema is not in the header of t.csv (header: Id, Name)");
+    }
+
+    #[test]
+    fn batches_are_cut_at_batch_size_and_empty_numbers_are_null() {
+        let mut o = opts(decl(&[("n", ColumnType::Int64)]));
+        o.batch_size = 2;
+        let (data, _) = run(b"n\n1\n\n2\n\"\"\n3\n", o, 3);
+        assert_eq!(data.iter().map(|b| b.num_rows()).collect::<Vec<_>>(), vec![2, 2]);
+        assert!(data[1].records.column(0).is_null(0));
+    }
+}

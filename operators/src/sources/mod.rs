@@ -1,0 +1,5 @@
+//! Sources: operators with no input. Each reads in steps (see
+//! [`crate::Source`]) and records where each row came from.
+
+pub mod csv;
+pub mod file;

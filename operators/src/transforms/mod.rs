@@ -1,0 +1,5 @@
+//! Transforms: one input stream in, one or more output ports out.
+
+pub mod dedupe;
+pub mod select;
+pub mod validate;
