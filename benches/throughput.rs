@@ -1,1 +1,193 @@
-fn main() {}
+//! End-to-end throughput: file source -> validate -> dedupe -> blackhole on
+//! the full NationalNames.csv (1,924,665 rows), release build, run as a user
+//! runs it (the real `engine` binary). Prints rows/s and peak RSS, and in the
+//! same run the references that are available:
+//!
+//! - `pyarrow.csv.read_csv` of the same file (parse only, no validation or
+//!   dedupe), when python3 can import pyarrow;
+//! - a baseline engine binary given as `ENGINE_BASELINE_BIN`, e.g. a build of
+//!   the previous commit, to compare a change on the same machine and data.
+//!
+//! ```text
+//! scripts/fetch-babynames             # once: builds bench-data/NationalNames.csv
+//! cargo bench -p engine --bench throughput
+//! ```
+//! Env: `BENCH_CSV` (input path), `BENCH_RUNS` (best of N, default 3).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const PIPELINE: &str = r#"
+[pipeline]
+name = "bench-throughput"
+
+[sources.names]
+kind = "file"
+path = "${BENCH_CSV}"
+schema = [
+  { name = "Id", type = "int64" },
+  { name = "Name", type = "string" },
+  { name = "Year", type = "int64" },
+  { name = "Gender", type = "string" },
+  { name = "Count", type = "int64" },
+]
+
+[transforms.valid]
+kind = "validate"
+inputs = ["names"]
+[transforms.valid.rules.Name]
+required = true
+min_len = 1
+max_len = 64
+[transforms.valid.rules.Year]
+min = 1880
+max = 2100
+[transforms.valid.rules.Gender]
+one_of = ["M", "F"]
+[transforms.valid.rules.Count]
+min = 1
+
+[transforms.unique]
+kind = "dedupe"
+inputs = ["valid"]
+key = ["Name", "Year", "Gender"]
+
+[sinks.null]
+kind = "blackhole"
+inputs = ["unique"]
+
+[sinks.rejects]
+kind = "blackhole"
+inputs = ["names.rejects", "valid.rejects"]
+"#;
+
+struct Measure {
+    rows: u64,
+    seconds: f64,
+    peak_mib: f64,
+}
+
+impl Measure {
+    fn rows_per_s(&self) -> f64 {
+        self.rows as f64 / self.seconds
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// Runs the pipeline once with `bin`; wall time includes process start.
+fn run_engine(bin: &Path, pipeline: &Path, csv: &Path) -> Option<Measure> {
+    let t = Instant::now();
+    let o = Command::new(bin)
+        .args(["run", pipeline.to_str()?, "--no-progress", "--log-level", "warn"])
+        .env("BENCH_CSV", csv)
+        .current_dir(repo())
+        .output()
+        .ok()?;
+    let seconds = t.elapsed().as_secs_f64();
+    let out = String::from_utf8_lossy(&o.stdout);
+    if !o.status.success() {
+        eprintln!("{} failed: {}{}", bin.display(), out, String::from_utf8_lossy(&o.stderr));
+        return None;
+    }
+    let peak_mib = out
+        .find("peak memory ")
+        .and_then(|i| out[i + 12..].split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    let rows = out
+        .lines()
+        .find(|l| l.starts_with("names "))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .map(|n| n.replace(',', ""))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Some(Measure { rows, seconds, peak_mib })
+}
+
+fn best_of(n: usize, mut f: impl FnMut() -> Option<Measure>) -> Option<Measure> {
+    (0..n).filter_map(|_| f()).min_by(|a, b| a.seconds.total_cmp(&b.seconds))
+}
+
+fn pyarrow(csv: &Path) -> Option<Measure> {
+    let script = r#"
+import resource, sys, time
+import pyarrow.csv as pc
+t = time.perf_counter()
+table = pc.read_csv(sys.argv[1])
+dt = time.perf_counter() - t
+print(table.num_rows, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"#;
+    let o = Command::new("python3").args(["-c", script]).arg(csv).output().ok()?;
+    if !o.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut it = text.split_whitespace();
+    Some(Measure {
+        rows: it.next()?.parse().ok()?,
+        seconds: it.next()?.parse().ok()?,
+        peak_mib: it.next()?.parse().ok()?,
+    })
+}
+
+fn report(label: &str, m: &Measure) {
+    println!(
+        "{label:<44} {:>10} rows  {:>7.3} s  {:>12.0} rows/s  peak RSS {:>7.1} MiB",
+        m.rows,
+        m.seconds,
+        m.rows_per_s(),
+        m.peak_mib
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would too: only
+    // run when asked for benchmarks.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let csv =
+        std::env::var_os("BENCH_CSV").map(PathBuf::from).unwrap_or_else(|| repo().join("bench-data/NationalNames.csv"));
+    if !csv.exists() {
+        println!("{} is missing: run scripts/fetch-babynames first (it builds the full 1.92M-row file)", csv.display());
+        return;
+    }
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let dir = std::env::temp_dir().join(format!("engine-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let pipeline = dir.join("throughput.toml");
+    std::fs::write(&pipeline, PIPELINE).expect("write pipeline");
+
+    println!(
+        "input: {} ({:.1} MB), best of {runs}",
+        csv.display(),
+        std::fs::metadata(&csv).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
+    );
+    let engine = PathBuf::from(env!("CARGO_BIN_EXE_engine"));
+    let ours = best_of(runs, || run_engine(&engine, &pipeline, &csv));
+    match &ours {
+        Some(m) => report("engine: file -> validate -> dedupe -> null", m),
+        None => println!("engine run failed"),
+    }
+    if let Some(base) = std::env::var_os("ENGINE_BASELINE_BIN") {
+        if let Some(b) = best_of(runs, || run_engine(Path::new(&base), &pipeline, &csv)) {
+            report("baseline engine (ENGINE_BASELINE_BIN)", &b);
+            if let Some(m) = &ours {
+                println!("ratio engine / baseline: {:.2}x", m.rows_per_s() / b.rows_per_s());
+            }
+        }
+    }
+    match best_of(runs, || pyarrow(&csv)) {
+        Some(p) => {
+            report("pyarrow.csv.read_csv (parse only)", &p);
+            if let Some(m) = &ours {
+                println!("ratio engine / pyarrow: {:.2}x", m.rows_per_s() / p.rows_per_s());
+            }
+        }
+        None => println!("pyarrow not available: `pip install pyarrow` to add the reference"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -145,8 +145,12 @@ fn ascii(p: &Pipeline) -> String {
     out
 }
 
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
 fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    format!("\"{}\"", escape(s))
 }
 
 fn dot(p: &Pipeline) -> String {
@@ -161,7 +165,8 @@ fn dot(p: &Pipeline) -> String {
             out,
             "  {} [label={}, shape={shape}];",
             quote(&c.id),
-            quote(&format!("{}\\n{}", c.id, c.kind.name))
+            // `\n` is DOT's line break inside a label, so it is not escaped.
+            format!("\"{}\\n{}\"", escape(&c.id), escape(c.kind.name))
         );
     }
     for e in edges(&p.components) {

@@ -40,7 +40,8 @@ pub fn summary(r: &RunReport) -> String {
         }
         Outcome::Failed { operator, .. } => format!("failed in operator `{operator}`"),
     };
-    let _ = writeln!(out, "pipeline {} {status} in {:.2} s", r.pipeline, r.elapsed.as_secs_f64());
+    let mem = r.peak_rss_bytes.map(|b| format!(", peak memory {:.1} MiB", b as f64 / 1048576.0)).unwrap_or_default();
+    let _ = writeln!(out, "pipeline {} {status} in {:.2} s{mem}", r.pipeline, r.elapsed.as_secs_f64());
     if r.operators.is_empty() {
         return out;
     }

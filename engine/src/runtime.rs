@@ -75,6 +75,17 @@ pub struct RunReport {
     pub outcome: Outcome,
     pub elapsed: Duration,
     pub operators: Vec<OperatorReport>,
+    /// Peak resident memory of the process (Linux), for the summary and
+    /// benchmarks.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// VmHWM of this process: the most resident memory it ever held.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Signals from outside the run.
@@ -117,6 +128,7 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
         outcome: Outcome::Failed { operator: operator.to_string(), error },
         elapsed: started.elapsed(),
         operators: Vec::new(),
+        peak_rss_bytes: peak_rss_bytes(),
     };
 
     // Build every operator first: a bad option fails the run with nothing started.
@@ -281,7 +293,13 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
             }
         })
         .collect();
-    RunReport { pipeline: p.name.clone(), outcome, elapsed: started.elapsed(), operators }
+    RunReport {
+        pipeline: p.name.clone(),
+        outcome,
+        elapsed: started.elapsed(),
+        operators,
+        peak_rss_bytes: peak_rss_bytes(),
+    }
 }
 
 async fn source_task(

@@ -71,7 +71,10 @@ pub struct ConfigErrors {
 
 impl std::fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(diagnostic::render(&self.file, &self.source, &self.diagnostics).trim_end())
+        // Warnings would bury the errors; they are shown once the file is valid.
+        let errors: Vec<Diagnostic> =
+            self.diagnostics.iter().filter(|d| d.severity == Severity::Error).cloned().collect();
+        f.write_str(diagnostic::render(&self.file, &self.source, &errors).trim_end())
     }
 }
 
@@ -223,7 +226,11 @@ impl Checker<'_> {
                     None => (text.as_str(), None),
                 };
                 let Some(up) = by_id.get(from) else {
-                    let names: Vec<&str> = by_id.keys().copied().filter(|n| *n != r.id.name).collect();
+                    let names: Vec<&str> = raws
+                        .iter()
+                        .filter(|x| x.role != Role::Sink && x.id.name != r.id.name)
+                        .map(|x| x.id.name.as_str())
+                        .collect();
                     let d =
                         self.err(format!("unknown input `{text}` of [{}.{}]", r.role.table(), r.id.name), span.clone());
                     d.help = Some(match diagnostic::closest(from, names.iter().copied()) {
@@ -269,7 +276,8 @@ impl Checker<'_> {
             });
         }
 
-        if let Some(cycle) = crate::graph::find_cycle(&components) {
+        let unique_ids = first_seen.len() == raws.len();
+        if let Some(cycle) = crate::graph::find_cycle(&components).filter(|_| unique_ids) {
             let span = raws.iter().find(|r| r.id.name == cycle[0]).map(|r| r.id.span.clone()).unwrap_or(0..0);
             self.err(format!("the pipeline has a cycle: {}", cycle.join(" -> ")), span).help =
                 Some("data must flow one way, from sources to sinks".into());
@@ -444,7 +452,10 @@ impl Checker<'_> {
         if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
             let mut options: Vec<&str> = expected.iter().map(String::as_str).collect();
             if path.len() <= 1 {
-                options.extend(COMMON.iter().copied().filter(|c| r.role != Role::Source || *c != "inputs"));
+                options.extend(COMMON.iter().copied().filter(|c| match r.role {
+                    Role::Source => *c != "inputs" && *c != "channel_capacity",
+                    _ => *c != "batch_size",
+                }));
             }
             let d = self.err(
                 format!("unknown option `{dotted}` in {where_} ({} {})", kind.name, role_word(r.role)),

@@ -608,7 +608,7 @@ mod tests {
         assert_eq!(rule.value(0), "columns");
         assert_eq!(rule.value(1), "parse");
         assert_eq!(rule.value(2), "columns");
-        assert_eq!(rule.value(3), "parse");
+        assert_eq!(rule.value(3), "utf8");
         let reason = r.column(5).as_string::<i32>();
         assert_eq!(reason.value(1), "`abc` is not a valid int64 for column Year");
         let raw = r.column(6).as_string::<i32>();

@@ -7,6 +7,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
 // ParquetObjectReader is deprecated upstream in favour of hand-written
 // AsyncFileReader impls; it still does exactly what we need (ranged reads
 // through object_store), so we keep it until the replacement settles.
@@ -198,11 +199,23 @@ impl Source for FileSource {
                 Reading::Csv { decoder, meta, offset: 0, stream }
             }
             Format::Parquet => {
-                let reader =
-                    ParquetObjectReader::new(self.loc.store.clone(), self.loc.path.clone()).with_file_size(meta.size);
-                let stream = ParquetRecordBatchStreamBuilder::new(reader)
-                    .await
-                    .map_err(|e| OperatorError::parquet(format!("cannot read the Parquet footer of {object}"), e))?
+                let reader = || {
+                    ParquetObjectReader::new(self.loc.store.clone(), self.loc.path.clone()).with_file_size(meta.size)
+                };
+                let builder = match ParquetRecordBatchStreamBuilder::new(reader()).await {
+                    Ok(b) => b,
+                    // Some writers (e.g. R's nanoparquet) embed an Arrow schema
+                    // that arrow-rs's flatbuffer verifier refuses; the Parquet
+                    // schema alone is enough to read the data.
+                    Err(e) => {
+                        tracing::warn!(object = %object, error = %e, "ignoring the embedded Arrow schema");
+                        let opts = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+                        ParquetRecordBatchStreamBuilder::new_with_options(reader(), opts).await.map_err(|e| {
+                            OperatorError::parquet(format!("cannot read the Parquet footer of {object}"), e)
+                        })?
+                    }
+                };
+                let stream = builder
                     .with_batch_size(self.ctx.batch_size)
                     .build()
                     .map_err(|e| OperatorError::parquet(format!("cannot read {object}"), e))?;
