@@ -3,10 +3,11 @@
 //!
 //! Keys are encoded with Arrow's row format (one compact, comparable byte
 //! string per key, computed a batch at a time) and stored back to back in one
-//! arena; the hash table holds only (offset, length) into it. A key costs its
-//! encoded bytes plus ~16 bytes of table, with no allocation per key. The
-//! arena being append-only is also what makes an incremental checkpoint of
-//! the keys cheap later: what was added since the last one is a byte range.
+//! chunked arena; the hash table holds one packed `u64` (chunk, offset,
+//! length) per key. A key costs its encoded bytes plus ~9 bytes of table,
+//! with no allocation per key. The arena being append-only is also what makes
+//! an incremental checkpoint of the keys cheap later: what was added since
+//! the last one is a tail of the arena.
 
 use arrow::array::{BooleanArray, BooleanBufferBuilder};
 use arrow::datatypes::SchemaRef;
@@ -29,12 +30,39 @@ pub struct DedupeConfig {
     pub key: Vec<String>,
 }
 
+/// Bytes per arena chunk. Chunks are never reallocated, so growing the set
+/// never holds an old and a new copy of every key at once.
+const CHUNK: usize = 4 << 20;
+const OFF_BITS: u32 = 22; // offsets within a 4 MiB chunk
+const LEN_BITS: u32 = 16;
+/// Length field value meaning "the key is its own chunk" (keys too long for
+/// the packed form).
+const WHOLE_CHUNK: u64 = (1 << LEN_BITS) - 1;
+
 /// The set of keys seen, exact.
+///
+/// Each key lives once, in an append-only chunked arena; the table stores
+/// one packed `u64` per key (chunk index, offset, length), so a key costs its
+/// encoded bytes plus about 9 bytes of table.
 #[derive(Default)]
 pub struct KeySet {
-    arena: Vec<u8>,
-    table: HashTable<(u64, u32)>,
+    chunks: Vec<Vec<u8>>,
+    table: HashTable<u64>,
     hasher: hashbrown::DefaultHashBuilder,
+}
+
+fn pack(chunk: usize, off: usize, len: u64) -> u64 {
+    ((chunk as u64) << (OFF_BITS + LEN_BITS)) | ((off as u64) << LEN_BITS) | len
+}
+
+fn unpack(chunks: &[Vec<u8>], e: u64) -> &[u8] {
+    let chunk = &chunks[(e >> (OFF_BITS + LEN_BITS)) as usize];
+    let len = e & WHOLE_CHUNK;
+    if len == WHOLE_CHUNK {
+        return chunk;
+    }
+    let off = ((e >> LEN_BITS) & ((1 << OFF_BITS) - 1)) as usize;
+    &chunk[off..off + len as usize]
 }
 
 impl KeySet {
@@ -48,24 +76,32 @@ impl KeySet {
 
     /// Bytes held by keys and table (for the summary and metrics).
     pub fn memory_bytes(&self) -> usize {
-        self.arena.capacity() + self.table.capacity() * std::mem::size_of::<(u64, u32)>()
+        self.chunks.iter().map(Vec::capacity).sum::<usize>() + self.table.capacity() * (std::mem::size_of::<u64>() + 1)
     }
 
     /// Inserts `key`; true when it was not there before.
     pub fn insert(&mut self, key: &[u8]) -> bool {
         let hash = self.hasher.hash_one(key);
-        let arena = &self.arena;
-        let found =
-            self.table.find(hash, |&(off, len)| &arena[off as usize..off as usize + len as usize] == key).is_some();
-        if found {
+        let chunks = &self.chunks;
+        if self.table.find(hash, |&e| unpack(chunks, e) == key).is_some() {
             return false;
         }
-        let off = self.arena.len() as u64;
-        self.arena.extend_from_slice(key);
-        let (arena, hasher) = (&self.arena, &self.hasher);
-        self.table.insert_unique(hash, (off, key.len() as u32), |&(o, l)| {
-            hasher.hash_one(&arena[o as usize..o as usize + l as usize])
-        });
+        let entry = if key.len() as u64 >= WHOLE_CHUNK {
+            self.chunks.push(key.to_vec());
+            pack(self.chunks.len() - 1, 0, WHOLE_CHUNK)
+        } else {
+            let fits = self.chunks.last().is_some_and(|c| c.capacity() == CHUNK && c.len() + key.len() <= CHUNK);
+            if !fits {
+                self.chunks.push(Vec::with_capacity(CHUNK));
+            }
+            let idx = self.chunks.len() - 1;
+            let chunk = &mut self.chunks[idx];
+            let off = chunk.len();
+            chunk.extend_from_slice(key);
+            pack(idx, off, key.len() as u64)
+        };
+        let (chunks, hasher) = (&self.chunks, &self.hasher);
+        self.table.insert_unique(hash, entry, |&e| hasher.hash_one(unpack(chunks, e)));
         true
     }
 }
@@ -158,5 +194,28 @@ mod tests {
             assert!(!s.insert(&i.to_le_bytes()));
         }
         assert_eq!(s.len(), 100_003);
+    }
+
+    #[test]
+    fn keys_spanning_chunks_and_huge_keys_are_exact() {
+        let mut s = KeySet::default();
+        let big = vec![7u8; 70_000];
+        assert!(s.insert(&big));
+        assert!(!s.insert(&big));
+        let mut other = big.clone();
+        other[69_999] = 8;
+        assert!(s.insert(&other));
+        // ~10 MB of 1 KiB keys: several chunks.
+        for i in 0..10_000u32 {
+            let mut k = vec![0u8; 1024];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            assert!(s.insert(&k));
+        }
+        for i in 0..10_000u32 {
+            let mut k = vec![0u8; 1024];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            assert!(!s.insert(&k), "key {i} lost");
+        }
+        assert!(s.chunks.len() > 3);
     }
 }
