@@ -103,6 +103,9 @@ pub struct OutPort {
     pub senders: Vec<async_channel::Sender<Message>>,
     rows: metrics::Counter,
     is_rejects: bool,
+    /// A port that carries rows the operator removed (dedupe's
+    /// `duplicates`): already counted as dropped, not as output.
+    is_side: bool,
     warned_unconnected: bool,
 }
 
@@ -113,7 +116,14 @@ impl OutPort {
             "operator" => operator.to_string(),
             "port" => name.to_string()
         );
-        OutPort { name: name.to_string(), senders, rows, is_rejects: name == "rejects", warned_unconnected: false }
+        OutPort {
+            name: name.to_string(),
+            senders,
+            rows,
+            is_rejects: name == "rejects",
+            is_side: name == "duplicates",
+            warned_unconnected: false,
+        }
     }
 }
 
@@ -162,7 +172,7 @@ impl Collector {
         if p.is_rejects {
             self.stats.rows_rejected.fetch_add(n, Ordering::Relaxed);
             self.rejected.increment(n);
-        } else {
+        } else if !p.is_side {
             self.stats.rows_out.fetch_add(n, Ordering::Relaxed);
         }
         if p.senders.is_empty() {

@@ -261,7 +261,17 @@ impl Checker<'_> {
                 if kind.ports.is_empty() {
                     continue;
                 }
-                inputs.push(Input { from: from.to_string(), port: port_idx, port_name: kind.ports[port_idx] });
+                let input = Input { from: from.to_string(), port: port_idx, port_name: kind.ports[port_idx] };
+                if inputs.contains(&input) {
+                    // Two edges from one port would deliver every row twice.
+                    self.err(
+                        format!("[{}.{}] reads `{from}.{}` twice", r.role.table(), r.id.name, input.port_name),
+                        span.clone(),
+                    )
+                    .help = Some("list each input once".into());
+                    continue;
+                }
+                inputs.push(input);
             }
             let Some(kind) = r.kind else { continue };
             let (options, bs, cap) = self.options(r, kind);

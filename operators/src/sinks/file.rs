@@ -95,7 +95,8 @@ pub fn build(ctx: &BuildContext, cfg: FileSinkConfig) -> Result<FileSink, Operat
     let loc = resolve(&cfg.path)?;
     let staging = if loc.is_local {
         let name = loc.path.filename().unwrap_or("out");
-        let tmp = format!(".{name}.tmp-{}", std::process::id());
+        // The sink id keeps two sinks of one run apart, the pid two runs.
+        let tmp = format!(".{name}.tmp-{}-{}", ctx.id, std::process::id());
         let mut parts: Vec<_> = loc.path.parts().collect();
         parts.pop();
         parts.push(tmp.as_str().into());

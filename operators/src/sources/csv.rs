@@ -76,6 +76,10 @@ pub struct CsvOptions {
     pub schema: Option<Vec<ColumnDecl>>,
     pub infer_rows: usize,
     pub batch_size: usize,
+    /// A record longer than this is rejected and reading resumes at the
+    /// line after its start: an unterminated quote must not swallow (and
+    /// buffer) the rest of the file.
+    pub max_record_bytes: usize,
 }
 
 enum Col {
@@ -146,8 +150,11 @@ pub struct CsvDecoder {
     /// Bytes of the record being read, terminators before it included, for
     /// the `raw` column of a reject.
     raw: Vec<u8>,
-    /// `reader.line()` when `raw` was last cleared.
+    /// Absolute line where `raw` starts (the line after the last record).
     line_at_raw_start: u64,
+    /// Added to `reader.line()`, which restarts at 1 when the reader is
+    /// reset after an over-long record.
+    line_base: u64,
     bom_checked: bool,
     bom_prefix: Vec<u8>,
     header: Option<Vec<String>>,
@@ -177,6 +184,7 @@ impl CsvDecoder {
             ends_len: 0,
             raw: Vec::with_capacity(1024),
             line_at_raw_start: 1,
+            line_base: 0,
             bom_checked: false,
             bom_prefix: Vec::new(),
             header: None,
@@ -212,6 +220,11 @@ impl CsvDecoder {
 
     /// Feeds the next chunk of the object.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), OperatorError> {
+        // An empty slice means end of input to csv_core; a stream may yield
+        // an empty chunk mid-file, which must not end the record.
+        if chunk.is_empty() {
+            return Ok(());
+        }
         if !self.bom_checked {
             // The BOM may straddle chunks in theory; keep bytes until 3 are seen.
             self.bom_prefix.extend_from_slice(chunk);
@@ -254,6 +267,10 @@ impl CsvDecoder {
             input = &input[nin..];
             self.out_len += nout;
             self.ends_len += nend;
+            if res != ReadRecordResult::Record && self.raw.len() > self.opts.max_record_bytes {
+                self.resync()?;
+                continue;
+            }
             match res {
                 ReadRecordResult::InputEmpty => {
                     if !at_eof {
@@ -273,11 +290,47 @@ impl CsvDecoder {
                     self.out_len = 0;
                     self.ends_len = 0;
                     self.raw.clear();
-                    self.line_at_raw_start = self.reader.line();
+                    self.line_at_raw_start = self.line_base + self.reader.line();
                 }
                 ReadRecordResult::End => return Ok(()),
             }
         }
+    }
+
+    /// The record being read passed `max_record_bytes`: reject its first
+    /// line, restart the parser on the line after it, and replay what was
+    /// read past that line.
+    fn resync(&mut self) -> Result<(), OperatorError> {
+        let (line, lead, _) = self.record_position();
+        let body = &self.raw[lead..];
+        let (bad, replay) = match body.iter().position(|&b| b == b'\n') {
+            Some(i) => (&body[..i], body[i + 1..].to_vec()),
+            None => (body, Vec::new()),
+        };
+        let bad = bad.strip_suffix(b"\r").unwrap_or(bad);
+        let shown = String::from_utf8_lossy(&bad[..bad.len().min(4096)]).into_owned();
+        let reason = format!(
+            "record starting at line {line} is longer than max_record_bytes ({}): most likely an unterminated quote; reading resumes at line {}",
+            self.opts.max_record_bytes,
+            line + 1
+        );
+        self.rejects.push(Reject {
+            line: Some(line),
+            column: None,
+            rule: "record_too_long",
+            value: None,
+            reason: &reason,
+            raw: Some(&shown),
+        });
+        self.reader.reset();
+        self.line_base = line;
+        self.line_at_raw_start = line + 1;
+        self.out_len = 0;
+        self.ends_len = 0;
+        self.raw.clear();
+        self.out.truncate(64 * 1024);
+        self.out.shrink_to_fit();
+        if replay.is_empty() { Ok(()) } else { self.decode(&replay) }
     }
 
     /// Line number where the record now in `raw` starts, and its text.
@@ -553,7 +606,15 @@ mod tests {
     use arrow::datatypes::Int64Type;
 
     fn opts(schema: Option<Vec<ColumnDecl>>) -> CsvOptions {
-        CsvOptions { header: true, delimiter: b',', quote: b'"', schema, infer_rows: 100, batch_size: 1000 }
+        CsvOptions {
+            header: true,
+            delimiter: b',',
+            quote: b'"',
+            schema,
+            infer_rows: 100,
+            batch_size: 1000,
+            max_record_bytes: 1 << 20,
+        }
     }
 
     fn decl(cols: &[(&str, ColumnType)]) -> Option<Vec<ColumnDecl>> {
@@ -614,6 +675,29 @@ mod tests {
         let raw = r.column(6).as_string::<i32>();
         assert_eq!(raw.value(0), "2");
         assert_eq!(raw.value(1), "3,abc");
+    }
+
+    #[test]
+    fn an_unterminated_quote_costs_one_line_not_the_rest_of_the_file() {
+        let mut input = b"Id,Name\n1,\"Ann\n".to_vec();
+        for i in 2..2000 {
+            input.extend_from_slice(format!("{i},Name{i}\n").as_bytes());
+        }
+        let mut o = opts(decl(&[("Id", ColumnType::Int64), ("Name", ColumnType::String)]));
+        o.max_record_bytes = 256;
+        for chunk in [7, 100, 1 << 16] {
+            let (data, rejects) = run(&input, o.clone(), chunk);
+            let rows: usize = data.iter().map(|b| b.num_rows()).sum();
+            // Lines 3..=2000 all survive; only line 2 is lost.
+            assert_eq!(rows, 1998, "chunk {chunk}");
+            let r = &rejects[0].records;
+            assert_eq!(r.column(0).as_primitive::<arrow::datatypes::UInt64Type>().value(0), 2);
+            assert_eq!(r.column(3).as_string::<i32>().value(0), "record_too_long");
+            assert_eq!(r.column(6).as_string::<i32>().value(0), "1,\"Ann");
+            // Line numbers after the resync are still the file's.
+            let last = data.last().unwrap();
+            assert_eq!(last.line(last.num_rows() - 1), Some(2000));
+        }
     }
 
     #[test]

@@ -47,9 +47,6 @@ pub enum OnError {
 fn yes() -> bool {
     true
 }
-fn comma() -> String {
-    ",".into()
-}
 fn dquote() -> String {
     "\"".into()
 }
@@ -67,8 +64,8 @@ pub struct FileSourceConfig {
     pub format: Option<Format>,
     #[serde(default = "yes")]
     pub header: bool,
-    #[serde(default = "comma")]
-    pub delimiter: String,
+    /// Default `,` (tab for `.tsv` files).
+    pub delimiter: Option<String>,
     #[serde(default = "dquote")]
     pub quote: String,
     /// Declared columns; without it, types are inferred from the first rows.
@@ -77,6 +74,14 @@ pub struct FileSourceConfig {
     pub infer_rows: usize,
     #[serde(default)]
     pub on_error: OnError,
+    /// A CSV record longer than this is rejected (an unterminated quote
+    /// would otherwise swallow the rest of the file).
+    #[serde(default = "one_mib")]
+    pub max_record_bytes: usize,
+}
+
+fn one_mib() -> usize {
+    1 << 20
 }
 
 impl FileSourceConfig {
@@ -135,11 +140,16 @@ pub fn build(ctx: &BuildContext, cfg: FileSourceConfig) -> Result<FileSource, Op
     let format = cfg.format()?;
     let csv = CsvOptions {
         header: cfg.header,
-        delimiter: single_byte("delimiter", &cfg.delimiter)?,
+        delimiter: match &cfg.delimiter {
+            Some(d) => single_byte("delimiter", d)?,
+            None if cfg.path.to_ascii_lowercase().ends_with(".tsv") => b'\t',
+            None => b',',
+        },
         quote: single_byte("quote", &cfg.quote)?,
         schema: cfg.schema.clone(),
         infer_rows: cfg.infer_rows,
         batch_size: ctx.batch_size,
+        max_record_bytes: cfg.max_record_bytes.max(1),
     };
     let loc = resolve(&cfg.path)?;
     Ok(FileSource { cfg, ctx: ctx.clone(), format, csv, loc, state: Reading::NotOpen })
