@@ -185,10 +185,15 @@ fn spawn_signal_handler(control: Control) {
                     "stopping: sources stop reading, in-flight rows are drained and sinks flushed (send again to abort)"
                 );
                 control.request_drain(name);
-            } else {
-                tracing::error!(signal = name, "aborting now; sinks discard partial output");
+            } else if count == 2 {
+                tracing::error!(
+                    signal = name,
+                    "aborting now; sinks discard partial output (send again to exit at once)"
+                );
                 control.abort.cancel();
-                return;
+            } else {
+                eprintln!("{name} received a third time: exiting without cleanup");
+                std::process::exit(if name == "SIGINT" { 130 } else { 143 });
             }
         }
     });

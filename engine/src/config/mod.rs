@@ -94,7 +94,7 @@ pub fn load(path: &Path) -> Result<Pipeline, ConfigErrors> {
 
 /// Validates pipeline text; `lookup` resolves `${VAR}`.
 pub fn load_str(path: &Path, source: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Pipeline, ConfigErrors> {
-    let mut checker = Checker { diags: Vec::new(), lookup };
+    let mut checker = Checker { diags: Vec::new(), lookup, uninterpolated: Vec::new() };
     let result = checker.check(path, source);
     let errors = checker.diags.iter().any(|d| d.severity == Severity::Error);
     match result {
@@ -110,6 +110,9 @@ pub fn load_str(path: &Path, source: &str, lookup: &dyn Fn(&str) -> Option<Strin
 struct Checker<'a> {
     diags: Vec<Diagnostic>,
     lookup: &'a dyn Fn(&str) -> Option<String>,
+    /// `section.id` of components with a variable that did not expand: their
+    /// options are not worth building (the error is already reported).
+    uninterpolated: Vec<String>,
 }
 
 /// A component as read, before its inputs are resolved.
@@ -274,7 +277,23 @@ impl Checker<'_> {
                 inputs.push(input);
             }
             let Some(kind) = r.kind else { continue };
+            let errors_before = self.diags.len();
             let (options, bs, cap) = self.options(r, kind);
+            let expanded = !self.uninterpolated.contains(&format!("{}.{}", r.role.table(), r.id.name));
+            if self.diags.len() == errors_before && expanded {
+                // Options that deserialise can still be unusable (a regex
+                // that does not compile, min above max, an unknown URL
+                // scheme). Building is free of side effects, so do it now and
+                // report here rather than at run time.
+                let ctx = operators::BuildContext {
+                    pipeline: String::new(),
+                    id: r.id.name.clone(),
+                    batch_size: bs.unwrap_or(batch_size),
+                };
+                if let Err(e) = (kind.build)(&ctx, options.clone()) {
+                    self.err(format!("[{}.{}]: {e}", r.role.table(), r.id.name), r.id.span.clone());
+                }
+            }
             components.push(Component {
                 id: r.id.name.clone(),
                 role: r.role,
@@ -527,6 +546,9 @@ impl Checker<'_> {
             Value::String(s) => match interpolate::interpolate(s, self.lookup) {
                 Ok(v) => *s = v,
                 Err(e) => {
+                    if path.len() >= 2 {
+                        self.uninterpolated.push(format!("{}.{}", path[0], path[1]));
+                    }
                     let at = if path.is_empty() { String::new() } else { format!(" (in {})", path.join(".")) };
                     self.err(format!("{e}{at}"), node.span.clone()).help = match &e {
                         interpolate::InterpolateError::Unset { var } => {
