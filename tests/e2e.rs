@@ -448,3 +448,46 @@ delay_ms = 40
     assert!(live.starts_with("HTTP/1.1 200"), "{live}");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 }
+
+/// A sink that finished early must not publish when another operator fails
+/// later: outputs of a failed run stay as they were before it.
+#[test]
+fn a_failed_run_leaves_earlier_outputs_untouched() {
+    let dir = out_dir();
+    let rejects = dir.path().join("rejects.ndjson");
+    std::fs::write(&rejects, "OLD\n").unwrap();
+    let p = write_pipeline(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[sources.names]
+kind = "file"
+path = "pipelines/data/NationalNames.sample.csv"
+{SCHEMA}
+[transforms.valid]
+kind = "validate"
+inputs = ["names"]
+[transforms.valid.rules.NoSuchColumn]
+required = true
+[sinks.out]
+kind = "blackhole"
+inputs = ["valid"]
+[sinks.rejects]
+kind = "file"
+inputs = ["names.rejects"]
+path = "{}"
+"#,
+            rejects.display()
+        ),
+    );
+    let o = run(&["run", &p], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("operator `valid` failed: invalid configuration: rules name column `NoSuchColumn`"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&rejects).unwrap(), "OLD\n");
+    assert_eq!(count_tmp_files(dir.path()), 0);
+}

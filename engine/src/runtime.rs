@@ -163,7 +163,7 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
     on_live(live.clone());
 
     // Open sources before spawning: a missing file fails here, cleanly.
-    let mut tasks: Vec<(usize, BoxFuture<'static, Result<(), OperatorError>>)> = Vec::new();
+    let mut tasks: Vec<(usize, BoxFuture<'static, TaskResult>)> = Vec::new();
     for (i, b) in built {
         let c = &p.components[i];
         let ports = c
@@ -181,7 +181,7 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
                 if let Err(e) = opened {
                     return fail(&c.id, e.to_string());
                 }
-                source_task(s, out, control.drain.clone(), abort.clone()).boxed()
+                source_task(s, out, control.drain.clone(), abort.clone()).map(|r| r.map(|()| None)).boxed()
             }
             Built::Operator(op) => {
                 let inputs = receivers.remove(&c.id).unwrap_or_default();
@@ -237,12 +237,17 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
     }
 
     let mut failure: Option<(String, String)> = None;
+    // Operators that finished cleanly wait here for the verdict on the run.
+    let mut finished: Vec<(usize, Box<dyn Operator>)> = Vec::new();
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok((i, took, r)) => {
                 elapsed[i] = took;
                 match r {
-                    Ok(()) => tracing::debug!(operator = %p.components[i].id, "finished"),
+                    Ok(op) => {
+                        tracing::debug!(operator = %p.components[i].id, "finished");
+                        finished.extend(op.map(|op| (i, op)));
+                    }
                     Err(OperatorError::Cancelled) => {}
                     Err(e) => {
                         if failure.is_none() {
@@ -262,6 +267,24 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
         }
     }
     sampler.cancel();
+
+    // Publish only when the whole run succeeded (or drained cleanly): a
+    // failed run leaves every previous output as it was.
+    if failure.is_none() && !abort.is_cancelled() {
+        for (i, op) in &mut finished {
+            let id = &p.components[*i].id;
+            if let Err(e) = op.commit().instrument(tracing::info_span!("operator", operator = %id)).await {
+                tracing::error!(operator = %id, error = %e, "publishing output failed");
+                failure = Some((id.clone(), e.to_string()));
+                break;
+            }
+        }
+    }
+    if failure.is_some() || abort.is_cancelled() {
+        for (_, op) in &mut finished {
+            op.abort().await;
+        }
+    }
 
     let outcome = match failure {
         Some((operator, error)) => Outcome::Failed { operator, error },
@@ -370,6 +393,10 @@ impl Inputs {
     }
 }
 
+/// What a task hands back: an operator that finished cleanly, to be
+/// committed or aborted once the run's outcome is known.
+type TaskResult = Result<Option<Box<dyn Operator>>, OperatorError>;
+
 async fn operator_task(
     id: String,
     op: Box<dyn Operator>,
@@ -377,7 +404,7 @@ async fn operator_task(
     out: Collector,
     stats: Arc<OperatorStats>,
     abort: CancellationToken,
-) -> Result<(), OperatorError> {
+) -> TaskResult {
     let rows_in = metrics::counter!("engine_rows_in_total", "operator" => id.clone());
     let batches_in = metrics::counter!("engine_batches_in_total", "operator" => id);
     let n = rxs.len();
@@ -424,8 +451,11 @@ async fn operator_task(
         out.broadcast(Message::End).await
     }
     .await;
-    if result.is_err() {
-        op.abort().await;
+    match result {
+        Ok(()) => Ok(Some(op)),
+        Err(e) => {
+            op.abort().await;
+            Err(e)
+        }
     }
-    result
 }

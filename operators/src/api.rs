@@ -260,6 +260,11 @@ pub trait Operator: Send {
     async fn finish(&mut self, _out: &mut Collector) -> Result<(), OperatorError> {
         Ok(())
     }
-    /// The run failed elsewhere: discard partial output (temp files).
+    /// Every operator of the run finished without error: publish what
+    /// `finish` staged (e.g. rename a temp file into place).
+    async fn commit(&mut self) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// The run failed: discard partial or staged output (temp files).
     async fn abort(&mut self) {}
 }

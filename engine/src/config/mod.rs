@@ -519,7 +519,14 @@ impl Checker<'_> {
     }
 
     fn positive(&mut self, v: &Node, what: &str) -> Option<usize> {
+        // Both are allocated up front (builders, channel slots): a huge value
+        // is a typo that would exhaust memory, not a setting.
+        const MAX: i64 = 1 << 20;
         match &v.value {
+            Value::Integer(i) if *i > MAX => {
+                self.err(format!("`{what}` must be at most {MAX}, found {i}"), v.span.clone());
+                None
+            }
             Value::Integer(i) if *i > 0 => Some(*i as usize),
             Value::Integer(i) => {
                 self.err(format!("`{what}` must be at least 1, found {i}"), v.span.clone());

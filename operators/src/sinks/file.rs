@@ -1,8 +1,9 @@
 //! `kind = "file"` sink: CSV, Parquet or NDJSON written through the object
-//! store. A reader never sees half a file: on local disk the data goes to a
-//! temporary name beside the target and is renamed over it once complete; on
-//! S3 a multipart upload is invisible until it completes, which gives the
-//! same guarantee without a copy.
+//! store. A reader never sees half a file, and a failed run publishes
+//! nothing: rows go to a temporary name beside the target (`finish`
+//! completes it) and it is renamed over the target only in `commit`, which
+//! the runtime calls once every operator of the run succeeded. On local disk
+//! the rename is atomic; on S3 it is a server-side copy.
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
@@ -93,17 +94,13 @@ pub fn build(ctx: &BuildContext, cfg: FileSinkConfig) -> Result<FileSink, Operat
         }
     };
     let loc = resolve(&cfg.path)?;
-    let staging = if loc.is_local {
-        let name = loc.path.filename().unwrap_or("out");
-        // The sink id keeps two sinks of one run apart, the pid two runs.
-        let tmp = format!(".{name}.tmp-{}-{}", ctx.id, std::process::id());
-        let mut parts: Vec<_> = loc.path.parts().collect();
-        parts.pop();
-        parts.push(tmp.as_str().into());
-        Path::from_iter(parts)
-    } else {
-        loc.path.clone()
-    };
+    // The sink id keeps two sinks of one run apart, the pid two runs.
+    let name = loc.path.filename().unwrap_or("out");
+    let tmp = format!(".{name}.tmp-{}-{}", ctx.id, std::process::id());
+    let mut parts: Vec<_> = loc.path.parts().collect();
+    parts.pop();
+    parts.push(tmp.as_str().into());
+    let staging = Path::from_iter(parts);
     Ok(FileSink { id: ctx.id.clone(), cfg, format, delimiter, loc, staging, writer: None, schema: None, rows: 0 })
 }
 
@@ -193,9 +190,12 @@ impl Operator for FileSink {
             }
             None => {}
         }
-        if self.staging != self.loc.path {
-            self.loc.store.rename(&self.staging, &self.loc.path).await.map_err(|e| self.err("cannot publish", e))?;
-        }
+        tracing::debug!(path = %self.loc.display, rows = self.rows, "file staged");
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), OperatorError> {
+        self.loc.store.rename(&self.staging, &self.loc.path).await.map_err(|e| self.err("cannot publish", e))?;
         tracing::info!(path = %self.loc.display, rows = self.rows, "file written");
         Ok(())
     }
@@ -207,8 +207,6 @@ impl Operator for FileSink {
             }
             Some(Writer::Parquet(_)) | None => {}
         }
-        if self.loc.is_local {
-            let _ = self.loc.store.delete(&self.staging).await;
-        }
+        let _ = self.loc.store.delete(&self.staging).await;
     }
 }

@@ -250,6 +250,12 @@ impl CsvDecoder {
         // An empty input tells csv_core the stream ended; a last line without
         // a terminator completes here.
         self.decode(&[])?;
+        if self.opts.header && self.header.is_none() {
+            return Err(OperatorError::Data(format!(
+                "{} is empty: expected a header line (set header = false for a file without one)",
+                self.object
+            )));
+        }
         if self.plan.is_none() {
             self.settle_plan()?;
         }
@@ -697,6 +703,16 @@ mod tests {
             // Line numbers after the resync are still the file's.
             let last = data.last().unwrap();
             assert_eq!(last.line(last.num_rows() - 1), Some(2000));
+        }
+    }
+
+    #[test]
+    fn an_empty_file_with_a_header_expected_is_an_error() {
+        for input in [&b""[..], b"\xEF\xBB\xBF", b"\n\n"] {
+            let mut d = CsvDecoder::new("src", "e.csv", opts(None));
+            d.feed(input).unwrap();
+            let err = d.finish().unwrap_err().to_string();
+            assert!(err.starts_with("e.csv is empty: expected a header line"), "{err}");
         }
     }
 

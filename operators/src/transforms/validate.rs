@@ -91,17 +91,16 @@ fn fmt_num(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { v.to_string() }
 }
 
-/// The bound as a one-element array of the column's type, for the
-/// comparison kernels (a fractional bound on an integer column compares in
-/// float64 instead, see `numeric_view`).
+/// The bound as a one-element Int64 (integer column, whole bound) or Float64
+/// array. The column is widened to the bound's type at check time, never the
+/// bound narrowed to the column's: a bound outside an int32 column's range
+/// must still compare, not turn into null and pass everything.
 fn bound(v: f64, ty: &DataType) -> Result<Arc<dyn Datum + Send + Sync>, OperatorError> {
-    let arr: ArrayRef = if ty.is_integer() && v.fract() == 0.0 {
+    let arr: ArrayRef = if ty.is_integer() && v.fract() == 0.0 && v.abs() < 9.0e18 {
         Arc::new(arrow::array::Int64Array::from(vec![v as i64]))
     } else {
         Arc::new(arrow::array::Float64Array::from(vec![v]))
     };
-    let target = if ty.is_integer() && v.fract() != 0.0 { DataType::Float64 } else { ty.clone() };
-    let arr = cast(&arr, &target).map_err(|e| OperatorError::arrow("preparing a bound", e))?;
     Ok(Arc::new(Scalar::new(arr)))
 }
 
@@ -269,5 +268,49 @@ impl Operator for Validate {
             out.emit(REJECTS, r).await?;
         }
         out.emit(OUT, kept).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int32Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use arrow::record_batch::RecordBatch;
+
+    fn check(rules: ColumnRules, col: ArrayRef) -> Vec<bool> {
+        let schema = Arc::new(Schema::new(vec![Field::new("c", col.data_type().clone(), true)]));
+        let cfg = ValidateConfig { rules: [("c".to_string(), rules)].into_iter().collect() };
+        let checks = compile(&cfg, &schema).unwrap();
+        let batch = RecordBatch::try_new(schema, vec![col]).unwrap();
+        let n = batch.num_rows();
+        let mut bad = vec![false; n];
+        for c in &checks {
+            let m = violations(c, batch.column(c.column)).unwrap();
+            for (i, b) in bad.iter_mut().enumerate() {
+                *b |= m.value(i);
+            }
+        }
+        bad
+    }
+
+    #[test]
+    fn a_bound_outside_the_column_type_still_applies() {
+        let col: ArrayRef = Arc::new(Int32Array::from(vec![Some(1), None, Some(i32::MAX)]));
+        let rules = ColumnRules { min: Some(3_000_000_000.0), ..Default::default() };
+        assert_eq!(check(rules, col.clone()), vec![true, false, true]);
+        let rules = ColumnRules { max: Some(-1.0), required: true, ..Default::default() };
+        assert_eq!(check(rules, col), vec![true, true, true]);
+    }
+
+    #[test]
+    fn lengths_count_characters_and_nulls_only_fail_required() {
+        let col: ArrayRef = Arc::new(StringArray::from(vec![Some("Zoë"), Some("Nguyễn"), Some(""), None]));
+        let rules = ColumnRules { min_len: Some(1), max_len: Some(3), ..Default::default() };
+        assert_eq!(check(rules, col.clone()), vec![false, true, true, false]);
+        let rules = ColumnRules { required: true, ..Default::default() };
+        assert_eq!(check(rules, col.clone()), vec![false, false, true, true]);
+        let rules = ColumnRules { one_of: Some(vec!["Zoë".into()]), pattern: Some("^N".into()), ..Default::default() };
+        assert_eq!(check(rules, col), vec![true, true, true, false]);
     }
 }
