@@ -22,6 +22,24 @@ fn out_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
+/// Environment that sends every output of pipelines/babynames.toml into
+/// `dir` (files and the SQLite database).
+fn babynames_env(dir: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("OUTPUT_DIR", dir.display().to_string()),
+        ("DATABASE_URL", format!("sqlite://{}/babynames.db", dir.display())),
+    ]
+}
+
+fn run_babynames(dir: &Path, extra: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let env = babynames_env(dir);
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(extra);
+    let mut a = args.to_vec();
+    a.push("pipelines/babynames.toml");
+    run(&a, &all)
+}
+
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
@@ -33,7 +51,7 @@ fn json_lines(path: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn babynames_sample_end_to_end_exact_counts() {
     let dir = out_dir();
-    let o = run(&["run", "pipelines/babynames.toml"], &[("OUTPUT_DIR", dir.path().to_str().unwrap())]);
+    let o = run_babynames(dir.path(), &[], &["run"]);
     assert!(o.status.success(), "stderr: {}", stderr(&o));
 
     let out = dir.path().join("babynames.csv");
@@ -89,10 +107,9 @@ fn babynames_sample_end_to_end_exact_counts() {
 #[test]
 fn running_twice_gives_identical_output() {
     let dir = out_dir();
-    let env = [("OUTPUT_DIR", dir.path().to_str().unwrap())];
-    assert!(run(&["run", "pipelines/babynames.toml"], &env).status.success());
+    assert!(run_babynames(dir.path(), &[], &["run"]).status.success());
     let first = std::fs::read(dir.path().join("babynames.csv")).unwrap();
-    assert!(run(&["run", "pipelines/babynames.toml"], &env).status.success());
+    assert!(run_babynames(dir.path(), &[], &["run"]).status.success());
     assert_eq!(first, std::fs::read(dir.path().join("babynames.csv")).unwrap());
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -306,7 +323,8 @@ path = "{}"
 
 #[test]
 fn a_missing_input_file_fails_before_anything_runs() {
-    let o = run(&["run", "pipelines/babynames.toml"], &[("BABYNAMES_CSV", "/nonexistent/NationalNames.csv")]);
+    let dir = out_dir();
+    let o = run_babynames(dir.path(), &[("BABYNAMES_CSV", "/nonexistent/NationalNames.csv")], &["run"]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("operator `names` failed: cannot open /nonexistent/NationalNames.csv"), "{err}");
@@ -371,10 +389,7 @@ path = "{}"
 #[test]
 fn json_logs_carry_the_operator_span() {
     let dir = out_dir();
-    let o = run(
-        &["--log-format", "json", "run", "pipelines/babynames.toml"],
-        &[("OUTPUT_DIR", dir.path().to_str().unwrap())],
-    );
+    let o = run_babynames(dir.path(), &[], &["--log-format", "json", "run"]);
     assert!(o.status.success());
     let err = stderr(&o);
     let events: Vec<serde_json::Value> =

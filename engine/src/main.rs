@@ -44,11 +44,41 @@ enum Command {
     },
     /// Check a pipeline file without running it.
     Validate { file: PathBuf },
+    /// Database migrations of the pipeline's sql sinks.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
     /// Draw the pipeline's DAG.
     Graph {
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = graph::Format::Ascii)]
         format: graph::Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum MigrateAction {
+    /// List applied and pending migrations.
+    Status {
+        file: PathBuf,
+        /// Only this sink (default: every sql sink with `migrations`).
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Apply pending migrations.
+    Up {
+        file: PathBuf,
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Roll back to a version (0 = everything).
+    Down {
+        file: PathBuf,
+        #[arg(long)]
+        to: i64,
+        #[arg(long)]
+        sink: Option<String>,
     },
 }
 
@@ -74,6 +104,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Err(code) => Ok(code),
         },
+        Command::Migrate { action } => {
+            let (file, sink) = match &action {
+                MigrateAction::Status { file, sink }
+                | MigrateAction::Up { file, sink }
+                | MigrateAction::Down { file, sink, .. } => (file.clone(), sink.clone()),
+            };
+            let pipeline = match load(&file) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(migrate(pipeline, sink, action))
+        }
         Command::Run { file, metrics_addr, no_progress } => {
             let pipeline = match load(&file) {
                 Ok(p) => p,
@@ -197,4 +243,70 @@ fn spawn_signal_handler(control: Control) {
             }
         }
     });
+}
+
+async fn migrate(pipeline: config::Pipeline, only: Option<String>, action: MigrateAction) -> anyhow::Result<ExitCode> {
+    use operators::sinks::sql::{SqlSinkConfig, db, migrate};
+    let sinks: Vec<_> = pipeline
+        .components
+        .iter()
+        .filter(|c| c.kind.name == "sql" && c.role == operators::Role::Sink)
+        .filter(|c| only.as_ref().is_none_or(|o| o == &c.id))
+        .collect();
+    if sinks.is_empty() {
+        anyhow::bail!(
+            "{} has no sql sink{}",
+            pipeline.file.display(),
+            only.map(|o| format!(" named `{o}`")).unwrap_or_default()
+        );
+    }
+    for c in sinks {
+        let cfg: SqlSinkConfig = serde_json::from_value(c.options.clone())?;
+        let Some(dir) = cfg.migrations.as_deref().map(PathBuf::from) else {
+            println!("sink {}: no `migrations` folder configured; nothing to do", c.id);
+            continue;
+        };
+        let tls = db::Tls { ssl_mode: cfg.ssl_mode.clone(), ssl_ca: cfg.ssl_ca.clone() };
+        let pool = db::connect(&cfg.url, 1, &tls)
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("sink `{}`", c.id))?;
+        let folder = dir.join(pool.dialect().name());
+        println!("sink {}: {} table {} (migrations in {})", c.id, db::redact(&cfg.url), cfg.table, folder.display());
+        let result = match &action {
+            MigrateAction::Status { .. } => migrate::status(&pool, &dir).await.map(|(applied, pending)| {
+                for a in &applied {
+                    println!("  applied  V{:03}  {}  (at unix time {})", a.version, a.name, a.applied_at);
+                }
+                for m in &pending {
+                    println!("  pending  V{:03}  {}", m.version, m.name);
+                }
+                if applied.is_empty() && pending.is_empty() {
+                    println!("  no migrations");
+                }
+            }),
+            MigrateAction::Up { .. } => migrate::up(&pool, &dir).await.map(|done| {
+                for m in &done {
+                    println!("  applied  V{:03}  {}", m.version, m.name);
+                }
+                if done.is_empty() {
+                    println!("  up to date");
+                }
+            }),
+            MigrateAction::Down { to, .. } => migrate::down(&pool, &dir, *to).await.map(|rolled| {
+                for v in &rolled {
+                    println!("  rolled back  V{v:03}");
+                }
+                if rolled.is_empty() {
+                    println!("  nothing above V{to:03}");
+                }
+            }),
+        };
+        pool.close().await;
+        if let Err(e) = result {
+            eprintln!("error: sink `{}`: {e}", c.id);
+            return Ok(ExitCode::from(1));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -128,6 +128,14 @@ pub static KINDS: &[KindSpec] = &[
         build: |ctx, v| Ok(Built::Operator(Box::new(sinks::file::build(ctx, typed(v)?)?))),
     },
     KindSpec {
+        name: "sql",
+        role: Role::Sink,
+        ports: &[],
+        about: "MySQL/MariaDB or SQLite table, batched idempotent upserts",
+        check: check::<sinks::sql::SqlSinkConfig>,
+        build: |ctx, v| Ok(Built::Operator(Box::new(sinks::sql::build(ctx, typed(v)?)?))),
+    },
+    KindSpec {
         name: "blackhole",
         role: Role::Sink,
         ports: &[],

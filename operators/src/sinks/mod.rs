@@ -2,3 +2,4 @@
 
 pub mod blackhole;
 pub mod file;
+pub mod sql;

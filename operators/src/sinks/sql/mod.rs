@@ -1,0 +1,449 @@
+//! `kind = "sql"`: writes rows into a MySQL/MariaDB or SQLite table with
+//! batched multi-row `INSERT`s and bound parameters, idempotent on the
+//! table's natural key (`mode = "upsert"`), several transactions in flight,
+//! transient errors retried with backoff and the whole batch replayed.
+//!
+//! Owns the table writes, the migrations it may run at start
+//! ([`migrate`]) and its commit marker (`engine_sink_commits`). It must not
+//! decide when a checkpoint happens: the runtime tells it through barriers.
+
+pub mod db;
+pub mod migrate;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, UInt64Type};
+use async_trait::async_trait;
+use rand::Rng;
+use serde::Deserialize;
+use sqlx::{MySql, QueryBuilder, Sqlite};
+use tokio::task::JoinSet;
+
+use crate::api::{BuildContext, Collector, Operator, OperatorError};
+use crate::batch::{Barrier, Batch};
+use db::{Dialect, Pool, Tls, describe, is_transient, redact};
+
+/// Where the writer records the last epoch it committed, in the same
+/// transaction as that epoch's rows.
+pub const COMMITS_TABLE: &str = "engine_sink_commits";
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Insert, or update the non-key columns when the key exists.
+    #[default]
+    Upsert,
+    /// Plain insert: a key seen before is an error.
+    Insert,
+}
+
+fn two_thousand() -> usize {
+    2000
+}
+fn four() -> u32 {
+    4
+}
+fn eight() -> u32 {
+    8
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSinkConfig {
+    /// `mysql://user:pass@host:3306/db`, `mariadb://…` or `sqlite://path.db`.
+    pub url: String,
+    pub table: String,
+    /// Table columns forming the natural key (a unique index must exist).
+    pub key: Vec<String>,
+    /// Table column → input column.
+    pub columns: BTreeMap<String, String>,
+    /// Migrations folder (with one sub-folder per dialect).
+    pub migrations: Option<String>,
+    /// Apply pending migrations at start. Default: on for SQLite (the
+    /// embedded default), off for servers (use `engine migrate up`).
+    pub auto_migrate: Option<bool>,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Rows per INSERT statement (capped by the placeholder limit and the
+    /// server's max_allowed_packet).
+    #[serde(default = "two_thousand")]
+    pub batch_rows: usize,
+    /// Transactions in flight at once.
+    #[serde(default = "four")]
+    pub connections: u32,
+    /// Attempts per batch on transient errors before the run fails.
+    #[serde(default = "eight")]
+    pub max_attempts: u32,
+    pub ssl_mode: Option<String>,
+    pub ssl_ca: Option<String>,
+}
+
+fn check_ident(what: &str, s: &str) -> Result<(), OperatorError> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(OperatorError::Config(format!("{what} `{s}` must be letters, digits and _ (not starting with a digit)")))
+    }
+}
+
+/// Everything a write task needs, shared by every in-flight batch.
+struct Shared {
+    pool: Pool,
+    table: String,
+    shown_url: String,
+    /// (table column, input column), table order.
+    columns: Vec<(String, String)>,
+    insert_head: String,
+    upsert_tail: String,
+    max_attempts: u32,
+    batch_rows: usize,
+    max_packet: usize,
+    pipeline: String,
+    sink: String,
+}
+
+pub struct SqlSink {
+    cfg: SqlSinkConfig,
+    ctx: BuildContext,
+    shared: Option<Arc<Shared>>,
+    in_flight: JoinSet<Result<u64, OperatorError>>,
+    rows_written: u64,
+}
+
+pub fn build(ctx: &BuildContext, cfg: SqlSinkConfig) -> Result<SqlSink, OperatorError> {
+    if db::dialect_of(&cfg.url).is_none() {
+        return Err(OperatorError::Config(format!(
+            "unsupported database URL {}: use mysql://, mariadb:// or sqlite://",
+            redact(&cfg.url)
+        )));
+    }
+    check_ident("table", &cfg.table)?;
+    if cfg.columns.is_empty() {
+        return Err(OperatorError::Config("columns must map at least one table column".into()));
+    }
+    for c in cfg.columns.keys() {
+        check_ident("column", c)?;
+    }
+    if cfg.key.is_empty() {
+        return Err(OperatorError::Config("key must name the table's natural key columns".into()));
+    }
+    for k in &cfg.key {
+        if !cfg.columns.contains_key(k) {
+            return Err(OperatorError::Config(format!("key column `{k}` is not one of the mapped columns")));
+        }
+    }
+    if cfg.batch_rows == 0 || cfg.connections == 0 || cfg.max_attempts == 0 {
+        return Err(OperatorError::Config("batch_rows, connections and max_attempts must be at least 1".into()));
+    }
+    Ok(SqlSink { cfg, ctx: ctx.clone(), shared: None, in_flight: JoinSet::new(), rows_written: 0 })
+}
+
+impl SqlSink {
+    fn err(&self, what: &str, cause: String) -> OperatorError {
+        OperatorError::Data(format!("{what} table `{}` at {}: {cause}", self.cfg.table, redact(&self.cfg.url)))
+    }
+
+    async fn start(&mut self) -> Result<Arc<Shared>, OperatorError> {
+        if let Some(s) = &self.shared {
+            return Ok(s.clone());
+        }
+        let tls = Tls { ssl_mode: self.cfg.ssl_mode.clone(), ssl_ca: self.cfg.ssl_ca.clone() };
+        let pool = db::connect(&self.cfg.url, self.cfg.connections, &tls).await.map_err(OperatorError::Data)?;
+        let dialect = pool.dialect();
+        if let Some(dir) = &self.cfg.migrations {
+            let dir = PathBuf::from(dir);
+            let auto = self.cfg.auto_migrate.unwrap_or(dialect == Dialect::Sqlite);
+            let (_, pending) =
+                migrate::status(&pool, &dir).await.map_err(|e| self.err("migrations for", e.to_string()))?;
+            if !pending.is_empty() {
+                if auto {
+                    migrate::up(&pool, &dir).await.map_err(|e| self.err("migrating", e.to_string()))?;
+                } else {
+                    return Err(self.err(
+                        "migrations pending for",
+                        format!(
+                            "{} migration(s) not applied (first: V{:03}__{}); run `engine migrate up` on this pipeline file, or set auto_migrate = true",
+                            pending.len(),
+                            pending[0].version,
+                            pending[0].name
+                        ),
+                    ));
+                }
+            }
+        }
+        ensure_commits_table(&pool).await.map_err(|e| self.err("preparing", describe(&e)))?;
+        let max_packet = match &pool {
+            Pool::MySql(p) => sqlx::query_scalar::<_, u64>("SELECT @@max_allowed_packet")
+                .fetch_one(p)
+                .await
+                .map(|v| v as usize)
+                .unwrap_or(16 << 20),
+            Pool::Sqlite(_) => 1 << 30,
+        };
+        let columns: Vec<(String, String)> = self.cfg.columns.iter().map(|(t, i)| (t.clone(), i.clone())).collect();
+        let q = |s: &str| dialect.quote(s);
+        let insert_head = format!(
+            "INSERT INTO {} ({}) ",
+            q(&self.cfg.table),
+            columns.iter().map(|(t, _)| q(t)).collect::<Vec<_>>().join(", ")
+        );
+        let non_key: Vec<&String> = columns.iter().map(|(t, _)| t).filter(|t| !self.cfg.key.contains(t)).collect();
+        let upsert_tail = match (self.cfg.mode, dialect) {
+            (Mode::Insert, _) => String::new(),
+            // MariaDB still spells the new row VALUES(col).
+            (Mode::Upsert, Dialect::MySql) if non_key.is_empty() => {
+                format!(" ON DUPLICATE KEY UPDATE {0} = {0}", q(&self.cfg.key[0]))
+            }
+            (Mode::Upsert, Dialect::MySql) => format!(
+                " ON DUPLICATE KEY UPDATE {}",
+                non_key.iter().map(|c| format!("{0} = VALUES({0})", q(c))).collect::<Vec<_>>().join(", ")
+            ),
+            (Mode::Upsert, Dialect::Sqlite) if non_key.is_empty() => format!(
+                " ON CONFLICT ({}) DO NOTHING",
+                self.cfg.key.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ")
+            ),
+            (Mode::Upsert, Dialect::Sqlite) => format!(
+                " ON CONFLICT ({}) DO UPDATE SET {}",
+                self.cfg.key.iter().map(|k| q(k)).collect::<Vec<_>>().join(", "),
+                non_key.iter().map(|c| format!("{0} = excluded.{0}", q(c))).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        tracing::info!(url = %redact(&self.cfg.url), table = %self.cfg.table, "sql sink connected");
+        let shared = Arc::new(Shared {
+            pool,
+            table: self.cfg.table.clone(),
+            shown_url: redact(&self.cfg.url),
+            columns,
+            insert_head,
+            upsert_tail,
+            max_attempts: self.cfg.max_attempts,
+            batch_rows: self.cfg.batch_rows,
+            max_packet,
+            pipeline: self.ctx.pipeline.clone(),
+            sink: self.ctx.id.clone(),
+        });
+        self.shared = Some(shared.clone());
+        Ok(shared)
+    }
+
+    async fn reap_one(&mut self) -> Result<(), OperatorError> {
+        if let Some(joined) = self.in_flight.join_next().await {
+            let n = joined.map_err(|e| OperatorError::Data(format!("a write task failed: {e}")))??;
+            self.rows_written += n;
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> Result<(), OperatorError> {
+        while !self.in_flight.is_empty() {
+            self.reap_one().await?;
+        }
+        Ok(())
+    }
+}
+
+async fn ensure_commits_table(pool: &Pool) -> Result<(), sqlx::Error> {
+    match pool {
+        Pool::MySql(p) => sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS engine_sink_commits (pipeline VARCHAR(191) NOT NULL, sink VARCHAR(191) NOT NULL, \
+             epoch BIGINT NOT NULL, PRIMARY KEY (pipeline, sink)) DEFAULT CHARSET=utf8mb4",
+        )
+        .execute(p)
+        .await
+        .map(|_| ()),
+        Pool::Sqlite(p) => sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS engine_sink_commits (pipeline TEXT NOT NULL, sink TEXT NOT NULL, \
+             epoch INTEGER NOT NULL, PRIMARY KEY (pipeline, sink))",
+        )
+        .execute(p)
+        .await
+        .map(|_| ()),
+    }
+}
+
+/// The last epoch this sink committed, if any: a replayed epoch at or below
+/// it is already in the table and is skipped.
+pub async fn committed_epoch(pool: &Pool, pipeline: &str, sink: &str) -> Result<Option<i64>, sqlx::Error> {
+    const Q: &str = "SELECT epoch FROM engine_sink_commits WHERE pipeline = ? AND sink = ?";
+    match pool {
+        Pool::MySql(p) => sqlx::query_scalar(Q).bind(pipeline).bind(sink).fetch_optional(p).await,
+        Pool::Sqlite(p) => sqlx::query_scalar(Q).bind(pipeline).bind(sink).fetch_optional(p).await,
+    }
+}
+
+/// Appends one row's values for `columns` to a VALUES tuple.
+macro_rules! bind_row {
+    ($b:expr, $arrays:expr, $i:expr) => {
+        for a in $arrays.iter() {
+            let valid = a.is_valid($i);
+            match a.data_type() {
+                DataType::Int64 => $b.push_bind(valid.then(|| a.as_primitive::<Int64Type>().value($i))),
+                DataType::Int32 => $b.push_bind(valid.then(|| a.as_primitive::<Int32Type>().value($i))),
+                DataType::UInt64 => $b.push_bind(valid.then(|| a.as_primitive::<UInt64Type>().value($i) as i64)),
+                DataType::Float64 => $b.push_bind(valid.then(|| a.as_primitive::<Float64Type>().value($i))),
+                DataType::Boolean => $b.push_bind(valid.then(|| a.as_boolean().value($i))),
+                _ => $b.push_bind(valid.then(|| a.as_string::<i32>().value($i))),
+            };
+        }
+    };
+}
+
+/// Writes the rows in one transaction (statements of at most
+/// `rows_per_stmt` rows), plus the epoch marker when given: the marker and
+/// the rows commit together or not at all.
+async fn write_once(
+    s: &Shared,
+    arrays: &[ArrayRef],
+    rows_per_stmt: usize,
+    epoch: Option<u64>,
+) -> Result<(), sqlx::Error> {
+    let n = arrays.first().map(|a| a.len()).unwrap_or(0);
+    macro_rules! run {
+        ($db:ty, $pool:expr, $marker_tail:expr) => {{
+            let mut tx = $pool.begin().await?;
+            let mut start = 0;
+            while start < n {
+                let end = (start + rows_per_stmt).min(n);
+                let mut qb = QueryBuilder::<$db>::new(s.insert_head.as_str());
+                qb.push_values(start..end, |mut b, i| {
+                    bind_row!(b, arrays, i);
+                });
+                qb.push(&s.upsert_tail);
+                qb.build().execute(&mut *tx).await?;
+                start = end;
+            }
+            if let Some(epoch) = epoch {
+                let mut qb = QueryBuilder::<$db>::new("INSERT INTO engine_sink_commits (pipeline, sink, epoch) ");
+                qb.push_values([(); 1], |mut b, _| {
+                    b.push_bind(s.pipeline.as_str()).push_bind(s.sink.as_str()).push_bind(epoch as i64);
+                });
+                qb.push($marker_tail);
+                qb.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        }};
+    }
+    match &s.pool {
+        Pool::MySql(p) => run!(MySql, p, " ON DUPLICATE KEY UPDATE epoch = VALUES(epoch)"),
+        Pool::Sqlite(p) => run!(Sqlite, p, " ON CONFLICT (pipeline, sink) DO UPDATE SET epoch = excluded.epoch"),
+    }
+}
+
+/// Rows per statement: the configured size, capped by the placeholder
+/// limit and by half of max_allowed_packet at this batch's row width.
+fn rows_per_statement(s: &Shared, batch: &Batch, dialect: Dialect) -> usize {
+    let ncols = s.columns.len().max(1);
+    let by_params = dialect.max_params() / ncols;
+    let rows = batch.num_rows().max(1);
+    // Text-protocol size of a row is close to its Arrow size plus a few
+    // bytes of framing per value.
+    let row_bytes = batch.records.get_array_memory_size() / rows + 8 * ncols;
+    let by_packet = (s.max_packet / 2) / row_bytes.max(1);
+    s.batch_rows.min(by_params).min(by_packet).max(1)
+}
+
+/// One batch, retried whole on transient errors with exponential backoff
+/// and full jitter.
+async fn write_batch(s: Arc<Shared>, batch: Batch, epoch: Option<u64>) -> Result<u64, OperatorError> {
+    let mut arrays = Vec::with_capacity(s.columns.len());
+    for (table_col, input_col) in &s.columns {
+        let Some(a) = batch.records.column_by_name(input_col) else {
+            let have = batch.records.schema().fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>().join(", ");
+            return Err(OperatorError::Config(format!(
+                "column `{table_col}` maps to input column `{input_col}`, which the input does not have (columns: {have})"
+            )));
+        };
+        let a = match a.data_type() {
+            DataType::Int64
+            | DataType::Int32
+            | DataType::UInt64
+            | DataType::Float64
+            | DataType::Boolean
+            | DataType::Utf8 => a.clone(),
+            _ => arrow::compute::cast(a, &DataType::Utf8)
+                .map_err(|e| OperatorError::arrow(format!("converting `{input_col}` for the database"), e))?,
+        };
+        arrays.push(a);
+    }
+    let rows_per_stmt = rows_per_statement(&s, &batch, s.pool.dialect());
+    let mut attempt = 1;
+    loop {
+        match write_once(&s, &arrays, rows_per_stmt, epoch).await {
+            Ok(()) => return Ok(batch.num_rows() as u64),
+            Err(e) if is_transient(&e) && attempt < s.max_attempts => {
+                let cap = Duration::from_millis(100).saturating_mul(1 << attempt.min(7));
+                let wait = Duration::from_millis(rand::rng().random_range(0..=cap.as_millis() as u64));
+                tracing::warn!(
+                    table = %s.table,
+                    attempt,
+                    error = %describe(&e),
+                    wait_ms = wait.as_millis() as u64,
+                    "transient database error; replaying the batch"
+                );
+                metrics::counter!("engine_sql_retries_total", "operator" => s.sink.clone()).increment(1);
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                let why = if is_transient(&e) { format!(" (gave up after {attempt} attempts)") } else { String::new() };
+                return Err(OperatorError::Data(format!(
+                    "writing to table `{}` at {}: {}{why}",
+                    s.table,
+                    s.shown_url,
+                    describe(&e)
+                )));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Operator for SqlSink {
+    async fn process(&mut self, batch: Batch, _out: &mut Collector) -> Result<(), OperatorError> {
+        let shared = self.start().await?;
+        while self.in_flight.len() >= self.cfg.connections as usize {
+            self.reap_one().await?;
+        }
+        self.in_flight.spawn(write_batch(shared, batch, None));
+        Ok(())
+    }
+
+    async fn on_barrier(&mut self, barrier: Barrier, _out: &mut Collector) -> Result<(), OperatorError> {
+        // Everything before the barrier must be durable before it is
+        // acknowledged; the marker row makes the epoch recognisable on replay.
+        self.drain().await?;
+        let shared = self.start().await?;
+        write_marker(&shared, barrier.epoch).await
+    }
+
+    async fn finish(&mut self, _out: &mut Collector) -> Result<(), OperatorError> {
+        let r = self.drain().await;
+        if let Some(s) = &self.shared {
+            tracing::info!(table = %s.table, rows = self.rows_written, "sql sink finished");
+            s.pool.close().await;
+        }
+        r
+    }
+
+    async fn abort(&mut self) {
+        self.in_flight.abort_all();
+        if let Some(s) = &self.shared {
+            s.pool.close().await;
+        }
+    }
+}
+
+/// Records `epoch` as committed (its rows were committed before).
+async fn write_marker(s: &Shared, epoch: u64) -> Result<(), OperatorError> {
+    write_once(s, &[], 1, Some(epoch)).await.map_err(|e| {
+        OperatorError::Data(format!("recording epoch {epoch} in {COMMITS_TABLE} at {}: {}", s.shown_url, describe(&e)))
+    })
+}
