@@ -1,5 +1,6 @@
 //! Integration tests: the real `engine` binary on real files.
 
+mod sql_sink;
 mod util;
 
 use std::path::Path;
