@@ -115,6 +115,10 @@ pub struct SqlSink {
     ctx: BuildContext,
     shared: Option<Arc<Shared>>,
     in_flight: JoinSet<Result<u64, OperatorError>>,
+    /// The newest batch is held back until the next one arrives, so that at
+    /// a barrier the epoch marker can commit in the same transaction as the
+    /// epoch's last rows.
+    held: Option<Batch>,
     rows_written: u64,
 }
 
@@ -143,7 +147,7 @@ pub fn build(ctx: &BuildContext, cfg: SqlSinkConfig) -> Result<SqlSink, Operator
     if cfg.batch_rows == 0 || cfg.connections == 0 || cfg.max_attempts == 0 {
         return Err(OperatorError::Config("batch_rows, connections and max_attempts must be at least 1".into()));
     }
-    Ok(SqlSink { cfg, ctx: ctx.clone(), shared: None, in_flight: JoinSet::new(), rows_written: 0 })
+    Ok(SqlSink { cfg, ctx: ctx.clone(), shared: None, in_flight: JoinSet::new(), held: None, rows_written: 0 })
 }
 
 impl SqlSink {
@@ -156,7 +160,9 @@ impl SqlSink {
             return Ok(s.clone());
         }
         let tls = Tls { ssl_mode: self.cfg.ssl_mode.clone(), ssl_ca: self.cfg.ssl_ca.clone() };
-        let pool = db::connect(&self.cfg.url, self.cfg.connections, &tls).await.map_err(OperatorError::Data)?;
+        let pool = db::connect(&self.cfg.url, self.cfg.connections, &tls)
+            .await
+            .map_err(|e| OperatorError::Data(format!("table `{}`: {e}", self.cfg.table)))?;
         let dialect = pool.dialect();
         if let Some(dir) = &self.cfg.migrations {
             let dir = PathBuf::from(dir);
@@ -409,22 +415,32 @@ async fn write_batch(s: Arc<Shared>, batch: Batch, epoch: Option<u64>) -> Result
 impl Operator for SqlSink {
     async fn process(&mut self, batch: Batch, _out: &mut Collector) -> Result<(), OperatorError> {
         let shared = self.start().await?;
+        let Some(ready) = self.held.replace(batch) else { return Ok(()) };
         while self.in_flight.len() >= self.cfg.connections as usize {
             self.reap_one().await?;
         }
-        self.in_flight.spawn(write_batch(shared, batch, None));
+        self.in_flight.spawn(write_batch(shared, ready, None));
         Ok(())
     }
 
     async fn on_barrier(&mut self, barrier: Barrier, _out: &mut Collector) -> Result<(), OperatorError> {
         // Everything before the barrier must be durable before it is
-        // acknowledged; the marker row makes the epoch recognisable on replay.
+        // acknowledged. The last batch of the epoch and the epoch marker
+        // commit in one transaction, so a replay of this epoch is recognised.
         self.drain().await?;
         let shared = self.start().await?;
-        write_marker(&shared, barrier.epoch).await
+        match self.held.take() {
+            Some(last) => self.rows_written += write_batch(shared, last, Some(barrier.epoch)).await?,
+            None => write_marker(&shared, barrier.epoch).await?,
+        }
+        Ok(())
     }
 
     async fn finish(&mut self, _out: &mut Collector) -> Result<(), OperatorError> {
+        if let Some(last) = self.held.take() {
+            let shared = self.start().await?;
+            self.in_flight.spawn(write_batch(shared, last, None));
+        }
         let r = self.drain().await;
         if let Some(s) = &self.shared {
             tracing::info!(table = %s.table, rows = self.rows_written, "sql sink finished");
@@ -446,4 +462,64 @@ async fn write_marker(s: &Shared, epoch: u64) -> Result<(), OperatorError> {
     write_once(s, &[], 1, Some(epoch)).await.map_err(|e| {
         OperatorError::Data(format!("recording epoch {epoch} in {COMMITS_TABLE} at {}: {}", s.shown_url, describe(&e)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Collector, OperatorStats};
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use arrow::record_batch::RecordBatch;
+
+    fn batch(names: &[&str]) -> Batch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Utf8, false),
+            Field::new("c", DataType::Int64, false),
+        ]));
+        let counts: Vec<i64> = (0..names.len() as i64).collect();
+        let rb = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(names.to_vec())), Arc::new(Int64Array::from(counts))],
+        );
+        Batch::new(rb.expect("batch"))
+    }
+
+    /// The exactly-once hook: rows of an epoch and its marker land together,
+    /// and the marker tells which epoch is in the table.
+    #[tokio::test]
+    async fn a_barrier_commits_the_epoch_marker_with_the_rows() {
+        let path = std::env::temp_dir().join(format!("engine-sql-epoch-{}-{}.db", std::process::id(), line!()));
+        let _ = std::fs::remove_file(&path);
+        let url = format!("sqlite://{}", path.display());
+        let pool = db::connect(&url, 1, &Tls::default()).await.expect("sqlite");
+        if let Pool::Sqlite(p) = &pool {
+            sqlx::raw_sql("CREATE TABLE t (name TEXT PRIMARY KEY, c INTEGER NOT NULL)")
+                .execute(p)
+                .await
+                .expect("table");
+        }
+        let ctx = BuildContext { pipeline: "p".into(), id: "db".into(), batch_size: 10 };
+        let cfg: SqlSinkConfig = serde_json::from_value(serde_json::json!({
+            "url": url, "table": "t", "key": ["name"], "columns": { "name": "n", "c": "c" }
+        }))
+        .expect("config");
+        let mut sink = build(&ctx, cfg).expect("build");
+        let mut out = Collector::new("db", vec![], Arc::new(OperatorStats::default()), Default::default());
+        sink.process(batch(&["a", "b"]), &mut out).await.expect("process");
+        sink.process(batch(&["c"]), &mut out).await.expect("process");
+        sink.on_barrier(Barrier { epoch: 7 }, &mut out).await.expect("barrier");
+        assert_eq!(committed_epoch(&pool, "p", "db").await.expect("epoch"), Some(7));
+        // An empty epoch still records its marker.
+        sink.on_barrier(Barrier { epoch: 8 }, &mut out).await.expect("barrier");
+        sink.process(batch(&["a", "d"]), &mut out).await.expect("process");
+        sink.finish(&mut out).await.expect("finish");
+        assert_eq!(committed_epoch(&pool, "p", "db").await.expect("epoch"), Some(8));
+        if let Pool::Sqlite(p) = &pool {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t").fetch_one(p).await.expect("count");
+            assert_eq!(n, 4, "a, b, c, d once each (a upserted)");
+        }
+        pool.close().await;
+        let _ = std::fs::remove_file(&path);
+    }
 }
