@@ -14,13 +14,12 @@
 //! Env: `BENCH_CSV`, `BENCH_MYSQL` (server URL without database, default
 //! mysql://root@127.0.0.1:3306), `BENCH_SQL_CONNECTIONS`, `BENCH_SQL_BATCH_ROWS`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
-}
+mod common;
+use common::{repo, source_validate_dedupe};
 
 fn mariadb(db: &str, sql: &str) -> Result<String, String> {
     let o = Command::new("mariadb")
@@ -69,27 +68,7 @@ fn main() {
             r#"
 [pipeline]
 name = "bench-sql"
-[sources.names]
-kind = "file"
-path = "{csv}"
-schema = [{{ name = "Id", type = "int64" }}, {{ name = "Name", type = "string" }}, {{ name = "Year", type = "int64" }}, {{ name = "Gender", type = "string" }}, {{ name = "Count", type = "int64" }}]
-[transforms.valid]
-kind = "validate"
-inputs = ["names"]
-[transforms.valid.rules.Name]
-required = true
-max_len = 64
-[transforms.valid.rules.Year]
-min = 1880
-max = 2100
-[transforms.valid.rules.Gender]
-one_of = ["M", "F"]
-[transforms.valid.rules.Count]
-min = 1
-[transforms.unique]
-kind = "dedupe"
-inputs = ["valid"]
-key = ["Name", "Year", "Gender"]
+{fragment}
 [sinks.db]
 kind = "sql"
 inputs = ["unique"]
@@ -101,11 +80,8 @@ migrations = "pipelines/migrations/babynames"
 auto_migrate = true
 connections = {connections}
 batch_rows = {batch_rows}
-[sinks.rejects]
-kind = "blackhole"
-inputs = ["names.rejects", "valid.rejects"]
 "#,
-            csv = csv.display()
+            fragment = source_validate_dedupe(&csv)
         ),
     )
     .expect("write pipeline");

@@ -18,49 +18,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const PIPELINE: &str = r#"
-[pipeline]
-name = "bench-throughput"
+mod common;
+use common::{repo, source_validate_dedupe};
 
-[sources.names]
-kind = "file"
-path = "${BENCH_CSV}"
-schema = [
-  { name = "Id", type = "int64" },
-  { name = "Name", type = "string" },
-  { name = "Year", type = "int64" },
-  { name = "Gender", type = "string" },
-  { name = "Count", type = "int64" },
-]
-
-[transforms.valid]
-kind = "validate"
-inputs = ["names"]
-[transforms.valid.rules.Name]
-required = true
-min_len = 1
-max_len = 64
-[transforms.valid.rules.Year]
-min = 1880
-max = 2100
-[transforms.valid.rules.Gender]
-one_of = ["M", "F"]
-[transforms.valid.rules.Count]
-min = 1
-
-[transforms.unique]
-kind = "dedupe"
-inputs = ["valid"]
-key = ["Name", "Year", "Gender"]
-
-[sinks.null]
-kind = "blackhole"
-inputs = ["unique"]
-
-[sinks.rejects]
-kind = "blackhole"
-inputs = ["names.rejects", "valid.rejects"]
-"#;
+fn pipeline(csv: &Path) -> String {
+    format!(
+        "[pipeline]\nname = \"bench-throughput\"\n{}\n[sinks.null]\nkind = \"blackhole\"\ninputs = [\"unique\"]\n",
+        source_validate_dedupe(csv)
+    )
+}
 
 struct Measure {
     rows: u64,
@@ -74,16 +40,11 @@ impl Measure {
     }
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
-}
-
 /// Runs the pipeline once with `bin`; wall time includes process start.
-fn run_engine(bin: &Path, pipeline: &Path, csv: &Path) -> Option<Measure> {
+fn run_engine(bin: &Path, pipeline: &Path) -> Option<Measure> {
     let t = Instant::now();
     let o = Command::new(bin)
         .args(["run", pipeline.to_str()?, "--no-progress", "--log-level", "warn"])
-        .env("BENCH_CSV", csv)
         .current_dir(repo())
         .output()
         .ok()?;
@@ -159,7 +120,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("engine-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let pipeline = dir.join("throughput.toml");
-    std::fs::write(&pipeline, PIPELINE).expect("write pipeline");
+    std::fs::write(&pipeline, self::pipeline(&csv)).expect("write pipeline");
 
     println!(
         "input: {} ({:.1} MB), best of {runs}",
@@ -167,13 +128,13 @@ fn main() {
         std::fs::metadata(&csv).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
     );
     let engine = PathBuf::from(env!("CARGO_BIN_EXE_engine"));
-    let ours = best_of(runs, || run_engine(&engine, &pipeline, &csv));
+    let ours = best_of(runs, || run_engine(&engine, &pipeline));
     match &ours {
         Some(m) => report("engine: file -> validate -> dedupe -> null", m),
         None => println!("engine run failed"),
     }
     if let Some(base) = std::env::var_os("ENGINE_BASELINE_BIN") {
-        if let Some(b) = best_of(runs, || run_engine(Path::new(&base), &pipeline, &csv)) {
+        if let Some(b) = best_of(runs, || run_engine(Path::new(&base), &pipeline)) {
             report("baseline engine (ENGINE_BASELINE_BIN)", &b);
             if let Some(m) = &ours {
                 println!("ratio engine / baseline: {:.2}x", m.rows_per_s() / b.rows_per_s());

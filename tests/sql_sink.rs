@@ -123,6 +123,39 @@ fn expected_from_csv(path: &Path) -> BTreeSet<(String, i64, String, i64, i64)> {
         .collect()
 }
 
+/// A pipeline file in `dir`: a CSV source straight into a `baby_names`
+/// sql sink at `url`; `extra` lines go into the sink table.
+fn sql_pipeline(dir: &Path, name: &str, source: &Path, url: &str, extra: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+[pipeline]
+batch_size = 2000
+[sources.names]
+kind = "file"
+path = "{}"
+[sinks.db]
+kind = "sql"
+inputs = ["names"]
+url = "{url}"
+table = "baby_names"
+key = ["name", "year", "gender"]
+columns = {{ name = "Name", year = "Year", gender = "Gender", count = "Count", source_id = "Id" }}
+{extra}
+"#,
+            source.display()
+        ),
+    )
+    .unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn sample() -> std::path::PathBuf {
+    repo().join("pipelines/data/NationalNames.sample.csv")
+}
+
 fn env_for(dir: &Path, url: &str) -> Vec<(&'static str, String)> {
     vec![("OUTPUT_DIR", dir.display().to_string()), ("DATABASE_URL", url.to_string())]
 }
@@ -197,29 +230,9 @@ fn migrations_up_down_status_and_a_changed_file_is_refused() {
             std::fs::copy(e.path(), mig.join(dialect).join(e.file_name())).unwrap();
         }
     }
-    let pipeline = dir.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"
-[sources.names]
-kind = "file"
-path = "pipelines/data/NationalNames.sample.csv"
-[sinks.db]
-kind = "sql"
-inputs = ["names"]
-url = "{}"
-table = "baby_names"
-key = ["name", "year", "gender"]
-columns = {{ name = "Name", year = "Year", gender = "Gender", count = "Count", source_id = "Id" }}
-migrations = "{}"
-"#,
-            db.url(),
-            mig.display()
-        ),
-    )
-    .unwrap();
-    let p = pipeline.to_str().unwrap();
+    let pipeline =
+        sql_pipeline(dir.path(), "p.toml", &sample(), &db.url(), &format!("migrations = \"{}\"", mig.display()));
+    let p = pipeline.as_str();
     let status = |expect: &[&str]| {
         let o = run(&["migrate", "status", p], &[]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -263,32 +276,9 @@ fn a_connection_killed_mid_run_is_retried_and_the_table_is_exact() {
     write_big_csv(&csv, rows);
     let url = db.url();
     assert!(run(&["migrate", "up", "pipelines/babynames.toml"], &[("DATABASE_URL", &url)]).status.success());
-    let pipeline = dir.path().join("p.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"
-[pipeline]
-batch_size = 2000
-[sources.names]
-kind = "file"
-path = "{}"
-[sinks.db]
-kind = "sql"
-inputs = ["names"]
-url = "{url}"
-table = "baby_names"
-key = ["name", "year", "gender"]
-columns = {{ name = "Name", year = "Year", gender = "Gender", count = "Count", source_id = "Id" }}
-batch_rows = 500
-connections = 2
-"#,
-            csv.display()
-        ),
-    )
-    .unwrap();
+    let pipeline = sql_pipeline(dir.path(), "p.toml", &csv, &url, "batch_rows = 500\nconnections = 2");
     let child = engine()
-        .args(["run", pipeline.to_str().unwrap()])
+        .args(["run", &pipeline])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -358,28 +348,13 @@ fn permanent_errors_name_the_sink_and_table_and_never_the_password() {
     let db = TestDb::new("perm");
     let dir = tempfile::tempdir().unwrap();
     let pipeline = |url: &str, table: &str| {
-        let p = dir.path().join(format!("{table}.toml"));
-        std::fs::write(
-            &p,
-            format!(
-                r#"
-[sources.names]
-kind = "file"
-path = "pipelines/data/NationalNames.sample.csv"
-[sinks.db]
-kind = "sql"
-inputs = ["names"]
-url = "{url}"
-table = "{table}"
-key = ["name"]
-columns = {{ name = "Name" }}
-"#
-            ),
-        )
-        .unwrap();
+        let p = sql_pipeline(dir.path(), &format!("{table}.toml"), &sample(), url, "");
+        let text =
+            std::fs::read_to_string(&p).unwrap().replace("table = \"baby_names\"", &format!("table = \"{table}\""));
+        std::fs::write(&p, text).unwrap();
         p
     };
-    let o = run(&["run", pipeline(&db.url(), "no_such_table").to_str().unwrap()], &[]);
+    let o = run(&["run", &pipeline(&db.url(), "no_such_table")], &[]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(err.contains("operator `db` failed: writing to table `no_such_table`"), "{err}");
@@ -387,7 +362,7 @@ columns = {{ name = "Name" }}
 
     let secret = "hunter2-do-not-print";
     let bad = db.url().replace("root@", &format!("root:{secret}@"));
-    let o = run(&["run", pipeline(&bad, "t").to_str().unwrap()], &[]);
+    let o = run(&["run", &pipeline(&bad, "t")], &[]);
     assert_eq!(o.status.code(), Some(1));
     let all = format!("{}{}", stdout(&o), stderr(&o));
     assert!(all.contains("root:***@127.0.0.1"), "{all}");
