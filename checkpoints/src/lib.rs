@@ -7,12 +7,16 @@
 //! (sled on local disk, object storage for multi-machine runs) can be swapped
 //! without touching an operator.
 //!
-//! This crate owns the trait and the in-memory store used by tests and by
-//! runs with checkpointing off; the durable sled store lands with the
-//! checkpoint protocol.
+//! This crate owns the trait, the durable [`SledStore`] (local disk) and the
+//! in-memory [`MemoryStore`] used by tests and by runs with checkpointing
+//! off. The coordinator that injects barriers and decides what goes into a
+//! checkpoint is the runtime's (engine crate), not this crate's.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+
+mod sled_store;
+pub use sled_store::SledStore;
 
 /// Errors a store can report; each says what was being done.
 #[derive(Debug, thiserror::Error)]
