@@ -193,7 +193,7 @@ async fn run(pipeline: config::Pipeline, metrics_addr: Option<String>, progress:
     print!("{}", report::summary(&report));
     match &report.outcome {
         runtime::Outcome::Failed { operator, error } => eprintln!("error: operator `{operator}` failed: {error}"),
-        runtime::Outcome::Interrupted { signal } => {
+        runtime::Outcome::Interrupted { signal } | runtime::Outcome::Aborted { signal } => {
             eprintln!("stopped by {signal}; exit code {}", report.outcome.exit_code())
         }
         runtime::Outcome::Completed => {}

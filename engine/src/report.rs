@@ -38,6 +38,7 @@ pub fn summary(r: &RunReport) -> String {
         Outcome::Interrupted { signal } => {
             format!("interrupted by {signal} (in-flight rows drained, outputs complete)")
         }
+        Outcome::Aborted { signal } => format!("aborted by a second {signal} (partial outputs discarded)"),
         Outcome::Failed { operator, .. } => format!("failed in operator `{operator}`"),
     };
     let mem = r.peak_rss_bytes.map(|b| format!(", peak memory {:.1} MiB", b as f64 / 1048576.0)).unwrap_or_default();

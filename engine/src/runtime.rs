@@ -39,6 +39,10 @@ pub enum Outcome {
     Interrupted {
         signal: &'static str,
     },
+    /// A second signal stopped everything at once; partial output discarded.
+    Aborted {
+        signal: &'static str,
+    },
     Failed {
         operator: String,
         error: String,
@@ -49,8 +53,8 @@ impl Outcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Completed => 0,
-            Outcome::Interrupted { signal: "SIGINT" } => 130,
-            Outcome::Interrupted { .. } => 143,
+            Outcome::Interrupted { signal: "SIGINT" } | Outcome::Aborted { signal: "SIGINT" } => 130,
+            Outcome::Interrupted { .. } | Outcome::Aborted { .. } => 143,
             Outcome::Failed { .. } => 1,
         }
     }
@@ -222,11 +226,12 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
     drop(senders);
 
     let mut set = JoinSet::new();
+    let mut task_ids = HashMap::new();
     let mut elapsed = vec![Duration::ZERO; p.components.len()];
     for (i, fut) in tasks {
         let c = &p.components[i];
         let span = tracing::info_span!("operator", operator = %c.id, kind = c.kind.name);
-        set.spawn(
+        let handle = set.spawn(
             async move {
                 let t = Instant::now();
                 let r = fut.await;
@@ -234,6 +239,7 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
             }
             .instrument(span),
         );
+        task_ids.insert(handle.id(), i);
     }
 
     let mut failure: Option<(String, String)> = None;
@@ -260,7 +266,9 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
             }
             Err(join_err) => {
                 if failure.is_none() {
-                    failure = Some(("<runtime>".into(), format!("an operator task panicked: {join_err}")));
+                    let who = task_ids.get(&join_err.id()).map(|&i| p.components[i].id.clone());
+                    failure =
+                        Some((who.unwrap_or_else(|| "<runtime>".into()), format!("the task panicked: {join_err}")));
                 }
                 abort.cancel();
             }
@@ -288,7 +296,10 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
 
     let outcome = match failure {
         Some((operator, error)) => Outcome::Failed { operator, error },
-        None if abort.is_cancelled() => Outcome::Failed { operator: "<runtime>".into(), error: "aborted".into() },
+        None if abort.is_cancelled() => {
+            let signal = control.drain_reason.lock().ok().and_then(|r| *r).unwrap_or("SIGTERM");
+            Outcome::Aborted { signal }
+        }
         None if control.drain.is_cancelled() => {
             let signal = control.drain_reason.lock().ok().and_then(|r| *r).unwrap_or("SIGTERM");
             Outcome::Interrupted { signal }

@@ -151,6 +151,25 @@ pub fn build(ctx: &BuildContext, cfg: FileSourceConfig) -> Result<FileSource, Op
         batch_size: ctx.batch_size,
         max_record_bytes: cfg.max_record_bytes.max(1),
     };
+    if format == Format::Parquet {
+        // The Parquet schema is in the file; CSV options would be silently
+        // ignored, which hides a mistake.
+        let csv_only = [
+            ("schema", cfg.schema.is_some()),
+            ("header", !cfg.header),
+            ("delimiter", cfg.delimiter.is_some()),
+            ("quote", cfg.quote != "\""),
+            ("infer_rows", cfg.infer_rows != 1000),
+            ("on_error", cfg.on_error != OnError::Reject),
+            ("max_record_bytes", cfg.max_record_bytes != 1 << 20),
+        ];
+        if let Some((name, _)) = csv_only.iter().find(|(_, set)| *set) {
+            return Err(OperatorError::Config(format!(
+                "`{name}` applies to CSV input only; `{}` is Parquet",
+                cfg.path
+            )));
+        }
+    }
     let loc = resolve(&cfg.path)?;
     Ok(FileSource { cfg, ctx: ctx.clone(), format, csv, loc, state: Reading::NotOpen })
 }
