@@ -1,5 +1,6 @@
 //! Integration tests: the real `engine` binary on real files.
 
+mod hubspot_sim;
 mod sql_sink;
 mod util;
 

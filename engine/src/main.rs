@@ -49,6 +49,36 @@ enum Command {
         #[command(subcommand)]
         action: MigrateAction,
     },
+    /// Serve the HubSpot CRM API simulator (for tests, demos and CI).
+    HubspotSim {
+        /// Port on 127.0.0.1 (0 picks a free one; the address is printed).
+        #[arg(long, default_value_t = 8089)]
+        port: u16,
+        /// Address to bind instead of 127.0.0.1.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Token clients must send as `Authorization: Bearer …`.
+        #[arg(long, default_value = "sim-token")]
+        token: String,
+        /// Requests per rolling window.
+        #[arg(long, default_value_t = 100)]
+        requests: u32,
+        /// Window length in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        window_ms: u64,
+        /// Requests per day.
+        #[arg(long, default_value_t = 250_000)]
+        daily: u64,
+        /// Send Retry-After with 429s.
+        #[arg(long)]
+        retry_after: bool,
+        /// Probability (0..1) of answering 502.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Latency added to every answer, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
     /// Draw the pipeline's DAG.
     Graph {
         file: PathBuf,
@@ -104,6 +134,32 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Err(code) => Ok(code),
         },
+        Command::HubspotSim { port, host, token, requests, window_ms, daily, retry_after, error_rate, latency_ms } => {
+            let cfg = simulators::hubspot::Config {
+                token,
+                window_requests: requests,
+                window: std::time::Duration::from_millis(window_ms),
+                daily,
+                retry_after,
+                error_rate,
+                latency: std::time::Duration::from_millis(latency_ms),
+                ..Default::default()
+            };
+            let addr: std::net::SocketAddr =
+                format!("{host}:{port}").parse().with_context(|| format!("`{host}:{port}` is not an address"))?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(async move {
+                let handle =
+                    simulators::hubspot::serve(cfg, addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+                println!("hubspot simulator listening on {}", handle.base_url());
+                tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+                handle.stop();
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::Migrate { action } => {
             let (file, sink) = match &action {
                 MigrateAction::Status { file, sink }
