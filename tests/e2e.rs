@@ -508,3 +508,57 @@ path = "{}"
     assert_eq!(std::fs::read_to_string(&rejects).unwrap(), "OLD\n");
     assert_eq!(count_tmp_files(dir.path()), 0);
 }
+
+/// A second SIGTERM while draining aborts at once: exit 143, and the output
+/// that was being drained is discarded, not published half-done.
+#[test]
+fn a_second_sigterm_aborts_and_publishes_nothing() {
+    let dir = out_dir();
+    let big = dir.path().join("big.csv");
+    write_big_csv(&big, 100_000);
+    let out = dir.path().join("out.csv");
+    let p = write_pipeline(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[pipeline]
+batch_size = 1024
+channel_capacity = 4
+[sources.big]
+kind = "file"
+path = "{}"
+[sinks.out]
+kind = "file"
+inputs = ["big"]
+path = "{}"
+[sinks.slow]
+kind = "blackhole"
+inputs = ["big"]
+delay_ms = 400
+"#,
+            big.display(),
+            out.display()
+        ),
+    );
+    let child = engine()
+        .args(["run", &p])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let started = Instant::now();
+    for _ in 0..2 {
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = child.wait_with_output().unwrap();
+    // Draining 4 queued batches at 400 ms each would take over 1.5 s.
+    assert!(started.elapsed() < Duration::from_millis(1400), "abort was not immediate");
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    assert!(stdout(&o).contains("aborted by a second SIGTERM"), "{}", stdout(&o));
+    assert!(!out.exists(), "an aborted run must not publish");
+    assert_eq!(count_tmp_files(dir.path()), 0);
+}

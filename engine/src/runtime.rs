@@ -181,9 +181,26 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
         let fut = match b {
             Built::Source(mut s) => {
                 let span = tracing::info_span!("operator", operator = %c.id, kind = c.kind.name);
-                let opened = s.open().instrument(span).await;
-                if let Err(e) = opened {
-                    return fail(&c.id, e.to_string());
+                // Opening may wait on the network (S3, a Parquet footer): a
+                // signal must still stop the run here.
+                let opened = tokio::select! {
+                    r = s.open().instrument(span) => r,
+                    _ = control.drain.cancelled() => Err(OperatorError::Cancelled),
+                    _ = abort.cancelled() => Err(OperatorError::Cancelled),
+                };
+                match opened {
+                    Ok(()) => {}
+                    Err(OperatorError::Cancelled) => {
+                        let signal = control.drain_reason.lock().ok().and_then(|r| *r).unwrap_or("SIGTERM");
+                        return RunReport {
+                            pipeline: p.name.clone(),
+                            outcome: Outcome::Interrupted { signal },
+                            elapsed: started.elapsed(),
+                            operators: Vec::new(),
+                            peak_rss_bytes: peak_rss_bytes(),
+                        };
+                    }
+                    Err(e) => return fail(&c.id, e.to_string()),
                 }
                 source_task(s, out, control.drain.clone(), abort.clone()).map(|r| r.map(|()| None)).boxed()
             }
@@ -437,7 +454,13 @@ async fn operator_task(
                     stats.batches_in.fetch_add(1, Ordering::Relaxed);
                     rows_in.increment(rows);
                     batches_in.increment(1);
-                    op.process(b, &mut out).await?;
+                    // Raced with abort so a sink stuck in retries stops at
+                    // once; abort() below discards what it staged.
+                    tokio::select! {
+                        biased;
+                        _ = abort.cancelled() => return Err(OperatorError::Cancelled),
+                        r = op.process(b, &mut out) => r?,
+                    }
                 }
                 Next::Msg(i, Message::Barrier(b)) => {
                     // Alignment: hold this input until every open input has
@@ -458,7 +481,11 @@ async fn operator_task(
                 inputs.barrier_seen.iter_mut().for_each(|s| *s = false);
             }
         }
-        op.finish(&mut out).await?;
+        tokio::select! {
+            biased;
+            _ = abort.cancelled() => return Err(OperatorError::Cancelled),
+            r = op.finish(&mut out) => r?,
+        }
         out.broadcast(Message::End).await
     }
     .await;
