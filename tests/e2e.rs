@@ -1,6 +1,7 @@
 //! Integration tests: the real `engine` binary on real files.
 
 mod hubspot_sim;
+mod hubspot_sink;
 mod sql_sink;
 mod util;
 

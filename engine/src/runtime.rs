@@ -138,7 +138,12 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
     // Build every operator first: a bad option fails the run with nothing started.
     let mut built: Vec<(usize, Built)> = Vec::with_capacity(p.components.len());
     for (i, c) in p.components.iter().enumerate() {
-        let ctx = BuildContext { pipeline: p.name.clone(), id: c.id.clone(), batch_size: c.batch_size };
+        let ctx = BuildContext {
+            pipeline: p.name.clone(),
+            id: c.id.clone(),
+            batch_size: c.batch_size,
+            raw_options: c.raw_options.clone(),
+        };
         match (c.kind.build)(&ctx, c.options.clone()) {
             Ok(b) => built.push((i, b)),
             Err(e) => return fail(&c.id, e.to_string()),

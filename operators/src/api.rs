@@ -93,6 +93,10 @@ pub struct BuildContext {
     pub id: String,
     /// Rows per batch a source should aim for.
     pub batch_size: usize,
+    /// The component's options as written, before `${VAR}` expansion: lets
+    /// an operator name the variable behind a value (e.g. a refused token)
+    /// without ever printing the value.
+    pub raw_options: serde_json::Value,
 }
 
 /// One output port and the edges leaving it.

@@ -136,6 +136,14 @@ pub static KINDS: &[KindSpec] = &[
         build: |ctx, v| Ok(Built::Operator(Box::new(sinks::sql::build(ctx, typed(v)?)?))),
     },
     KindSpec {
+        name: "hubspot",
+        role: Role::Sink,
+        ports: &["rejects"],
+        about: "HubSpot CRM batch upserts (or an outbox file without a token)",
+        check: check::<sinks::hubspot::HubSpotConfig>,
+        build: |ctx, v| Ok(Built::Operator(Box::new(sinks::hubspot::build(ctx, typed(v)?)?))),
+    },
+    KindSpec {
         name: "blackhole",
         role: Role::Sink,
         ports: &[],

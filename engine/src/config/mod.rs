@@ -47,6 +47,8 @@ pub struct Component {
     pub inputs: Vec<Input>,
     /// Operator options, interpolated, without the common keys.
     pub options: serde_json::Value,
+    /// The component's table as written, before interpolation.
+    pub raw_options: serde_json::Value,
     /// Rows per batch (sources).
     pub batch_size: usize,
     /// Capacity, in batches, of each edge into this component.
@@ -138,6 +140,7 @@ impl Checker<'_> {
                 return None;
             }
         };
+        let raw_root = root.clone();
         let mut root = root;
         self.interpolate(&mut root, &mut Vec::new());
         let table = root.value.as_table().unwrap_or(&[]);
@@ -242,11 +245,13 @@ impl Checker<'_> {
                     });
                     continue;
                 };
-                if up.role == Role::Sink {
-                    self.err(format!("`{from}` is a sink and has no output to read from"), span.clone());
+                let Some(kind) = up.kind else { continue };
+                if kind.ports.is_empty() {
+                    // Sinks have no output, except the ports some declare
+                    // (e.g. `crm.rejects`).
+                    self.err(format!("`{from}` is a {} sink and has no output to read from", kind.name), span.clone());
                     continue;
                 }
-                let Some(kind) = up.kind else { continue };
                 let port_idx = match port {
                     None => 0,
                     Some(p) => match kind.ports.iter().position(|x| *x == p) {
@@ -289,6 +294,7 @@ impl Checker<'_> {
                     pipeline: String::new(),
                     id: r.id.name.clone(),
                     batch_size: bs.unwrap_or(batch_size),
+                    raw_options: raw_table(&raw_root, r.role, &r.id.name),
                 };
                 if let Err(e) = (kind.build)(&ctx, options.clone()) {
                     self.err(format!("[{}.{}]: {e}", r.role.table(), r.id.name), r.id.span.clone());
@@ -300,6 +306,7 @@ impl Checker<'_> {
                 kind,
                 inputs,
                 options,
+                raw_options: raw_table(&raw_root, r.role, &r.id.name),
                 batch_size: bs.unwrap_or(batch_size),
                 channel_capacity: cap.unwrap_or(channel_capacity),
             });
@@ -582,6 +589,11 @@ impl Checker<'_> {
             _ => {}
         }
     }
+}
+
+/// `[<role>.<id>]` as written in the file (before `${VAR}` expansion).
+fn raw_table(root: &Node, role: Role, id: &str) -> serde_json::Value {
+    root.get(role.table()).and_then(|(_, t)| t.get(id)).map(|(_, n)| n.value.to_json()).unwrap_or_default()
 }
 
 fn role_word(role: Role) -> &'static str {

@@ -2,4 +2,5 @@
 
 pub mod blackhole;
 pub mod file;
+pub mod hubspot;
 pub mod sql;

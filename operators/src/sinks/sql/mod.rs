@@ -499,7 +499,12 @@ mod tests {
                 .await
                 .expect("table");
         }
-        let ctx = BuildContext { pipeline: "p".into(), id: "db".into(), batch_size: 10 };
+        let ctx = BuildContext {
+            pipeline: "p".into(),
+            id: "db".into(),
+            batch_size: 10,
+            raw_options: serde_json::Value::Null,
+        };
         let cfg: SqlSinkConfig = serde_json::from_value(serde_json::json!({
             "url": url, "table": "t", "key": ["name"], "columns": { "name": "n", "c": "c" }
         }))
