@@ -16,6 +16,7 @@ RUN mkdir -p engine/src operators/src checkpoints/src tests benches \
  && echo 'fn main() {}' > engine/src/main.rs \
  && echo 'fn main() {}' > benches/throughput.rs \
  && echo 'fn main() {}' > benches/sql_load.rs \
+ && echo 'fn main() {}' > benches/hubspot_sync.rs \
  && touch engine/src/lib.rs operators/src/lib.rs checkpoints/src/lib.rs tests/e2e.rs \
  && cargo build --release --locked -p engine
 

@@ -96,6 +96,8 @@ pub struct Stats {
     pub inputs_received: u64,
     pub daily_used: u64,
     pub consumed_by_others: u64,
+    /// Seconds from the first to the last admitted request.
+    pub active_seconds: f64,
 }
 
 struct Sim {
@@ -104,6 +106,7 @@ struct Sim {
     next_id: u64,
     /// Admission times of requests in the current rolling window.
     window: VecDeque<Instant>,
+    first_admitted: Option<Instant>,
     stats: Stats,
     rng: rand::rngs::StdRng,
 }
@@ -148,6 +151,7 @@ pub async fn serve(cfg: Config, addr: SocketAddr) -> std::io::Result<Handle> {
         contacts: HashMap::new(),
         next_id: 1,
         window: VecDeque::new(),
+        first_admitted: None,
         stats: Stats::default(),
     }));
     let app = Router::new()
@@ -253,6 +257,8 @@ fn admit(s: &mut Sim) -> Admission {
         return Admission::Limited(respond(StatusCode::TOO_MANY_REQUESTS, h, body));
     }
     s.window.push_back(now);
+    let first = *s.first_admitted.get_or_insert(now);
+    s.stats.active_seconds = now.duration_since(first).as_secs_f64();
     s.stats.daily_used += 1;
     s.stats.max_in_window = s.stats.max_in_window.max(s.window.len() as u64);
     let fail = s.cfg.error_rate > 0.0 && s.rng.random::<f64>() < s.cfg.error_rate;
@@ -490,6 +496,7 @@ async fn reset(State(state): State<Shared>) -> Response {
         s.contacts.clear();
         s.window.clear();
         s.stats = Stats::default();
+        s.first_admitted = None;
         s.next_id = 1;
     }
     StatusCode::NO_CONTENT.into_response()

@@ -381,9 +381,10 @@ impl Client {
         };
         metrics::gauge!("engine_hubspot_quota_remaining", "operator" => self.s.operator.clone()).set(remaining as f64);
         let interval = header_u64(h, "x-hubspot-ratelimit-interval-milliseconds").unwrap_or(10_000);
-        if remaining <= self.s.concurrency as u64 {
-            // Too few left for what may already be in flight: let the window
-            // roll by the share those requests need.
+        if remaining == 0 {
+            // Our own pacing keeps the window just short of full, so an empty
+            // window means someone else spends it too: let it roll by the
+            // share our in-flight requests need before sending more.
             let per_request = Duration::from_millis(interval) / (max.max(1) as u32);
             self.pause(per_request * (self.s.concurrency as u32 + 1));
         }
