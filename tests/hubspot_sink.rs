@@ -235,3 +235,59 @@ fn without_a_token_the_outbox_holds_the_exact_request_bodies() {
     let expected = expected_contacts(&dir.path().join("babynames.csv"));
     assert_eq!(ids, expected.keys().cloned().collect());
 }
+
+/// When HubSpot refuses a whole batch (400) for one bad record, the sink
+/// halves it until the record is alone: 99 good ones still land.
+#[test]
+fn a_batch_refused_whole_is_split_to_isolate_the_bad_record() {
+    let rt = runtime();
+    let sim = start(&rt, Config { partial_207: false, ..Default::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("n.csv");
+    let mut text = String::from("Name,Year,Gender,Count\n");
+    for i in 0..100 {
+        let count = if i == 37 { "lots".to_string() } else { i.to_string() };
+        text.push_str(&format!("N{i},1990,F,{count}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let rejects = dir.path().join("rejects.ndjson");
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+[sources.names]
+kind = "file"
+path = "{}"
+schema = [{{ name = "Name", type = "string" }}, {{ name = "Year", type = "int64" }}, {{ name = "Gender", type = "string" }}, {{ name = "Count", type = "string" }}]
+[sinks.crm]
+kind = "hubspot"
+inputs = ["names"]
+base_url = "{}"
+token = "sim-token"
+id_property = "baby_key"
+id = "{{Name}}|{{Gender}}|{{Year}}"
+properties = {{ baby_count = "{{Count}}" }}
+[sinks.rejects]
+kind = "file"
+inputs = ["crm.rejects", "names.rejects"]
+path = "{}"
+"#,
+            csv.display(),
+            sim.base_url(),
+            rejects.display()
+        ),
+    )
+    .unwrap();
+    let o = run(&["run", p.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sim.contacts().len(), 99);
+    let r: Vec<Value> =
+        std::fs::read_to_string(&rejects).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["value"], "N37|F|1990");
+    assert_eq!(r[0]["line"], 39);
+    // 1 refused batch of 100, then halves: log2(100) levels, far fewer than 100 requests.
+    let st = sim.stats();
+    assert!(st.requests <= 16, "{st:?}");
+}

@@ -447,10 +447,15 @@ async fn operator_task(
     let mut pending: Option<operators::Barrier> = None;
     let result = async {
         loop {
+            let idle = op.idle_after();
             let next = tokio::select! {
                 biased;
                 _ = abort.cancelled() => return Err(OperatorError::Cancelled),
                 m = inputs.recv() => m,
+                _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
+                    op.on_idle(&mut out).await?;
+                    continue;
+                }
             };
             match next {
                 Next::Msg(_, Message::Data(b)) => {

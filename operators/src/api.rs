@@ -260,6 +260,15 @@ pub trait Operator: Send {
     async fn on_barrier(&mut self, _barrier: Barrier, _out: &mut Collector) -> Result<(), OperatorError> {
         Ok(())
     }
+    /// How long without input before [`Operator::on_idle`] is called
+    /// (e.g. a batcher's linger); `None` never.
+    fn idle_after(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// No input arrived for `idle_after`: flush what waits for more.
+    async fn on_idle(&mut self, _out: &mut Collector) -> Result<(), OperatorError> {
+        Ok(())
+    }
     /// Every input ended: flush what is buffered and make output durable.
     async fn finish(&mut self, _out: &mut Collector) -> Result<(), OperatorError> {
         Ok(())

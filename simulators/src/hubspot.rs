@@ -50,6 +50,10 @@ pub struct Config {
     pub numeric_properties: Vec<String>,
     /// Property values longer than this are invalid.
     pub max_value_len: usize,
+    /// Answer 207 with per-input errors when every input is traced. HubSpot
+    /// documents this only loosely for upsert; `false` refuses the whole
+    /// batch with 400 instead, the other behaviour clients must survive.
+    pub partial_207: bool,
     pub seed: u64,
 }
 
@@ -68,6 +72,7 @@ impl Default for Config {
             stall: Duration::from_secs(5),
             numeric_properties: vec!["baby_year".into(), "baby_count".into()],
             max_value_len: 65_536,
+            partial_207: true,
             seed: 42,
         }
     }
@@ -399,7 +404,7 @@ fn process(state: &Shared, body: &str) -> Response {
             }
         }
     }
-    let traced = parsed.inputs.iter().all(|i| i["objectWriteTraceId"].as_str().is_some());
+    let traced = s.cfg.partial_207 && parsed.inputs.iter().all(|i| i["objectWriteTraceId"].as_str().is_some());
     if !problems.is_empty() && !traced {
         let msgs: Vec<String> = problems.iter().map(|(_, m)| m.clone()).collect();
         return respond(

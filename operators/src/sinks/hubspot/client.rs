@@ -54,6 +54,9 @@ pub struct Settings {
     pub token_source: String,
     /// (requests, per, daily)
     pub limit: Option<(u32, Duration, Option<u64>)>,
+    /// Requests allowed per day: a client-side budget, so the daily limit
+    /// is respected before HubSpot has to say so.
+    pub daily: Option<u64>,
     pub concurrency: usize,
     pub max_attempts: u32,
     pub on_daily_limit: OnDailyLimit,
@@ -170,6 +173,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             self.wait_turn().await;
+            self.daily_budget().await?;
             match self.attempt(batch).await {
                 Attempt::Done(o) => {
                     self.circuit_success();
@@ -235,6 +239,25 @@ impl Client {
         if let Some(l) = &self.limiter {
             l.until_ready().await;
         }
+    }
+
+    /// Counts a request against the daily budget; past it, pause until the
+    /// quota resets or fail, as configured.
+    async fn daily_budget(&self) -> Result<(), OperatorError> {
+        let Some(daily) = self.s.daily else { return Ok(()) };
+        if self.requests.load(Ordering::Relaxed) < daily {
+            return Ok(());
+        }
+        if self.s.on_daily_limit == OnDailyLimit::Fail {
+            return Err(OperatorError::Data(format!(
+                "the daily budget of {daily} HubSpot requests is spent (rate_limit.daily); on_daily_limit = \"fail\""
+            )));
+        }
+        let wait = until_utc_midnight();
+        tracing::warn!(daily, wait_s = wait.as_secs(), "daily request budget spent: pausing until it resets");
+        tokio::time::sleep(wait).await;
+        self.requests.store(0, Ordering::Relaxed);
+        Ok(())
     }
 
     fn pause(&self, d: Duration) {
@@ -416,4 +439,62 @@ fn without_url(e: &reqwest::Error) -> String {
 fn until_utc_midnight() -> Duration {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     Duration::from_secs(86_400 - now % 86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(base_url: String) -> Settings {
+        Settings {
+            base_url,
+            id_property: "baby_key".into(),
+            object: "contacts".into(),
+            token: "sim-token".into(),
+            token_source: "the token".into(),
+            limit: None,
+            daily: None,
+            concurrency: 1,
+            max_attempts: 6,
+            on_daily_limit: OnDailyLimit::Fail,
+            circuit_failures: 3,
+            circuit_open: Duration::from_millis(150),
+            timeout: Duration::from_secs(5),
+            operator: "crm".into(),
+        }
+    }
+
+    fn one() -> Vec<Input> {
+        vec![Input { id: "a".into(), properties: BTreeMap::new(), trace: "1".into(), line: Some(2) }]
+    }
+
+    /// Repeated 5xx open the breaker: requests stop for `circuit_open`, a
+    /// half-open probe follows, and the request gives up after max_attempts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeated_failures_open_the_circuit_and_attempts_are_bounded() {
+        let cfg = simulators::hubspot::Config { error_rate: 1.0, ..Default::default() };
+        let sim = simulators::hubspot::serve(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let client = Client::new(settings(sim.base_url())).unwrap();
+        let started = Instant::now();
+        let err = client.send(one()).await.err().expect("gives up").to_string();
+        assert!(err.contains("failed 6 times") && err.contains("502"), "{err}");
+        assert_eq!(sim.stats().requests, 6);
+        assert!(matches!(*client.circuit.lock().unwrap(), Circuit::Open { .. }), "a failed half-open probe reopens");
+        // The third failure opens the breaker and the failed half-open probe
+        // reopens it: at least two open periods on top of the backoff.
+        assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_daily_budget_is_kept_client_side() {
+        let sim = simulators::hubspot::serve(Default::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut s = settings(sim.base_url());
+        s.daily = Some(2);
+        let client = Client::new(s).unwrap();
+        client.send(one()).await.unwrap();
+        client.send(one()).await.unwrap();
+        let err = client.send(one()).await.err().expect("budget spent").to_string();
+        assert!(err.contains("daily budget of 2"), "{err}");
+        assert_eq!(sim.stats().requests, 2, "the third request was never sent");
+    }
 }

@@ -106,6 +106,8 @@ pub struct HubSpotConfig {
     /// Where bodies go when there is no token.
     #[serde(default = "outbox")]
     pub outbox: String,
+    /// Send a part-filled batch after this long without new rows.
+    pub linger_ms: Option<u64>,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -197,6 +199,7 @@ pub fn build(ctx: &BuildContext, cfg: HubSpotConfig) -> Result<HubSpotSink, Oper
             token,
             token_source,
             limit,
+            daily: cfg.rate_limit.as_ref().and_then(|r| r.daily),
             concurrency: cfg.concurrency,
             max_attempts: cfg.max_attempts.max(1),
             on_daily_limit: cfg.on_daily_limit,
@@ -328,6 +331,14 @@ impl Operator for HubSpotSink {
         self.drain(out).await
     }
 
+    fn idle_after(&self) -> Option<Duration> {
+        (!self.pending.is_empty()).then(|| Duration::from_millis(self.cfg.linger_ms.unwrap_or(1000)))
+    }
+
+    async fn on_idle(&mut self, out: &mut Collector) -> Result<(), OperatorError> {
+        self.flush(out).await
+    }
+
     async fn finish(&mut self, out: &mut Collector) -> Result<(), OperatorError> {
         self.flush(out).await?;
         self.drain(out).await?;
@@ -372,5 +383,52 @@ impl HubSpotSink {
                 format!("no token: writing request bodies to {} instead of sending", loc.display)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::OperatorStats;
+    use arrow::array::StringArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+
+    #[test]
+    fn durations_and_variables_are_read_as_written() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("ten").is_err());
+        assert_eq!(variables(&json!("${HUBSPOT_TOKEN}")), ["HUBSPOT_TOKEN"]);
+        assert_eq!(variables(&json!("${A:-x}-${B}")), ["A", "B"]);
+        assert!(variables(&json!("literal")).is_empty());
+    }
+
+    /// The linger: rows that do not fill a batch are sent once the runtime
+    /// reports the input idle, not only at the end of the stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_part_filled_batch_is_sent_when_the_input_goes_idle() {
+        let sim = simulators::hubspot::serve(Default::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let cfg: HubSpotConfig = serde_json::from_value(json!({
+            "base_url": sim.base_url(), "token": "sim-token", "id_property": "baby_key",
+            "id": "{Name}", "properties": { "firstname": "{Name}" }, "linger_ms": 50
+        }))
+        .unwrap();
+        let ctx = BuildContext { pipeline: "p".into(), id: "crm".into(), batch_size: 10, raw_options: Value::Null };
+        let mut sink = build(&ctx, cfg).unwrap();
+        let mut out = Collector::new("crm", vec![], Arc::new(OperatorStats::default()), Default::default());
+        assert_eq!(sink.idle_after(), None, "nothing pending, nothing to linger for");
+        let schema = Arc::new(Schema::new(vec![Field::new("Name", DataType::Utf8, false)]));
+        let rb = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["Ann", "Bob", "Ann"]))]).unwrap();
+        sink.process(Batch::new(rb), &mut out).await.unwrap();
+        assert_eq!(sim.stats().requests, 0, "3 rows do not fill a batch of 100");
+        assert_eq!(sink.idle_after(), Some(Duration::from_millis(50)));
+        sink.on_idle(&mut out).await.unwrap();
+        sink.drain(&mut out).await.unwrap();
+        assert_eq!(sim.stats().requests, 1);
+        assert_eq!(sim.stats().inputs_received, 2, "Ann twice in one batch became one input");
+        assert_eq!(sim.contacts().len(), 2);
+        sink.finish(&mut out).await.unwrap();
+        assert_eq!(sim.stats().requests, 1, "nothing left to send at the end");
     }
 }
