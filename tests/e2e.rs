@@ -510,8 +510,9 @@ path = "{}"
     assert_eq!(count_tmp_files(dir.path()), 0);
 }
 
-/// A second SIGTERM while draining aborts at once: exit 143, and the output
-/// that was being drained is discarded, not published half-done.
+/// A second SIGTERM while draining aborts: the batch in hand finishes, the
+/// queue is not drained, exit 143, and the output is discarded, not
+/// published half-done.
 #[test]
 fn a_second_sigterm_aborts_and_publishes_nothing() {
     let dir = out_dir();

@@ -20,30 +20,53 @@ fn start(rt: &tokio::runtime::Runtime, cfg: Config) -> Handle {
 /// (id, properties) the sample's unique rows must become, from the CSV
 /// written by the same run.
 fn expected_contacts(csv: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(csv).unwrap();
-    text.lines()
-        .skip(1)
-        .map(|l| {
-            let (_, rest) = l.split_once(',').unwrap();
-            let (name, rest) = if let Some(q) = rest.strip_prefix('"') {
-                let end = q.rfind("\",").unwrap();
-                (q[..end].replace("\"\"", "\""), &q[end + 2..])
-            } else {
-                let (n, r) = rest.split_once(',').unwrap();
-                (n.to_string(), r)
-            };
-            let f: Vec<&str> = rest.split(',').collect();
-            let id = format!("{name}|{}|{}", f[1], f[0]);
+    babynames_rows(csv)
+        .into_iter()
+        .map(|(_, name, year, gender, count)| {
+            let id = format!("{name}|{gender}|{year}");
             let props = BTreeMap::from([
-                ("baby_count".to_string(), f[2].to_string()),
-                ("baby_gender".to_string(), f[1].to_string()),
+                ("baby_count".to_string(), count.to_string()),
+                ("baby_gender".to_string(), gender),
                 ("baby_key".to_string(), id.clone()),
-                ("baby_year".to_string(), f[0].to_string()),
+                ("baby_year".to_string(), year.to_string()),
                 ("firstname".to_string(), name),
             ]);
             (id, props)
         })
         .collect()
+}
+
+/// A pipeline in `dir`: a CSV with a string Count straight into a hubspot
+/// sink at `base_url` with `properties`, its rejects into `rejects.ndjson`.
+fn crm_pipeline(dir: &Path, csv: &Path, base_url: &str, properties: &str) -> String {
+    let p = dir.join("p.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+[sources.names]
+kind = "file"
+path = "{}"
+schema = [{{ name = "Name", type = "string" }}, {{ name = "Year", type = "int64" }}, {{ name = "Gender", type = "string" }}, {{ name = "Count", type = "string" }}]
+[sinks.crm]
+kind = "hubspot"
+inputs = ["names"]
+base_url = "{base_url}"
+token = "sim-token"
+id_property = "baby_key"
+id = "{{Name}}|{{Gender}}|{{Year}}"
+properties = {properties}
+[sinks.rejects]
+kind = "file"
+inputs = ["crm.rejects", "names.rejects"]
+path = "{}"
+"#,
+            csv.display(),
+            dir.join("rejects.ndjson").display()
+        ),
+    )
+    .unwrap();
+    p.to_str().unwrap().to_string()
 }
 
 fn babynames(dir: &Path, sim: &Handle, token: &str) -> std::process::Output {
@@ -136,35 +159,8 @@ fn a_record_hubspot_refuses_goes_to_rejects_and_its_batch_mates_are_delivered() 
     let csv = dir.path().join("n.csv");
     std::fs::write(&csv, "Name,Year,Gender,Count\nAnn,1990,F,10\nBob,1990,M,lots\nCid,1990,M,7\n").unwrap();
     let rejects = dir.path().join("rejects.ndjson");
-    let p = dir.path().join("p.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"
-[sources.names]
-kind = "file"
-path = "{}"
-schema = [{{ name = "Name", type = "string" }}, {{ name = "Year", type = "int64" }}, {{ name = "Gender", type = "string" }}, {{ name = "Count", type = "string" }}]
-[sinks.crm]
-kind = "hubspot"
-inputs = ["names"]
-base_url = "{}"
-token = "sim-token"
-id_property = "baby_key"
-id = "{{Name}}|{{Gender}}|{{Year}}"
-properties = {{ firstname = "{{Name}}", baby_count = "{{Count}}" }}
-[sinks.rejects]
-kind = "file"
-inputs = ["crm.rejects", "names.rejects"]
-path = "{}"
-"#,
-            csv.display(),
-            sim.base_url(),
-            rejects.display()
-        ),
-    )
-    .unwrap();
-    let o = run(&["run", p.to_str().unwrap()], &[]);
+    let p = crm_pipeline(dir.path(), &csv, &sim.base_url(), r#"{ firstname = "{Name}", baby_count = "{Count}" }"#);
+    let o = run(&["run", &p], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let ids: Vec<String> = sim.contacts().into_iter().map(|c| c.id_value).collect();
     assert_eq!(ids, ["Ann|F|1990", "Cid|M|1990"]);
@@ -251,35 +247,8 @@ fn a_batch_refused_whole_is_split_to_isolate_the_bad_record() {
     }
     std::fs::write(&csv, text).unwrap();
     let rejects = dir.path().join("rejects.ndjson");
-    let p = dir.path().join("p.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"
-[sources.names]
-kind = "file"
-path = "{}"
-schema = [{{ name = "Name", type = "string" }}, {{ name = "Year", type = "int64" }}, {{ name = "Gender", type = "string" }}, {{ name = "Count", type = "string" }}]
-[sinks.crm]
-kind = "hubspot"
-inputs = ["names"]
-base_url = "{}"
-token = "sim-token"
-id_property = "baby_key"
-id = "{{Name}}|{{Gender}}|{{Year}}"
-properties = {{ baby_count = "{{Count}}" }}
-[sinks.rejects]
-kind = "file"
-inputs = ["crm.rejects", "names.rejects"]
-path = "{}"
-"#,
-            csv.display(),
-            sim.base_url(),
-            rejects.display()
-        ),
-    )
-    .unwrap();
-    let o = run(&["run", p.to_str().unwrap()], &[]);
+    let p = crm_pipeline(dir.path(), &csv, &sim.base_url(), r#"{ baby_count = "{Count}" }"#);
+    let o = run(&["run", &p], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(sim.contacts().len(), 99);
     let r: Vec<Value> =

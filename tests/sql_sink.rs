@@ -104,23 +104,7 @@ impl Drop for TestDb {
 
 /// The rows the CSV sink wrote in the same run, as the table should hold them.
 fn expected_from_csv(path: &Path) -> BTreeSet<(String, i64, String, i64, i64)> {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines()
-        .skip(1)
-        .map(|l| {
-            // Names may be quoted (O"Brien, Jr); everything else is plain.
-            let (id, rest) = l.split_once(',').unwrap();
-            let (name, rest) = if let Some(q) = rest.strip_prefix('"') {
-                let end = q.rfind("\",").unwrap();
-                (q[..end].replace("\"\"", "\""), &q[end + 2..])
-            } else {
-                let (n, r) = rest.split_once(',').unwrap();
-                (n.to_string(), r)
-            };
-            let f: Vec<&str> = rest.split(',').collect();
-            (name, f[0].parse().unwrap(), f[1].to_string(), f[2].parse().unwrap(), id.parse().unwrap())
-        })
-        .collect()
+    babynames_rows(path).into_iter().map(|(id, name, year, gender, count)| (name, year, gender, count, id)).collect()
 }
 
 /// A pipeline file in `dir`: a CSV source straight into a `baby_names`

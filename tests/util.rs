@@ -83,3 +83,24 @@ pub fn write_big_csv(path: &Path, rows: usize) {
     }
     w.flush().expect("flush");
 }
+
+/// One row of a babynames CSV written by our file sink: (Id, Name, Year,
+/// Gender, Count). Names may be quoted (O"Brien, Jr); the rest is plain.
+pub fn babynames_rows(path: &Path) -> Vec<(i64, String, i64, String, i64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let (id, rest) = l.split_once(',').expect("Id");
+            let (name, rest) = if let Some(q) = rest.strip_prefix('"') {
+                let end = q.rfind("\",").expect("closing quote");
+                (q[..end].replace("\"\"", "\""), &q[end + 2..])
+            } else {
+                let (n, r) = rest.split_once(',').expect("Name");
+                (n.to_string(), r)
+            };
+            let f: Vec<&str> = rest.split(',').collect();
+            (id.parse().expect("Id"), name, f[0].parse().expect("Year"), f[1].to_string(), f[2].parse().expect("Count"))
+        })
+        .collect()
+}

@@ -464,13 +464,11 @@ async fn operator_task(
                     stats.batches_in.fetch_add(1, Ordering::Relaxed);
                     rows_in.increment(rows);
                     batches_in.increment(1);
-                    // Raced with abort so a sink stuck in retries stops at
-                    // once; abort() below discards what it staged.
-                    tokio::select! {
-                        biased;
-                        _ = abort.cancelled() => return Err(OperatorError::Cancelled),
-                        r = op.process(b, &mut out) => r?,
-                    }
+                    // Not raced with abort: a call dropped halfway (a file
+                    // write on the blocking pool) could leave a stray temp
+                    // file that abort() no longer knows about. A call ends
+                    // within one batch, or the third signal exits.
+                    op.process(b, &mut out).await?;
                 }
                 Next::Msg(i, Message::Barrier(b)) => {
                     // Alignment: hold this input until every open input has
@@ -491,11 +489,7 @@ async fn operator_task(
                 inputs.barrier_seen.iter_mut().for_each(|s| *s = false);
             }
         }
-        tokio::select! {
-            biased;
-            _ = abort.cancelled() => return Err(OperatorError::Cancelled),
-            r = op.finish(&mut out) => r?,
-        }
+        op.finish(&mut out).await?;
         out.broadcast(Message::End).await
     }
     .await;
