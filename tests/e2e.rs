@@ -238,22 +238,27 @@ fn count_tmp_files(dir: &Path) -> usize {
         .count()
 }
 
-/// SIGTERM mid-run: sources stop, what is in flight is drained, the output
-/// file is complete (renamed into place, every line whole), exit code 143.
-#[test]
-fn sigterm_mid_run_drains_and_leaves_complete_files() {
-    let dir = out_dir();
-    let big = dir.path().join("big.csv");
-    write_big_csv(&big, 600_000);
-    let out = dir.path().join("out.csv");
+/// A pipeline in `dir`: `rows` generated rows into a CSV file sink `out.csv`
+/// and, beside it, a blackhole that sleeps `delay_ms` per batch (so the
+/// source is throttled by backpressure). Returns (pipeline path, output path).
+fn slow_fanout(
+    dir: &Path,
+    rows: usize,
+    batch_size: usize,
+    capacity: usize,
+    delay_ms: u64,
+) -> (String, std::path::PathBuf) {
+    let big = dir.join("big.csv");
+    write_big_csv(&big, rows);
+    let out = dir.join("out.csv");
     let p = write_pipeline(
-        dir.path(),
+        dir,
         "p.toml",
         &format!(
             r#"
 [pipeline]
-batch_size = 4096
-channel_capacity = 2
+batch_size = {batch_size}
+channel_capacity = {capacity}
 [sources.big]
 kind = "file"
 path = "{}"
@@ -264,23 +269,42 @@ path = "{}"
 [sinks.slow]
 kind = "blackhole"
 inputs = ["big"]
-delay_ms = 20
+delay_ms = {delay_ms}
 "#,
             big.display(),
             out.display()
         ),
     );
+    (p, out)
+}
+
+/// Starts `engine run p` with piped output and sends it `signals` SIGTERMs,
+/// the first after `first`, then 100 ms apart.
+fn run_and_sigterm(p: &str, first: Duration, signals: usize) -> (std::process::Output, Duration) {
     let child = engine()
-        .args(["run", &p])
+        .args(["run", p])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
-    // SAFETY: plain kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(rc, 0);
+    std::thread::sleep(first);
+    let started = Instant::now();
+    for _ in 0..signals {
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let o = child.wait_with_output().unwrap();
+    (o, started.elapsed())
+}
+
+/// SIGTERM mid-run: sources stop, what is in flight is drained, the output
+/// file is complete (renamed into place, every line whole), exit code 143.
+#[test]
+fn sigterm_mid_run_drains_and_leaves_complete_files() {
+    let dir = out_dir();
+    let (p, out) = slow_fanout(dir.path(), 600_000, 4096, 2, 20);
+    let (o, _) = run_and_sigterm(&p, Duration::from_millis(1200), 1);
     assert_eq!(o.status.code(), Some(143), "stderr: {}", stderr(&o));
     assert!(stderr(&o).contains("SIGTERM"), "{}", stderr(&o));
     assert!(stdout(&o).contains("interrupted by SIGTERM"), "{}", stdout(&o));
@@ -516,49 +540,10 @@ path = "{}"
 #[test]
 fn a_second_sigterm_aborts_and_publishes_nothing() {
     let dir = out_dir();
-    let big = dir.path().join("big.csv");
-    write_big_csv(&big, 100_000);
-    let out = dir.path().join("out.csv");
-    let p = write_pipeline(
-        dir.path(),
-        "p.toml",
-        &format!(
-            r#"
-[pipeline]
-batch_size = 1024
-channel_capacity = 4
-[sources.big]
-kind = "file"
-path = "{}"
-[sinks.out]
-kind = "file"
-inputs = ["big"]
-path = "{}"
-[sinks.slow]
-kind = "blackhole"
-inputs = ["big"]
-delay_ms = 400
-"#,
-            big.display(),
-            out.display()
-        ),
-    );
-    let child = engine()
-        .args(["run", &p])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
-    let started = Instant::now();
-    for _ in 0..2 {
-        // SAFETY: plain kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let o = child.wait_with_output().unwrap();
+    let (p, out) = slow_fanout(dir.path(), 100_000, 1024, 4, 400);
+    let (o, elapsed) = run_and_sigterm(&p, Duration::from_millis(800), 2);
     // Draining 4 queued batches at 400 ms each would take over 1.5 s.
-    assert!(started.elapsed() < Duration::from_millis(1400), "abort was not immediate");
+    assert!(elapsed < Duration::from_millis(1400), "abort was not prompt: {elapsed:?}");
     assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
     assert!(stdout(&o).contains("aborted by a second SIGTERM"), "{}", stdout(&o));
     assert!(!out.exists(), "an aborted run must not publish");

@@ -107,21 +107,20 @@ async fn ensure_table(pool: &Pool) -> Result<(), MigrateError> {
 pub async fn applied(pool: &Pool) -> Result<Vec<Applied>, MigrateError> {
     ensure_table(pool).await?;
     let q = format!("SELECT version, name, checksum, applied_at FROM {STATUS_TABLE} ORDER BY version");
+    macro_rules! fetch {
+        ($p:expr) => {
+            sqlx::query(sqlx::AssertSqlSafe(q))
+                .fetch_all($p)
+                .await
+                .map_err(db)?
+                .iter()
+                .map(|r| Applied { version: r.get(0), name: r.get(1), checksum: r.get(2), applied_at: r.get(3) })
+                .collect()
+        };
+    }
     let rows: Vec<Applied> = match pool {
-        Pool::MySql(p) => sqlx::query(sqlx::AssertSqlSafe(q))
-            .fetch_all(p)
-            .await
-            .map_err(db)?
-            .iter()
-            .map(|r| Applied { version: r.get(0), name: r.get(1), checksum: r.get(2), applied_at: r.get(3) })
-            .collect(),
-        Pool::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(q))
-            .fetch_all(p)
-            .await
-            .map_err(db)?
-            .iter()
-            .map(|r| Applied { version: r.get(0), name: r.get(1), checksum: r.get(2), applied_at: r.get(3) })
-            .collect(),
+        Pool::MySql(p) => fetch!(p),
+        Pool::Sqlite(p) => fetch!(p),
     };
     Ok(rows)
 }
