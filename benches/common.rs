@@ -8,6 +8,19 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
 
+/// The full NationalNames.csv (`BENCH_CSV` overrides), or `None` after
+/// saying how to get it.
+pub fn input_csv() -> Option<PathBuf> {
+    let csv =
+        std::env::var_os("BENCH_CSV").map(PathBuf::from).unwrap_or_else(|| repo().join("bench-data/NationalNames.csv"));
+    if csv.exists() {
+        Some(csv)
+    } else {
+        println!("{} is missing: run scripts/fetch-babynames first (it builds the full 1.92M-row file)", csv.display());
+        None
+    }
+}
+
 /// `[sources.names]` reading `csv`, then `valid` and `unique`; the caller
 /// adds sinks reading `unique` and the rejects ports.
 pub fn source_validate_dedupe(csv: &Path) -> String {

@@ -11,12 +11,11 @@
 //! ```
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{repo, source_validate_dedupe};
+use common::{input_csv, repo, source_validate_dedupe};
 
 const ROWS: usize = 69_000;
 
@@ -24,12 +23,8 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let full =
-        std::env::var_os("BENCH_CSV").map(PathBuf::from).unwrap_or_else(|| repo().join("bench-data/NationalNames.csv"));
-    let Ok(file) = std::fs::File::open(&full) else {
-        println!("{} is missing: run scripts/fetch-babynames first", full.display());
-        return;
-    };
+    let Some(full) = input_csv() else { return };
+    let file = std::fs::File::open(&full).expect("open the input");
     let dir = std::env::temp_dir().join(format!("engine-hubspot-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let head = dir.join("head.csv");

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod common;
-use common::{repo, source_validate_dedupe};
+use common::{input_csv, repo, source_validate_dedupe};
 
 fn mariadb(db: &str, sql: &str) -> Result<String, String> {
     let o = Command::new("mariadb")
@@ -43,12 +43,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let csv =
-        std::env::var_os("BENCH_CSV").map(PathBuf::from).unwrap_or_else(|| repo().join("bench-data/NationalNames.csv"));
-    if !csv.exists() {
-        println!("{} is missing: run scripts/fetch-babynames first", csv.display());
-        return;
-    }
+    let Some(csv) = input_csv() else { return };
     let server = std::env::var("BENCH_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
     let db = format!("engine_bench_{}", std::process::id());
     if let Err(e) = mariadb("", &format!("CREATE DATABASE {db} CHARACTER SET utf8mb4")) {

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod common;
-use common::{repo, source_validate_dedupe};
+use common::{input_csv, repo, source_validate_dedupe};
 
 fn pipeline(csv: &Path) -> String {
     format!(
@@ -110,12 +110,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let csv =
-        std::env::var_os("BENCH_CSV").map(PathBuf::from).unwrap_or_else(|| repo().join("bench-data/NationalNames.csv"));
-    if !csv.exists() {
-        println!("{} is missing: run scripts/fetch-babynames first (it builds the full 1.92M-row file)", csv.display());
-        return;
-    }
+    let Some(csv) = input_csv() else { return };
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let dir = std::env::temp_dir().join(format!("engine-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
