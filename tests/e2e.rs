@@ -1,7 +1,9 @@
 //! Integration tests: the real `engine` binary on real files.
 
+mod crash;
 mod hubspot_sim;
 mod hubspot_sink;
+mod resume;
 mod sql_sink;
 mod util;
 
@@ -31,6 +33,7 @@ fn babynames_env(dir: &Path) -> Vec<(&'static str, String)> {
     vec![
         ("OUTPUT_DIR", dir.display().to_string()),
         ("DATABASE_URL", format!("sqlite://{}/babynames.db", dir.display())),
+        ("CHECKPOINT_DIR", dir.join("checkpoints").display().to_string()),
     ]
 }
 
@@ -180,12 +183,6 @@ fn graphs_of_every_pipeline_match_their_snapshots() {
     }
 }
 
-fn write_pipeline(dir: &Path, name: &str, body: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p.to_str().unwrap().to_string()
-}
-
 /// A source much faster than its sink must wait for it: memory stays flat
 /// whatever the input size.
 #[test]
@@ -259,6 +256,8 @@ fn slow_fanout(
 [pipeline]
 batch_size = {batch_size}
 channel_capacity = {capacity}
+[pipeline.checkpoint]
+interval = "off"
 [sources.big]
 kind = "file"
 path = "{}"

@@ -16,10 +16,26 @@ pub fn engine() -> Command {
     c
 }
 
-/// Runs `engine args…` and returns its output.
+/// Runs `engine args…` and returns its output. pipelines/babynames.toml
+/// keeps checkpoints in `$CHECKPOINT_DIR`: unless a test sets it, each run
+/// gets its own (beside OUTPUT_DIR when given), so parallel tests never
+/// share a store.
 pub fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
     let mut c = engine();
     c.args(args);
+    if !envs.iter().any(|(k, _)| *k == "CHECKPOINT_DIR") {
+        let dir = match envs.iter().find(|(k, _)| *k == "OUTPUT_DIR") {
+            Some((_, out)) => Path::new(out).join("checkpoints"),
+            None => std::env::temp_dir().join(format!(
+                "engine-test-cp-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            )),
+        };
+        c.env("CHECKPOINT_DIR", dir);
+    }
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -103,4 +119,11 @@ pub fn babynames_rows(path: &Path) -> Vec<(i64, String, i64, String, i64)> {
             (id.parse().expect("Id"), name, f[0].parse().expect("Year"), f[1].to_string(), f[2].parse().expect("Count"))
         })
         .collect()
+}
+
+/// Writes a pipeline file into `dir`; returns its path as a string.
+pub fn write_pipeline(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write pipeline");
+    p.to_str().expect("utf-8 path").to_string()
 }

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+pub mod fault;
 mod sled_store;
 pub use sled_store::SledStore;
 
@@ -25,6 +26,8 @@ pub enum CheckpointError {
     Open { location: String, reason: String },
     #[error("checkpoint {epoch} is corrupted: {reason}")]
     Corrupted { epoch: u64, reason: String },
+    #[error("delta {epoch} of `{operator}` is corrupted: {reason}")]
+    CorruptedDelta { operator: String, epoch: u64, reason: String },
     #[error("checkpoint store write failed: {0}")]
     Write(String),
 }
@@ -39,6 +42,12 @@ pub struct Checkpoint {
     /// The run finished after this checkpoint: the next run starts afresh.
     pub complete: bool,
     pub state: BTreeMap<String, Vec<u8>>,
+    /// Incremental state added during this epoch, per operator id. Stored
+    /// apart from the record: a delta outlives the pruning of the record it
+    /// came with, because every later checkpoint of the run builds on it.
+    /// Empty in what [`CheckpointStore::latest`] returns; read them back
+    /// with [`CheckpointStore::deltas`].
+    pub deltas: BTreeMap<String, Vec<u8>>,
 }
 
 /// A durable home for checkpoints.
@@ -48,6 +57,17 @@ pub trait CheckpointStore: Send + Sync {
     fn commit(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError>;
     /// The most recent committed checkpoint.
     fn latest(&self) -> Result<Option<Checkpoint>, CheckpointError>;
+    /// The checkpoint of `epoch`, if it is still kept.
+    fn get(&self, epoch: u64) -> Result<Option<Checkpoint>, CheckpointError>;
+    /// The deltas `operator` committed with epochs `from..=to`, oldest first.
+    fn deltas(&self, operator: &str, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, CheckpointError>;
+    /// Total bytes of the deltas `operator` committed with epochs `from..=to`.
+    fn delta_bytes(&self, operator: &str, from: u64, to: u64) -> Result<u64, CheckpointError> {
+        Ok(self.deltas(operator, from, to)?.iter().map(|(_, d)| d.len() as u64).sum())
+    }
+    /// Drops every delta of an epoch below `epoch` (a new run starts there,
+    /// so nothing will build on them again).
+    fn drop_deltas_before(&self, epoch: u64) -> Result<(), CheckpointError>;
     /// Committed epochs, oldest first.
     fn epochs(&self) -> Result<Vec<u64>, CheckpointError>;
     /// Drops all but the newest `keep` checkpoints.
@@ -60,39 +80,68 @@ pub trait CheckpointStore: Send + Sync {
 /// do not checkpoint.
 #[derive(Default)]
 pub struct MemoryStore {
-    inner: Mutex<BTreeMap<u64, Checkpoint>>,
+    inner: Mutex<Memory>,
+}
+
+#[derive(Default)]
+struct Memory {
+    records: BTreeMap<u64, Checkpoint>,
+    deltas: BTreeMap<(String, u64), Vec<u8>>,
 }
 
 impl MemoryStore {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<u64, Checkpoint>>, CheckpointError> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Memory>, CheckpointError> {
         self.inner.lock().map_err(|_| CheckpointError::Write("store lock poisoned".into()))
     }
 }
 
 impl CheckpointStore for MemoryStore {
     fn commit(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
-        self.lock()?.insert(checkpoint.epoch, checkpoint.clone());
+        let mut m = self.lock()?;
+        for (op, d) in &checkpoint.deltas {
+            m.deltas.insert((op.clone(), checkpoint.epoch), d.clone());
+        }
+        m.records.insert(checkpoint.epoch, Checkpoint { deltas: BTreeMap::new(), ..checkpoint.clone() });
         Ok(())
     }
 
     fn latest(&self) -> Result<Option<Checkpoint>, CheckpointError> {
-        Ok(self.lock()?.values().next_back().cloned())
+        Ok(self.lock()?.records.values().next_back().cloned())
+    }
+
+    fn get(&self, epoch: u64) -> Result<Option<Checkpoint>, CheckpointError> {
+        Ok(self.lock()?.records.get(&epoch).cloned())
+    }
+
+    fn deltas(&self, operator: &str, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, CheckpointError> {
+        let m = self.lock()?;
+        Ok(m.deltas
+            .range((operator.to_string(), from)..=(operator.to_string(), to))
+            .map(|((_, e), d)| (*e, d.clone()))
+            .collect())
+    }
+
+    fn drop_deltas_before(&self, epoch: u64) -> Result<(), CheckpointError> {
+        self.lock()?.deltas.retain(|(_, e), _| *e >= epoch);
+        Ok(())
     }
 
     fn epochs(&self) -> Result<Vec<u64>, CheckpointError> {
-        Ok(self.lock()?.keys().copied().collect())
+        Ok(self.lock()?.records.keys().copied().collect())
     }
 
     fn prune(&self, keep: usize) -> Result<(), CheckpointError> {
-        let mut map = self.lock()?;
-        while map.len() > keep {
-            map.pop_first();
+        let mut m = self.lock()?;
+        while m.records.len() > keep {
+            m.records.pop_first();
         }
         Ok(())
     }
 
     fn reset(&self) -> Result<(), CheckpointError> {
-        self.lock()?.clear();
+        let mut m = self.lock()?;
+        m.records.clear();
+        m.deltas.clear();
         Ok(())
     }
 }
@@ -113,5 +162,21 @@ mod tests {
         assert_eq!(s.epochs().unwrap(), vec![4, 5]);
         s.reset().unwrap();
         assert!(s.epochs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn deltas_outlive_pruning_until_a_new_run_drops_them() {
+        let s = MemoryStore::default();
+        for epoch in 1..=4 {
+            let mut deltas = BTreeMap::new();
+            deltas.insert("unique".to_string(), vec![epoch as u8]);
+            s.commit(&Checkpoint { epoch, deltas, ..Default::default() }).unwrap();
+        }
+        s.prune(1).unwrap();
+        let d = s.deltas("unique", 1, 3).unwrap();
+        assert_eq!(d, vec![(1, vec![1]), (2, vec![2]), (3, vec![3])]);
+        assert!(s.deltas("other", 0, 9).unwrap().is_empty());
+        s.drop_deltas_before(3).unwrap();
+        assert_eq!(s.deltas("unique", 0, 9).unwrap().len(), 2);
     }
 }

@@ -6,6 +6,17 @@
 //! (u64), commit time ms (u64), complete flag (u8), entry count (u32), then
 //! per entry key length (u32), key, value length (u64), value; finally the
 //! 32-byte SHA-256 of everything before it.
+//!
+//! sled recovers from damage by dropping what it cannot read, which would
+//! make a damaged store look older (or empty) instead of broken. So a small
+//! manifest file beside it (`engine-latest`, replaced atomically after every
+//! commit) names the newest epoch and its record's SHA-256: a store whose
+//! newest record is older than the manifest, or differs from it, is
+//! reported as corrupted.
+//!
+//! Deltas (incremental operator state) live in a second tree, keyed by
+//! operator id, a zero byte and the epoch, each value its SHA-256 then the
+//! bytes. A record and its deltas are written in one sled transaction.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,11 +28,24 @@ use crate::{Checkpoint, CheckpointError, CheckpointStore};
 const MAGIC: &[u8; 4] = b"EKCP";
 const FORMAT: u16 = 1;
 const TREE: &str = "checkpoints";
+const DELTAS: &str = "deltas";
 
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
+    deltas: sled::Tree,
     location: String,
+    manifest: std::path::PathBuf,
+}
+
+const MANIFEST: &str = "engine-latest";
+
+fn delta_key(operator: &str, epoch: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(operator.len() + 9);
+    k.extend_from_slice(operator.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
 }
 
 impl SledStore {
@@ -31,7 +55,8 @@ impl SledStore {
         let open_err = |e: sled::Error| CheckpointError::Open { location: location.clone(), reason: e.to_string() };
         let db = sled::open(path).map_err(open_err)?;
         let tree = db.open_tree(TREE).map_err(open_err)?;
-        Ok(SledStore { db, tree, location })
+        let deltas = db.open_tree(DELTAS).map_err(open_err)?;
+        Ok(SledStore { db, tree, deltas, location, manifest: path.join(MANIFEST) })
     }
 
     pub fn location(&self) -> &str {
@@ -40,6 +65,47 @@ impl SledStore {
 
     fn write_err(&self, e: sled::Error) -> CheckpointError {
         CheckpointError::Write(format!("{}: {e}", self.location))
+    }
+
+    /// Replaces the manifest: write a temp file, sync it, rename it.
+    fn write_manifest(&self, epoch: u64, record: &[u8]) -> Result<(), CheckpointError> {
+        use std::io::Write;
+        let tmp = self.manifest.with_extension("tmp");
+        let text = format!("epoch {epoch} sha256 {}\n", hex(&Sha256::digest(record)));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.manifest)
+        };
+        write().map_err(|e| CheckpointError::Write(format!("{}: manifest: {e}", self.location)))
+    }
+
+    /// (epoch, record digest) the manifest names, if there is one.
+    fn read_manifest(&self) -> Result<Option<(u64, String)>, CheckpointError> {
+        let text = match std::fs::read_to_string(&self.manifest) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(CheckpointError::Open { location: self.location.clone(), reason: format!("manifest: {e}") });
+            }
+        };
+        let mut w = text.split_whitespace();
+        match (w.next(), w.next().and_then(|e| e.parse().ok()), w.next(), w.next()) {
+            (Some("epoch"), Some(e), Some("sha256"), Some(d)) => Ok(Some((e, d.to_string()))),
+            _ => Err(CheckpointError::Corrupted {
+                epoch: 0,
+                reason: format!("the manifest {} is unreadable", self.manifest.display()),
+            }),
+        }
+    }
+
+    fn epoch_of(&self, k: &[u8]) -> Result<u64, CheckpointError> {
+        let key: [u8; 8] = k.try_into().map_err(|_| CheckpointError::Corrupted {
+            epoch: 0,
+            reason: format!("a key of {} bytes in {}", k.len(), self.location),
+        })?;
+        Ok(u64::from_be_bytes(key))
     }
 }
 
@@ -98,7 +164,11 @@ pub fn decode(epoch_key: u64, bytes: &[u8]) -> Result<Checkpoint, CheckpointErro
     if r.at != body.len() {
         return Err(bad("trailing bytes"));
     }
-    Ok(Checkpoint { epoch, committed_at_ms, complete, state })
+    Ok(Checkpoint { epoch, committed_at_ms, complete, state, deltas: BTreeMap::new() })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct Reader<'a> {
@@ -123,21 +193,121 @@ impl CheckpointStore for SledStore {
     fn commit(&self, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
         // One insert is atomic in sled; flush makes it durable before the
         // commit is acknowledged to anyone.
-        self.tree.insert(checkpoint.epoch.to_be_bytes(), encode(checkpoint)).map_err(|e| self.write_err(e))?;
+        // The record and its deltas go in one transaction: a crash leaves
+        // either both or neither. flush makes it durable before the commit
+        // is acknowledged to anyone.
+        use sled::transaction::{TransactionError, Transactional};
+        let record = encode(checkpoint);
+        let deltas: Vec<(Vec<u8>, Vec<u8>)> = checkpoint
+            .deltas
+            .iter()
+            .map(|(op, d)| {
+                let mut v = Vec::with_capacity(32 + d.len());
+                v.extend_from_slice(&Sha256::digest(d));
+                v.extend_from_slice(d);
+                (delta_key(op, checkpoint.epoch), v)
+            })
+            .collect();
+        let r: Result<(), TransactionError<()>> = (&self.tree, &self.deltas).transaction(|(t, d)| {
+            for (k, v) in &deltas {
+                d.insert(k.as_slice(), v.as_slice())?;
+            }
+            t.insert(&checkpoint.epoch.to_be_bytes(), record.as_slice())?;
+            Ok(())
+        });
+        match r {
+            Ok(()) => {}
+            Err(TransactionError::Storage(e)) => return Err(self.write_err(e)),
+            Err(TransactionError::Abort(())) => return Err(CheckpointError::Write("transaction aborted".into())),
+        }
+        crate::fault::hit("store-before-flush");
+        self.db.flush().map_err(|e| self.write_err(e))?;
+        self.write_manifest(checkpoint.epoch, &record)
+    }
+
+    fn get(&self, epoch: u64) -> Result<Option<Checkpoint>, CheckpointError> {
+        match self.tree.get(epoch.to_be_bytes()).map_err(|e| self.write_err(e))? {
+            None => Ok(None),
+            Some(v) => decode(epoch, &v).map(Some),
+        }
+    }
+
+    fn deltas(&self, operator: &str, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, CheckpointError> {
+        let mut out = Vec::new();
+        for kv in self.deltas.range(delta_key(operator, from)..=delta_key(operator, to)) {
+            let (k, v) = kv.map_err(|e| self.write_err(e))?;
+            let epoch = self.epoch_of(&k[k.len().saturating_sub(8)..])?;
+            let bad = |reason: &str| CheckpointError::CorruptedDelta {
+                operator: operator.to_string(),
+                epoch,
+                reason: reason.to_string(),
+            };
+            if v.len() < 32 {
+                return Err(bad("record is truncated"));
+            }
+            let (digest, body) = v.split_at(32);
+            if Sha256::digest(body).as_slice() != digest {
+                return Err(bad("checksum mismatch: the delta was damaged or half-written"));
+            }
+            out.push((epoch, body.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn delta_bytes(&self, operator: &str, from: u64, to: u64) -> Result<u64, CheckpointError> {
+        let mut n = 0;
+        for kv in self.deltas.range(delta_key(operator, from)..=delta_key(operator, to)) {
+            let (_, v) = kv.map_err(|e| self.write_err(e))?;
+            n += v.len().saturating_sub(32) as u64;
+        }
+        Ok(n)
+    }
+
+    fn drop_deltas_before(&self, epoch: u64) -> Result<(), CheckpointError> {
+        let mut doomed = Vec::new();
+        for k in self.deltas.iter().keys() {
+            let k = k.map_err(|e| self.write_err(e))?;
+            if k.len() >= 8 && self.epoch_of(&k[k.len() - 8..])? < epoch {
+                doomed.push(k);
+            }
+        }
+        for k in doomed {
+            self.deltas.remove(k).map_err(|e| self.write_err(e))?;
+        }
         self.db.flush().map_err(|e| self.write_err(e))?;
         Ok(())
     }
 
     fn latest(&self) -> Result<Option<Checkpoint>, CheckpointError> {
-        match self.tree.last().map_err(|e| self.write_err(e))? {
-            None => Ok(None),
-            Some((k, v)) => {
-                let key: [u8; 8] = k.as_ref().try_into().map_err(|_| CheckpointError::Corrupted {
-                    epoch: 0,
-                    reason: format!("a key of {} bytes in {}", k.len(), self.location),
-                })?;
-                decode(u64::from_be_bytes(key), &v).map(Some)
+        let last = self.tree.last().map_err(|e| self.write_err(e))?;
+        let manifest = self.read_manifest()?;
+        let newest = match &last {
+            Some((k, _)) => Some(self.epoch_of(k)?),
+            None => None,
+        };
+        if let Some((epoch, digest)) = &manifest {
+            match (&last, newest) {
+                (Some((_, v)), Some(n)) if n == *epoch && hex(&Sha256::digest(v)) != *digest => {
+                    return Err(CheckpointError::Corrupted {
+                        epoch: *epoch,
+                        reason: "its record differs from the one committed (the store's files were damaged)".into(),
+                    });
+                }
+                (_, n) if n.is_none_or(|n| n < *epoch) => {
+                    return Err(CheckpointError::Corrupted {
+                        epoch: *epoch,
+                        reason: format!(
+                            "it was committed, but the store now ends at {}: the store lost data (its files were damaged or replaced)",
+                            n.map(|n| format!("checkpoint {n}")).unwrap_or_else(|| "no checkpoint at all".into())
+                        ),
+                    });
+                }
+                _ => {}
             }
+        }
+        match last {
+            None => Ok(None),
+            Some((k, v)) => decode(self.epoch_of(&k)?, &v).map(Some),
         }
     }
 
@@ -147,11 +317,7 @@ impl CheckpointStore for SledStore {
             .keys()
             .map(|k| {
                 let k = k.map_err(|e| self.write_err(e))?;
-                let key: [u8; 8] = k.as_ref().try_into().map_err(|_| CheckpointError::Corrupted {
-                    epoch: 0,
-                    reason: format!("a key of {} bytes in {}", k.len(), self.location),
-                })?;
-                Ok(u64::from_be_bytes(key))
+                self.epoch_of(&k)
             })
             .collect()
     }
@@ -167,7 +333,15 @@ impl CheckpointStore for SledStore {
     }
 
     fn reset(&self) -> Result<(), CheckpointError> {
+        // The manifest first: a crash half-way leaves an empty-looking
+        // store that is not taken for a damaged one.
+        match std::fs::remove_file(&self.manifest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CheckpointError::Write(format!("{}: manifest: {e}", self.location))),
+        }
         self.tree.clear().map_err(|e| self.write_err(e))?;
+        self.deltas.clear().map_err(|e| self.write_err(e))?;
         self.db.flush().map_err(|e| self.write_err(e))?;
         Ok(())
     }
@@ -181,7 +355,13 @@ mod tests {
         let mut state = BTreeMap::new();
         state.insert("names/offset".to_string(), epoch.to_be_bytes().to_vec());
         state.insert("unique/keys".to_string(), vec![7u8; 1000]);
-        Checkpoint { epoch, committed_at_ms: 1_700_000_000_000 + epoch, complete: epoch == 3, state }
+        Checkpoint {
+            epoch,
+            committed_at_ms: 1_700_000_000_000 + epoch,
+            complete: epoch == 3,
+            state,
+            ..Default::default()
+        }
     }
 
     fn dir(tag: &str) -> std::path::PathBuf {
@@ -235,6 +415,28 @@ mod tests {
         s.tree.insert(2u64.to_be_bytes(), bad).unwrap();
         let err = s.latest().unwrap_err().to_string();
         assert!(err.starts_with("checkpoint 2 is corrupted"), "{err}");
+        // A damaged delta too.
+        let mut deltas = BTreeMap::new();
+        deltas.insert("unique".to_string(), vec![1u8; 100]);
+        s.commit(&Checkpoint { epoch: 3, deltas, ..Default::default() }).unwrap();
+        assert_eq!(s.deltas("unique", 0, 3).unwrap(), vec![(3, vec![1u8; 100])]);
+        let key = delta_key("unique", 3);
+        let mut v = s.deltas.get(&key).unwrap().unwrap().to_vec();
+        v[50] ^= 1;
+        s.deltas.insert(key, v).unwrap();
+        let err = s.deltas("unique", 0, 3).unwrap_err().to_string();
+        assert!(err.starts_with("delta 3 of `unique` is corrupted"), "{err}");
+        // A store that silently lost its newest records (as sled does when
+        // it drops what it cannot read) is caught by the manifest.
+        s.tree.remove(3u64.to_be_bytes()).unwrap();
+        s.tree.remove(2u64.to_be_bytes()).unwrap();
+        let err = s.latest().unwrap_err().to_string();
+        assert!(
+            err.contains("checkpoint 3 is corrupted: it was committed, but the store now ends at checkpoint 1"),
+            "{err}"
+        );
+        s.reset().unwrap();
+        assert_eq!(s.latest().unwrap(), None, "a reset store is empty, not damaged");
         drop(s);
         let _ = std::fs::remove_dir_all(&d);
     }

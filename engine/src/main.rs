@@ -41,6 +41,21 @@ enum Command {
         /// No progress line, even on a terminal.
         #[arg(long)]
         no_progress: bool,
+        /// Ignore (and erase) the checkpoint store: start from the first row.
+        #[arg(long)]
+        from_scratch: bool,
+        /// Time between checkpoints (`5s`, `500ms`) or `off`; overrides
+        /// `[pipeline.checkpoint] interval`.
+        #[arg(long)]
+        checkpoint_interval: Option<String>,
+        /// Checkpoint store folder; overrides `[pipeline.checkpoint] dir`.
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+    },
+    /// Inspect or erase a pipeline's checkpoints.
+    Checkpoints {
+        #[command(subcommand)]
+        action: CheckpointsAction,
     },
     /// Check a pipeline file without running it.
     Validate { file: PathBuf },
@@ -84,6 +99,30 @@ enum Command {
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = graph::Format::Ascii)]
         format: graph::Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointsAction {
+    /// Kept checkpoints: epoch, time, status, state size, duration, positions.
+    List {
+        file: PathBuf,
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+    },
+    /// One checkpoint in detail (default: the newest).
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        epoch: Option<u64>,
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+    },
+    /// Erase every checkpoint: the next run starts from the beginning.
+    Reset {
+        file: PathBuf,
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
     },
 }
 
@@ -176,17 +215,69 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("cannot start the async runtime")?;
             rt.block_on(migrate(pipeline, sink, action))
         }
-        Command::Run { file, metrics_addr, no_progress } => {
-            let pipeline = match load(&file) {
+        Command::Checkpoints { action } => {
+            let (file, dir) = match &action {
+                CheckpointsAction::List { file, checkpoint_dir }
+                | CheckpointsAction::Show { file, checkpoint_dir, .. }
+                | CheckpointsAction::Reset { file, checkpoint_dir } => (file.clone(), checkpoint_dir.clone()),
+            };
+            let mut pipeline = match load(&file) {
                 Ok(p) => p,
                 Err(code) => return Ok(code),
+            };
+            if let Some(d) = dir {
+                pipeline.checkpoint.dir = d;
+            }
+            checkpoints_command(&pipeline, action)
+        }
+        Command::Run { file, metrics_addr, no_progress, from_scratch, checkpoint_interval, checkpoint_dir } => {
+            let mut pipeline = match load(&file) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            if let Some(i) = checkpoint_interval {
+                pipeline.checkpoint.interval =
+                    config::parse_interval(&i).map_err(anyhow::Error::msg).context("--checkpoint-interval")?;
+                if pipeline.checkpoint.interval.is_none() {
+                    pipeline.checkpoint.rows = None;
+                }
+            }
+            if let Some(d) = checkpoint_dir {
+                pipeline.checkpoint.dir = d;
+            }
+            let session = if pipeline.checkpoint.enabled() {
+                let opened = if from_scratch {
+                    engine::checkpoint::open_store_afresh(&pipeline)
+                } else {
+                    engine::checkpoint::open_store(&pipeline)
+                };
+                let store = match opened {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!(
+                            "error: {e}
+the checkpoint store could not be opened; if it is damaged, `engine run --from-scratch {}` starts over (or set [pipeline.checkpoint] dir elsewhere)",
+                            file.display()
+                        );
+                        return Ok(ExitCode::from(1));
+                    }
+                };
+                match engine::checkpoint::begin(&pipeline, Arc::new(store), from_scratch) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            } else {
+                None
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("engine-worker")
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(run(pipeline, metrics_addr, !no_progress))
+            rt.block_on(run(pipeline, session, metrics_addr, !no_progress))
         }
     }
 }
@@ -225,7 +316,48 @@ fn validate(file: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run(pipeline: config::Pipeline, metrics_addr: Option<String>, progress: bool) -> anyhow::Result<ExitCode> {
+fn checkpoints_command(p: &config::Pipeline, action: CheckpointsAction) -> anyhow::Result<ExitCode> {
+    use engine::checkpoint;
+    let dir = checkpoint::store_dir(p);
+    if !dir.exists() {
+        println!("no checkpoints for pipeline {} (no store at {})", p.name, dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = checkpoint::open_store(p).with_context(|| format!("opening {}", dir.display()))?;
+    let printed = match action {
+        CheckpointsAction::List { .. } => {
+            println!("pipeline {}: checkpoints in {}", p.name, dir.display());
+            checkpoint::list(&store)
+        }
+        CheckpointsAction::Show { epoch, .. } => checkpoint::show(&store, epoch),
+        CheckpointsAction::Reset { .. } => {
+            use checkpoints::CheckpointStore;
+            let n = store.epochs().map(|e| e.len()).unwrap_or(0);
+            store.reset().with_context(|| format!("erasing {}", dir.display()))?;
+            Ok(format!("erased {n} checkpoint(s) of pipeline {}; the next run starts from the beginning\n", p.name))
+        }
+    };
+    match printed {
+        Ok(text) => {
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "error: {e}\n`engine checkpoints reset {}` erases the store; the next run then starts from the beginning",
+                p.file.display()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn run(
+    pipeline: config::Pipeline,
+    session: Option<engine::checkpoint::Session>,
+    metrics_addr: Option<String>,
+    progress: bool,
+) -> anyhow::Result<ExitCode> {
     let live_slot: Arc<OnceLock<Arc<runtime::Live>>> = Arc::new(OnceLock::new());
     if let Some(addr) = metrics_addr {
         let addr = observe::parse_addr(&addr).map_err(anyhow::Error::msg)?;
@@ -238,8 +370,18 @@ async fn run(pipeline: config::Pipeline, metrics_addr: Option<String>, progress:
     spawn_signal_handler(control.clone());
 
     tracing::info!(pipeline = %pipeline.name, file = %pipeline.file.display(), "starting");
+    match &session {
+        Some(s) => tracing::info!(
+            store = %engine::checkpoint::store_dir(&pipeline).display(),
+            interval_ms = s.settings.interval.map(|d| d.as_millis() as u64),
+            rows = s.settings.rows,
+            "{}",
+            s.describe()
+        ),
+        None => tracing::info!("checkpoints are off: an interrupted run starts over"),
+    }
     let bar = Progress::start(progress);
-    let report = runtime::run(&pipeline, control, |live| {
+    let report = runtime::run(&pipeline, control, session, |live| {
         let _ = live_slot.set(live.clone());
         bar.follow(live);
     })

@@ -35,14 +35,26 @@ pub fn summary(r: &RunReport) -> String {
     let mut out = String::new();
     let status = match &r.outcome {
         Outcome::Completed => "completed".to_string(),
-        Outcome::Interrupted { signal } => {
-            format!("interrupted by {signal} (in-flight rows drained, outputs complete)")
-        }
+        Outcome::Interrupted { signal } => match r.checkpoints.as_ref().and_then(|c| c.last) {
+            Some(epoch) => format!(
+                "interrupted by {signal} at checkpoint {epoch} (outputs staged, not published; run the same command to resume)"
+            ),
+            None if r.checkpoints.is_some() => format!(
+                "interrupted by {signal} before a checkpoint of this run (outputs staged; the next run resumes from the last checkpoint)"
+            ),
+            None => format!("interrupted by {signal} (in-flight rows drained, outputs complete)"),
+        },
         Outcome::Aborted { signal } => format!("aborted by a second {signal} (partial outputs discarded)"),
         Outcome::Failed { operator, .. } => format!("failed in operator `{operator}`"),
     };
     let mem = r.peak_rss_bytes.map(|b| format!(", peak memory {:.1} MiB", b as f64 / 1048576.0)).unwrap_or_default();
     let _ = writeln!(out, "pipeline {} {status} in {:.2} s{mem}", r.pipeline, r.elapsed.as_secs_f64());
+    if let Some(c) = &r.checkpoints {
+        let resumed = c.resumed_from.map(|e| format!("resumed from checkpoint {e}; ")).unwrap_or_default();
+        let last = c.last.map(|e| format!(", last {e}")).unwrap_or_default();
+        let complete = c.complete.map(|e| format!("; marked complete at epoch {e}")).unwrap_or_default();
+        let _ = writeln!(out, "checkpoints: {resumed}{} committed{last}{complete}", c.committed);
+    }
     if r.operators.is_empty() {
         return out;
     }

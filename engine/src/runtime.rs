@@ -10,8 +10,15 @@
 //! discard partial output (temp files) instead of publishing it.
 //!
 //! **Invariant:** a graceful stop (first SIGINT/SIGTERM) only stops the
-//! sources; every batch already in flight is processed and sinks flush and
-//! publish as at a normal end of stream.
+//! sources; every batch already in flight is processed. Without
+//! checkpoints, sinks then flush and publish as at a normal end of stream;
+//! with checkpoints, a last barrier follows the last row read and the run
+//! stops at that checkpoint, outputs staged for the next run to resume.
+//!
+//! **Invariant:** with checkpoints on, a source injects a barrier only
+//! between two steps, after emitting every row before its offset; operators
+//! align barriers across inputs and acknowledge to the coordinator
+//! ([`crate::checkpoint`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +36,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::checkpoint::{self, Committed, Coordinator, OperatorLink, Report, Session, SourceLink};
 use crate::config::Pipeline;
 
 /// How a run ended.
@@ -82,6 +90,18 @@ pub struct RunReport {
     /// Peak resident memory of the process (Linux), for the summary and
     /// benchmarks.
     pub peak_rss_bytes: Option<u64>,
+    pub checkpoints: Option<CheckpointReport>,
+}
+
+/// What the run did with checkpoints.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointReport {
+    pub resumed_from: Option<u64>,
+    /// Checkpoints this run committed, and the newest.
+    pub committed: u64,
+    pub last: Option<u64>,
+    /// The epoch marking the run complete, when it completed.
+    pub complete: Option<u64>,
 }
 
 /// VmHWM of this process: the most resident memory it ever held.
@@ -125,14 +145,22 @@ struct Edge {
 
 /// Builds everything, then runs. Build and open errors come back before any
 /// row moves, as a failed outcome naming the operator.
-pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)) -> RunReport {
+pub async fn run(
+    p: &Pipeline,
+    control: Control,
+    session: Option<Session>,
+    on_live: impl FnOnce(Arc<Live>),
+) -> RunReport {
     let started = Instant::now();
+    let resumed_from = session.as_ref().and_then(|s| s.resume.as_ref().map(|r| r.epoch));
+    let checkpointing = session.is_some();
     let fail = |operator: &str, error: String| RunReport {
         pipeline: p.name.clone(),
         outcome: Outcome::Failed { operator: operator.to_string(), error },
         elapsed: started.elapsed(),
         operators: Vec::new(),
         peak_rss_bytes: peak_rss_bytes(),
+        checkpoints: checkpointing.then(|| CheckpointReport { resumed_from, ..Default::default() }),
     };
 
     // Build every operator first: a bad option fails the run with nothing started.
@@ -149,6 +177,29 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
             Err(e) => return fail(&c.id, e.to_string()),
         }
     }
+
+    // A resumed run hands every operator its state before any row moves.
+    if let Some(r) = session.as_ref().and_then(|s| s.resume.as_ref()) {
+        for (i, b) in &mut built {
+            let c = &p.components[*i];
+            let Some(state) = r.states.get(&c.id) else { continue };
+            let span = tracing::info_span!("operator", operator = %c.id, kind = c.kind.name);
+            let restored = match b {
+                Built::Source(s) => span.in_scope(|| s.restore(state)),
+                Built::Operator(op) => op.restore(state).instrument(span).await,
+            };
+            if let Err(e) = restored {
+                return fail(&c.id, e.to_string());
+            }
+        }
+    }
+
+    // Checkpoint plumbing: barrier requests to sources, reports back.
+    let session = session.map(Arc::new);
+    let (requests_tx, requests_rx) = tokio::sync::watch::channel(session.as_ref().map(|s| s.last_epoch()).unwrap_or(0));
+    let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel::<Report>();
+    let no_more = CancellationToken::new();
+    let reports_tx = session.as_ref().map(|_| reports_tx);
 
     // Channels: one per edge, sized by the consumer's channel_capacity.
     let mut senders: HashMap<(String, usize), Vec<Sender<Message>>> = HashMap::new();
@@ -203,15 +254,25 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
                             elapsed: started.elapsed(),
                             operators: Vec::new(),
                             peak_rss_bytes: peak_rss_bytes(),
+                            checkpoints: session
+                                .as_ref()
+                                .map(|_| CheckpointReport { resumed_from, ..Default::default() }),
                         };
                     }
                     Err(e) => return fail(&c.id, e.to_string()),
                 }
-                source_task(s, out, control.drain.clone(), abort.clone()).map(|r| r.map(|()| None)).boxed()
+                let link = reports_tx.as_ref().map(|tx| SourceLink {
+                    op: i,
+                    requests: requests_rx.clone(),
+                    reports: tx.clone(),
+                    no_more: no_more.clone(),
+                });
+                source_task(s, out, control.drain.clone(), abort.clone(), link).map(|r| r.map(|()| None)).boxed()
             }
             Built::Operator(op) => {
                 let inputs = receivers.remove(&c.id).unwrap_or_default();
-                operator_task(c.id.clone(), op, inputs, out, stats[i].clone(), abort.clone()).boxed()
+                let link = reports_tx.as_ref().map(|tx| OperatorLink { op: i, reports: tx.clone() });
+                operator_task(c.id.clone(), op, inputs, out, stats[i].clone(), abort.clone(), link).boxed()
             }
         };
         tasks.push((i, fut));
@@ -264,6 +325,30 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
         task_ids.insert(handle.id(), i);
     }
 
+    // The coordinator holds no report sender: when every task is done, its
+    // channel closes and it returns what it committed.
+    drop(reports_tx);
+    let coordinator = session.as_ref().map(|s| {
+        let c = Coordinator {
+            session: s.clone(),
+            ids: p.components.iter().map(|c| c.id.clone()).collect(),
+            roles: p.components.iter().map(|c| c.role).collect(),
+            source_stats: p
+                .components
+                .iter()
+                .zip(&stats)
+                .filter(|(c, _)| c.role == Role::Source)
+                .map(|(_, s)| s.clone())
+                .collect(),
+            requests: requests_tx,
+            reports: reports_rx,
+            no_more: no_more.clone(),
+            drain: control.drain.clone(),
+            stop: abort.clone(),
+        };
+        tokio::spawn(c.run().instrument(tracing::info_span!("checkpoint")))
+    });
+
     let mut failure: Option<(String, String)> = None;
     // Operators that finished cleanly wait here for the verdict on the run.
     let mut finished: Vec<(usize, Box<dyn Operator>)> = Vec::new();
@@ -298,9 +383,46 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
     }
     sampler.cancel();
 
+    let committed: Committed = match coordinator {
+        Some(h) => h.await.unwrap_or_else(|e| Committed {
+            error: Some(format!("the coordinator panicked: {e}")),
+            ..Default::default()
+        }),
+        None => Committed::default(),
+    };
+    if let Some(e) = &committed.error
+        && failure.is_none()
+    {
+        failure = Some(("<checkpoint>".into(), e.clone()));
+    }
+    let mut cp_report = session.as_ref().map(|_| CheckpointReport {
+        resumed_from,
+        committed: committed.count,
+        last: committed.last,
+        complete: None,
+    });
+
+    // A drained run with checkpoints stops at its last checkpoint: outputs
+    // stay staged for the next run, nothing is published half-done.
+    let stop_at_checkpoint = session.is_some() && control.drain.is_cancelled();
+    // A completed run is marked complete before its outputs are published:
+    // a crash while publishing then means a fresh, complete rerun, never a
+    // resume into outputs that are already gone.
+    if let (Some(s), None, false, false) = (&session, &failure, abort.is_cancelled(), stop_at_checkpoint) {
+        let last = committed.last.unwrap_or_else(|| s.last_epoch());
+        match checkpoint::complete(s, last, committed.final_positions.clone()).await {
+            Ok(e) => {
+                if let Some(r) = cp_report.as_mut() {
+                    r.complete = Some(e);
+                }
+            }
+            Err(e) => failure = Some(("<checkpoint>".into(), format!("marking the run complete: {e}"))),
+        }
+    }
+
     // Publish only when the whole run succeeded (or drained cleanly): a
     // failed run leaves every previous output as it was.
-    if failure.is_none() && !abort.is_cancelled() {
+    if failure.is_none() && !abort.is_cancelled() && !stop_at_checkpoint {
         for (i, op) in &mut finished {
             let id = &p.components[*i].id;
             if let Err(e) = op.commit().instrument(tracing::info_span!("operator", operator = %id)).await {
@@ -310,7 +432,7 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
             }
         }
     }
-    if failure.is_some() || abort.is_cancelled() {
+    if failure.is_some() || abort.is_cancelled() || stop_at_checkpoint {
         for (_, op) in &mut finished {
             op.abort().await;
         }
@@ -355,7 +477,21 @@ pub async fn run(p: &Pipeline, control: Control, on_live: impl FnOnce(Arc<Live>)
         elapsed: started.elapsed(),
         operators,
         peak_rss_bytes: peak_rss_bytes(),
+        checkpoints: cp_report,
     }
+}
+
+/// Snapshots the source and sends the barrier of `epoch` after its rows.
+async fn inject(
+    source: &mut Box<dyn Source>,
+    out: &mut Collector,
+    link: &SourceLink,
+    epoch: u64,
+) -> Result<(), OperatorError> {
+    let snapshot = source.snapshot(out).await?;
+    let position = Some(source.position());
+    let _ = link.reports.send(Report::Ack { op: link.op, epoch, snapshot, position, aligned_in: Duration::ZERO });
+    out.broadcast(Message::Barrier(operators::Barrier { epoch })).await
 }
 
 async fn source_task(
@@ -363,12 +499,38 @@ async fn source_task(
     mut out: Collector,
     drain: CancellationToken,
     abort: CancellationToken,
+    mut link: Option<SourceLink>,
 ) -> Result<(), OperatorError> {
+    let mut injected = link.as_ref().map(|l| *l.requests.borrow()).unwrap_or(0);
     loop {
         // Checked between steps, never mid-step, so a batch is either sent to
-        // every edge of its port or to none.
+        // every edge of its port or to none, and a barrier never splits one.
+        if let Some(l) = &mut link {
+            let want = *l.requests.borrow_and_update();
+            if want > injected {
+                inject(&mut source, &mut out, l, want).await?;
+                injected = want;
+            }
+        }
         if drain.is_cancelled() {
             tracing::info!("stopping: drain requested");
+            // With checkpoints: wait for the last barrier, so the run stops
+            // exactly at a checkpoint.
+            if let Some(l) = &mut link {
+                let after = injected;
+                loop {
+                    let want = *l.requests.borrow_and_update();
+                    if want > after {
+                        inject(&mut source, &mut out, l, want).await?;
+                        break;
+                    }
+                    tokio::select! {
+                        _ = abort.cancelled() => return Err(OperatorError::Cancelled),
+                        _ = l.no_more.cancelled() => break,
+                        r = l.requests.changed() => if r.is_err() { break },
+                    }
+                }
+            }
             break;
         }
         let step = tokio::select! {
@@ -379,6 +541,9 @@ async fn source_task(
         if step == SourceState::Done {
             break;
         }
+    }
+    if let Some(l) = &link {
+        let _ = l.reports.send(Report::SourceEnded { op: l.op, position: source.position() });
     }
     out.broadcast(Message::End).await
 }
@@ -437,14 +602,15 @@ async fn operator_task(
     out: Collector,
     stats: Arc<OperatorStats>,
     abort: CancellationToken,
+    link: Option<OperatorLink>,
 ) -> TaskResult {
     let rows_in = metrics::counter!("engine_rows_in_total", "operator" => id.clone());
-    let batches_in = metrics::counter!("engine_batches_in_total", "operator" => id);
+    let batches_in = metrics::counter!("engine_batches_in_total", "operator" => id.clone());
     let n = rxs.len();
     let mut inputs = Inputs { rxs, open: vec![true; n], barrier_seen: vec![false; n] };
     let mut op = op;
     let mut out = out;
-    let mut pending: Option<operators::Barrier> = None;
+    let mut pending: Option<(operators::Barrier, Instant)> = None;
     let result = async {
         loop {
             let idle = op.idle_after();
@@ -474,17 +640,26 @@ async fn operator_task(
                     // Alignment: hold this input until every open input has
                     // delivered the same barrier, then act on it once.
                     inputs.barrier_seen[i] = true;
-                    pending = Some(b);
+                    if pending.is_none() {
+                        pending = Some((b, Instant::now()));
+                    }
                 }
                 Next::Msg(_, Message::End) => {}
                 Next::AllEnded => break,
                 Next::Broken => return Err(OperatorError::Cancelled),
             }
-            if let Some(b) = pending
+            if let Some((b, since)) = pending
                 && (0..n).all(|k| !inputs.open[k] || inputs.barrier_seen[k])
             {
                 pending = None;
-                op.on_barrier(b, &mut out).await?;
+                let aligned_in = since.elapsed();
+                let snapshot = op.on_barrier(b, &mut out).await?;
+                // A sink has committed its side of the epoch; the store has not.
+                checkpoints::fault::hit(&format!("after-barrier:{id}"));
+                if let Some(l) = &link {
+                    let _ =
+                        l.reports.send(Report::Ack { op: l.op, epoch: b.epoch, snapshot, position: None, aligned_in });
+                }
                 out.broadcast(Message::Barrier(b)).await?;
                 inputs.barrier_seen.iter_mut().for_each(|s| *s = false);
             }

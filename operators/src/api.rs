@@ -49,6 +49,14 @@ pub enum OperatorError {
     /// input it cannot make sense of at all (a header that does not match).
     #[error("{0}")]
     Data(String),
+    /// The input is not the object a checkpoint was taken on: resuming would
+    /// skip or repeat rows.
+    #[error("{0}")]
+    InputChanged(String),
+    /// The state a resumed run needs is missing or does not match what the
+    /// checkpoint says (e.g. a sink's table was reset since).
+    #[error("{0}")]
+    Resume(String),
     /// The run is stopping because of another operator or a signal; never the
     /// root cause of a failed run.
     #[error("stopped before completion")]
@@ -234,6 +242,31 @@ async fn send(
     }
 }
 
+/// What an operator hands to a checkpoint when a barrier passes it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Snapshot {
+    /// Nothing to remember (a stateless transform).
+    #[default]
+    None,
+    /// The whole state; replaces what earlier checkpoints held.
+    Full(Vec<u8>),
+    /// What was added since the previous checkpoint of this run; a resumed
+    /// run gets every delta of the run, oldest first. Its cost follows the
+    /// change, not the size of the state.
+    Delta(Vec<u8>),
+}
+
+/// The state a resumed run hands an operator before any row moves.
+#[derive(Clone, Debug, Default)]
+pub struct Resume {
+    /// The checkpoint being resumed.
+    pub epoch: u64,
+    /// The operator's last [`Snapshot::Full`], if any.
+    pub full: Option<Vec<u8>>,
+    /// Every [`Snapshot::Delta`] of the run up to `epoch`, oldest first.
+    pub deltas: Vec<Vec<u8>>,
+}
+
 /// Whether a source has more to read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SourceState {
@@ -249,6 +282,22 @@ pub trait Source: Send {
     /// before any row moves.
     async fn open(&mut self) -> Result<(), OperatorError>;
     async fn next(&mut self, out: &mut Collector) -> Result<SourceState, OperatorError>;
+    /// Called before `open` when a run resumes: the source continues after
+    /// what the checkpoint covers. `open` must refuse (with
+    /// [`OperatorError::InputChanged`]) if the input is not the one the
+    /// checkpoint was taken on.
+    fn restore(&mut self, _resume: &Resume) -> Result<(), OperatorError> {
+        Err(OperatorError::Config("this source kind cannot resume from a checkpoint".into()))
+    }
+    /// A barrier is due: emit everything decoded so far, then return the
+    /// offset right after the last row emitted.
+    async fn snapshot(&mut self, _out: &mut Collector) -> Result<Snapshot, OperatorError> {
+        Err(OperatorError::Config("this source kind cannot take part in checkpoints".into()))
+    }
+    /// Where the source is, for people ("row 1,203,456 of data.csv").
+    fn position(&self) -> String {
+        String::new()
+    }
 }
 
 /// A transform or a sink.
@@ -256,8 +305,15 @@ pub trait Source: Send {
 pub trait Operator: Send {
     /// Called with every batch from any input.
     async fn process(&mut self, batch: Batch, out: &mut Collector) -> Result<(), OperatorError>;
-    /// Called once every input delivered this barrier, before it is forwarded.
-    async fn on_barrier(&mut self, _barrier: Barrier, _out: &mut Collector) -> Result<(), OperatorError> {
+    /// Called once every input delivered this barrier, before it is
+    /// forwarded: return the state as of the barrier. A sink makes
+    /// everything before the barrier durable before returning: returning is
+    /// its acknowledgement.
+    async fn on_barrier(&mut self, _barrier: Barrier, _out: &mut Collector) -> Result<Snapshot, OperatorError> {
+        Ok(Snapshot::None)
+    }
+    /// Called before any row when a run resumes from a checkpoint.
+    async fn restore(&mut self, _resume: &Resume) -> Result<(), OperatorError> {
         Ok(())
     }
     /// How long without input before [`Operator::on_idle`] is called

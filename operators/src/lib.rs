@@ -19,9 +19,13 @@ pub mod registry;
 pub mod rejects;
 pub mod sinks;
 pub mod sources;
+pub mod staged;
 pub mod storage;
 pub mod transforms;
 
-pub use api::{BuildContext, Collector, OUT, Operator, OperatorError, OperatorStats, OutPort, Source, SourceState};
+pub use api::{
+    BuildContext, Collector, OUT, Operator, OperatorError, OperatorStats, OutPort, Resume, Snapshot, Source,
+    SourceState,
+};
 pub use batch::{Barrier, Batch, Message};
 pub use registry::{KindSpec, Role};

@@ -22,7 +22,53 @@ pub const DEFAULT_CHANNEL_CAPACITY: usize = 4;
 /// Options every component accepts, handled by the engine itself.
 const COMMON: &[&str] = &["kind", "inputs", "batch_size", "channel_capacity"];
 const TOP_LEVEL: &[&str] = &["pipeline", "sources", "transforms", "sinks"];
-const PIPELINE_KEYS: &[&str] = &["name", "description", "batch_size", "channel_capacity"];
+const PIPELINE_KEYS: &[&str] = &["name", "description", "batch_size", "channel_capacity", "checkpoint"];
+const CHECKPOINT_KEYS: &[&str] = &["interval", "rows", "dir", "keep"];
+
+/// Checkpoint every few seconds unless told otherwise: a crash then costs
+/// at most a few seconds of re-reading.
+pub const DEFAULT_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+pub const DEFAULT_CHECKPOINT_KEEP: usize = 3;
+
+/// `[pipeline.checkpoint]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointSettings {
+    /// Time between checkpoints; `None` with `rows` also `None`: off.
+    pub interval: Option<std::time::Duration>,
+    /// Source rows between checkpoints.
+    pub rows: Option<u64>,
+    /// Where the store lives; default `checkpoints/<pipeline>` beside the
+    /// pipeline file.
+    pub dir: PathBuf,
+    /// Committed checkpoints kept (older ones are pruned).
+    pub keep: usize,
+}
+
+impl CheckpointSettings {
+    pub fn enabled(&self) -> bool {
+        self.interval.is_some() || self.rows.is_some()
+    }
+
+    /// `checkpoints/<pipeline>` beside the pipeline file.
+    pub fn default_for(file: &Path, pipeline: &str) -> CheckpointSettings {
+        let base = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        CheckpointSettings {
+            interval: Some(DEFAULT_CHECKPOINT_INTERVAL),
+            rows: None,
+            dir: base.join("checkpoints").join(pipeline),
+            keep: DEFAULT_CHECKPOINT_KEEP,
+        }
+    }
+}
+
+/// Reads `5s`, `500ms`, `1m`; `off` (or `0`) is `None`.
+pub fn parse_interval(s: &str) -> Result<Option<std::time::Duration>, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") || t == "0" || t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    operators::sinks::hubspot::parse_duration(t).map(Some)
+}
 
 /// A validated pipeline.
 #[derive(Clone, Debug)]
@@ -32,6 +78,7 @@ pub struct Pipeline {
     pub file: PathBuf,
     pub batch_size: usize,
     pub channel_capacity: usize,
+    pub checkpoint: CheckpointSettings,
     /// Sources, then transforms, then sinks, each in file order.
     pub components: Vec<Component>,
     /// Problems that do not stop a run (e.g. rejects nobody reads).
@@ -159,6 +206,7 @@ impl Checker<'_> {
         let mut description = None;
         let mut batch_size = DEFAULT_BATCH_SIZE;
         let mut channel_capacity = DEFAULT_CHANNEL_CAPACITY;
+        let mut checkpoint_node = None;
         if let Some((key, p)) = root.get("pipeline") {
             match p.value.as_table() {
                 None => {
@@ -174,11 +222,17 @@ impl Checker<'_> {
                                 channel_capacity =
                                     self.positive(v, "pipeline.channel_capacity").unwrap_or(channel_capacity)
                             }
+                            "checkpoint" => checkpoint_node = Some(v),
                             other => self.unknown_option(k, other, "[pipeline]", PIPELINE_KEYS),
                         }
                     }
                 }
             }
+        }
+
+        let mut checkpoint = CheckpointSettings::default_for(path, &name);
+        if let Some(v) = checkpoint_node {
+            self.checkpoint_settings(v, &mut checkpoint);
         }
 
         // Read every component.
@@ -351,6 +405,7 @@ impl Checker<'_> {
             file: path.to_path_buf(),
             batch_size,
             channel_capacity,
+            checkpoint,
             components,
             warnings: Vec::new(),
             source_text: source.to_string(),
@@ -512,6 +567,55 @@ impl Checker<'_> {
             self.err(format!("{where_}{at}: {message}"), if path.is_empty() { r.id.span.clone() } else { value_span });
         } else {
             self.err(format!("wrong type or value for `{dotted}` in {where_}: {message}"), value_span);
+        }
+    }
+
+    fn checkpoint_settings(&mut self, node: &Node, out: &mut CheckpointSettings) {
+        let Some(entries) = node.value.as_table() else {
+            self.err(
+                format!("`pipeline.checkpoint` must be a table, found {}", node.value.type_name()),
+                node.span.clone(),
+            );
+            return;
+        };
+        let mut interval_set = false;
+        for (k, v) in entries {
+            match k.name.as_str() {
+                "interval" => {
+                    interval_set = true;
+                    if let Some(s) = self.string(v, "pipeline.checkpoint.interval") {
+                        match parse_interval(&s) {
+                            Ok(d) => out.interval = d,
+                            Err(e) => {
+                                self.err(format!("`pipeline.checkpoint.interval`: {e}"), v.span.clone()).help =
+                                    Some("write a duration like \"5s\" or \"500ms\", or \"off\"".into());
+                            }
+                        }
+                    }
+                }
+                "rows" => out.rows = self.positive_u64(v, "pipeline.checkpoint.rows"),
+                "dir" => {
+                    if let Some(s) = self.string(v, "pipeline.checkpoint.dir") {
+                        out.dir = PathBuf::from(s);
+                    }
+                }
+                "keep" => out.keep = self.positive(v, "pipeline.checkpoint.keep").unwrap_or(out.keep),
+                other => self.unknown_option(k, other, "[pipeline.checkpoint]", CHECKPOINT_KEYS),
+            }
+        }
+        // `rows` alone means by rows only.
+        if out.rows.is_some() && !interval_set {
+            out.interval = None;
+        }
+    }
+
+    fn positive_u64(&mut self, v: &Node, what: &str) -> Option<u64> {
+        match &v.value {
+            Value::Integer(i) if *i > 0 => Some(*i as u64),
+            other => {
+                self.err(format!("`{what}` must be a positive integer, found {}", other.type_name()), v.span.clone());
+                None
+            }
         }
     }
 

@@ -1,22 +1,22 @@
 //! `kind = "file"` sink: CSV, Parquet or NDJSON written through the object
 //! store. A reader never sees half a file, and a failed run publishes
-//! nothing: rows go to a temporary name beside the target (`finish`
-//! completes it) and it is renamed over the target only in `commit`, which
-//! the runtime calls once every operator of the run succeeded. On local disk
-//! the rename is atomic; on S3 it is a server-side copy.
+//! nothing: rows go to part objects beside the target ([`crate::staged`]),
+//! one per checkpoint epoch, and the parts become the target only in
+//! `commit`, which the runtime calls once every operator of the run
+//! succeeded. A part is closed at each barrier, so a resumed run keeps the
+//! parts its checkpoint covers and rewrites the rest.
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use bytes::Bytes;
-use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
-use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use crate::api::{BuildContext, Collector, Operator, OperatorError};
-use crate::batch::Batch;
+use crate::api::{BuildContext, Collector, Operator, OperatorError, Resume, Snapshot};
+use crate::batch::{Barrier, Batch};
+use crate::staged::Parts;
 use crate::storage::{Location, resolve};
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -62,10 +62,20 @@ pub struct FileSink {
     delimiter: u8,
     loc: Location,
     /// Where bytes go until the file is complete.
-    staging: Path,
+    parts: Parts,
     writer: Option<Writer>,
     schema: Option<SchemaRef>,
     rows: u64,
+    /// Some row was written (by this run or the run it resumes): the CSV
+    /// header is out.
+    started: bool,
+}
+
+/// What a checkpoint remembers of this sink.
+#[derive(Serialize, Deserialize)]
+struct FileSinkState {
+    rows: u64,
+    started: bool,
 }
 
 pub fn build(ctx: &BuildContext, cfg: FileSinkConfig) -> Result<FileSink, OperatorError> {
@@ -94,23 +104,25 @@ pub fn build(ctx: &BuildContext, cfg: FileSinkConfig) -> Result<FileSink, Operat
         }
     };
     let loc = resolve(&cfg.path)?;
-    // The sink id keeps two sinks of one run apart, the pid two runs.
-    let name = loc.path.filename().unwrap_or("out");
-    let tmp = format!(".{name}.tmp-{}-{}", ctx.id, std::process::id());
-    let mut parts: Vec<_> = loc.path.parts().collect();
-    parts.pop();
-    parts.push(tmp.as_str().into());
-    let staging = Path::from_iter(parts);
-    Ok(FileSink { id: ctx.id.clone(), cfg, format, delimiter, loc, staging, writer: None, schema: None, rows: 0 })
+    let parts = Parts::new(&loc, &ctx.id);
+    Ok(FileSink {
+        id: ctx.id.clone(),
+        cfg,
+        format,
+        delimiter,
+        loc,
+        parts,
+        writer: None,
+        schema: None,
+        rows: 0,
+        started: false,
+    })
 }
 
 impl FileSink {
-    fn err(&self, what: &str, e: object_store::Error) -> OperatorError {
-        OperatorError::storage(format!("{what} {}", self.loc.display), e)
-    }
-
     async fn open(&mut self, schema: &SchemaRef) -> Result<(), OperatorError> {
-        let buf = BufWriter::new(self.loc.store.clone(), self.staging.clone());
+        self.parts.prepare().await?;
+        let buf: BufWriter = self.parts.writer();
         self.writer = Some(match self.format {
             SinkFormat::Parquet => {
                 let w = AsyncArrowWriter::try_new(buf, schema.clone(), None)
@@ -119,7 +131,20 @@ impl FileSink {
             }
             _ => Writer::Text(buf),
         });
-        self.schema = Some(schema.clone());
+        Ok(())
+    }
+
+    /// Completes the part in progress, if any.
+    async fn close_part(&mut self) -> Result<(), OperatorError> {
+        match self.writer.take() {
+            Some(Writer::Text(mut w)) => {
+                w.shutdown().await.map_err(|e| OperatorError::Data(format!("completing {}: {e}", self.loc.display)))?
+            }
+            Some(Writer::Parquet(w)) => {
+                w.close().await.map_err(|e| OperatorError::parquet(format!("completing {}", self.loc.display), e))?;
+            }
+            None => {}
+        }
         Ok(())
     }
 
@@ -148,17 +173,22 @@ impl FileSink {
 #[async_trait]
 impl Operator for FileSink {
     async fn process(&mut self, batch: Batch, _out: &mut Collector) -> Result<(), OperatorError> {
-        let first = self.writer.is_none();
-        if first {
-            self.open(&batch.records.schema()).await?;
+        let schema = batch.records.schema();
+        match &self.schema {
+            None => self.schema = Some(schema.clone()),
+            Some(s) if s != &schema => {
+                return Err(OperatorError::Data(format!(
+                    "{} received rows of a different schema than the first batch; one file holds one schema",
+                    self.id
+                )));
+            }
+            Some(_) => {}
         }
-        if self.schema.as_ref() != Some(&batch.records.schema()) && !first {
-            return Err(OperatorError::Data(format!(
-                "{} received rows of a different schema than the first batch; one file holds one schema",
-                self.id
-            )));
+        if self.writer.is_none() {
+            self.open(&schema).await?;
         }
-        let bytes = self.encode(&batch, first)?;
+        let bytes = self.encode(&batch, !self.started)?;
+        self.started = true;
         match self.writer.as_mut() {
             Some(Writer::Text(w)) => w
                 .put(Bytes::from(bytes))
@@ -174,39 +204,51 @@ impl Operator for FileSink {
         Ok(())
     }
 
+    async fn on_barrier(&mut self, barrier: Barrier, _out: &mut Collector) -> Result<Snapshot, OperatorError> {
+        // The part is complete (and its rows durable) before the barrier is
+        // acknowledged.
+        self.close_part().await?;
+        self.parts.sealed(barrier.epoch);
+        let state = FileSinkState { rows: self.rows, started: self.started };
+        Ok(Snapshot::Full(serde_json::to_vec(&state).unwrap_or_default()))
+    }
+
+    async fn restore(&mut self, resume: &Resume) -> Result<(), OperatorError> {
+        let state: FileSinkState = match &resume.full {
+            Some(b) => serde_json::from_slice(b)
+                .map_err(|e| OperatorError::Resume(format!("{}: unreadable checkpoint state: {e}", self.id)))?,
+            None => FileSinkState { rows: 0, started: false },
+        };
+        self.parts.resume(resume.epoch);
+        let kept = self.parts.kept().await?;
+        if state.started && kept == 0 {
+            return Err(OperatorError::Resume(format!(
+                "the parts of {} that checkpoint {} covers ({} rows) are gone; run with --from-scratch to rewrite the file",
+                self.loc.display, resume.epoch, state.rows
+            )));
+        }
+        self.rows = state.rows;
+        self.started = state.started;
+        Ok(())
+    }
+
     async fn finish(&mut self, _out: &mut Collector) -> Result<(), OperatorError> {
-        if self.writer.is_none() {
-            // No rows at all: still leave a (empty) file, so "no output" and
-            // "did not run" can be told apart.
-            let w = BufWriter::new(self.loc.store.clone(), self.staging.clone());
-            self.writer = Some(Writer::Text(w));
-        }
-        match self.writer.take() {
-            Some(Writer::Text(mut w)) => {
-                w.shutdown().await.map_err(|e| OperatorError::Data(format!("completing {}: {e}", self.loc.display)))?
-            }
-            Some(Writer::Parquet(w)) => {
-                w.close().await.map_err(|e| OperatorError::parquet(format!("completing {}", self.loc.display), e))?;
-            }
-            None => {}
-        }
+        self.close_part().await?;
         tracing::debug!(path = %self.loc.display, rows = self.rows, "file staged");
         Ok(())
     }
 
     async fn commit(&mut self) -> Result<(), OperatorError> {
-        self.loc.store.rename(&self.staging, &self.loc.path).await.map_err(|e| self.err("cannot publish", e))?;
+        self.parts.publish(self.format == SinkFormat::Parquet).await?;
         tracing::info!(path = %self.loc.display, rows = self.rows, "file written");
         Ok(())
     }
 
     async fn abort(&mut self) {
-        match self.writer.take() {
-            Some(Writer::Text(mut w)) => {
-                let _ = w.abort().await;
-            }
-            Some(Writer::Parquet(_)) | None => {}
+        // The part in progress is dropped; closed parts stay for a resumed
+        // run to pick up (a fresh run removes them before writing).
+        if let Some(Writer::Text(mut w)) = self.writer.take() {
+            let _ = w.abort().await;
         }
-        let _ = self.loc.store.delete(&self.staging).await;
     }
 }

@@ -5,9 +5,12 @@
 //! string per key, computed a batch at a time) and stored back to back in one
 //! chunked arena; the hash table holds one packed `u64` (chunk, offset,
 //! length) per key. A key costs its encoded bytes plus ~9 bytes of table,
-//! with no allocation per key. The arena being append-only is also what makes
-//! an incremental checkpoint of the keys cheap later: what was added since
-//! the last one is a tail of the arena.
+//! with no allocation per key.
+//!
+//! Checkpoints are incremental: the set remembers which entries it added
+//! since the last barrier, and a checkpoint stores only those keys (a
+//! [`Snapshot::Delta`]). A resumed run re-inserts every delta of its run, so
+//! a duplicate that straddles a crash is still dropped.
 
 use arrow::array::{BooleanArray, BooleanBufferBuilder};
 use arrow::datatypes::SchemaRef;
@@ -17,8 +20,8 @@ use hashbrown::HashTable;
 use serde::Deserialize;
 use std::hash::BuildHasher;
 
-use crate::api::{BuildContext, Collector, OUT, Operator, OperatorError};
-use crate::batch::Batch;
+use crate::api::{BuildContext, Collector, OUT, Operator, OperatorError, Resume, Snapshot};
+use crate::batch::{Barrier, Batch};
 
 /// Port where dropped rows go, for whoever wants to see them.
 pub const DUPLICATES: usize = 1;
@@ -49,6 +52,8 @@ pub struct KeySet {
     chunks: Vec<Vec<u8>>,
     table: HashTable<u64>,
     hasher: hashbrown::DefaultHashBuilder,
+    /// Entries added since the last [`KeySet::take_added`].
+    added: Vec<u64>,
 }
 
 fn pack(chunk: usize, off: usize, len: u64) -> u64 {
@@ -102,7 +107,40 @@ impl KeySet {
         };
         let (chunks, hasher) = (&self.chunks, &self.hasher);
         self.table.insert_unique(hash, entry, |&e| hasher.hash_one(unpack(chunks, e)));
+        self.added.push(entry);
         true
+    }
+
+    /// The keys added since the last call, length-prefixed (u32 LE), in
+    /// insertion order: a checkpoint delta.
+    pub fn take_added(&mut self) -> Vec<u8> {
+        let bytes: usize = self.added.iter().map(|&e| 4 + unpack(&self.chunks, e).len()).sum();
+        let mut out = Vec::with_capacity(bytes);
+        for &e in &self.added {
+            let k = unpack(&self.chunks, e);
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k);
+        }
+        self.added.clear();
+        out
+    }
+
+    /// Re-inserts the keys of a delta from [`KeySet::take_added`].
+    pub fn insert_delta(&mut self, mut delta: &[u8]) -> Result<usize, String> {
+        let mut n = 0;
+        while !delta.is_empty() {
+            let Some((len, rest)) = delta.split_first_chunk::<4>() else {
+                return Err("a key length is cut short".into());
+            };
+            let len = u32::from_le_bytes(*len) as usize;
+            let Some((key, rest)) = rest.split_at_checked(len) else {
+                return Err("a key is cut short".into());
+            };
+            self.insert(key);
+            n += 1;
+            delta = rest;
+        }
+        Ok(n)
     }
 }
 
@@ -169,6 +207,27 @@ impl Operator for Dedupe {
         out.emit(OUT, kept).await
     }
 
+    async fn on_barrier(&mut self, _barrier: Barrier, _out: &mut Collector) -> Result<Snapshot, OperatorError> {
+        Ok(Snapshot::Delta(self.keys.take_added()))
+    }
+
+    async fn restore(&mut self, resume: &Resume) -> Result<(), OperatorError> {
+        for (i, d) in resume.deltas.iter().enumerate() {
+            self.keys.insert_delta(d).map_err(|e| {
+                OperatorError::Resume(format!(
+                    "delta {} of {} in checkpoint {} is damaged: {e}",
+                    i + 1,
+                    resume.deltas.len(),
+                    resume.epoch
+                ))
+            })?;
+        }
+        // What was restored is already in the store.
+        self.keys.added.clear();
+        tracing::info!(keys = self.keys.len(), deltas = resume.deltas.len(), "dedupe keys restored");
+        Ok(())
+    }
+
     async fn finish(&mut self, _out: &mut Collector) -> Result<(), OperatorError> {
         tracing::info!(keys = self.keys.len(), memory_bytes = self.keys.memory_bytes(), "dedupe finished");
         Ok(())
@@ -217,5 +276,26 @@ mod tests {
             assert!(!s.insert(&k), "key {i} lost");
         }
         assert!(s.chunks.len() > 3);
+    }
+
+    #[test]
+    fn deltas_hold_only_new_keys_and_rebuild_the_set() {
+        let mut s = KeySet::default();
+        let big = vec![9u8; 70_000];
+        for k in [&b"a"[..], b"bb", b"a", &big] {
+            s.insert(k);
+        }
+        let d1 = s.take_added();
+        assert_eq!(d1.len(), 4 + 1 + 4 + 2 + 4 + 70_000);
+        s.insert(b"bb");
+        s.insert(b"ccc");
+        let d2 = s.take_added();
+        assert_eq!(d2.len(), 4 + 3, "only the key added since the last delta");
+        let mut r = KeySet::default();
+        assert_eq!(r.insert_delta(&d1).unwrap(), 3);
+        assert_eq!(r.insert_delta(&d2).unwrap(), 1);
+        assert_eq!(r.len(), 4);
+        assert!(!r.insert(b"a") && !r.insert(&big) && !r.insert(b"ccc"));
+        assert!(r.insert_delta(&d2[..5]).is_err(), "a cut delta is an error");
     }
 }

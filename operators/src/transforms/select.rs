@@ -10,8 +10,8 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::api::{BuildContext, Collector, OUT, Operator, OperatorError};
-use crate::batch::Batch;
+use crate::api::{BuildContext, Collector, OUT, Operator, OperatorError, Resume, Snapshot};
+use crate::batch::{Barrier, Batch};
 use crate::sources::csv::ColumnType;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -76,5 +76,28 @@ impl Operator for Select {
         let records = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
             .map_err(|e| OperatorError::arrow("building the selected batch", e))?;
         out.emit(OUT, Batch { records, lines: batch.lines }).await
+    }
+
+    async fn on_barrier(&mut self, _barrier: Barrier, _out: &mut Collector) -> Result<Snapshot, OperatorError> {
+        // The row counter is the whole state: numbering continues after a resume.
+        Ok(if self.cfg.row_number.is_some() {
+            Snapshot::Full(self.next_row.to_le_bytes().to_vec())
+        } else {
+            Snapshot::None
+        })
+    }
+
+    async fn restore(&mut self, resume: &Resume) -> Result<(), OperatorError> {
+        if let Some(b) = &resume.full {
+            let bytes: [u8; 8] = b.as_slice().try_into().map_err(|_| {
+                OperatorError::Resume(format!(
+                    "checkpoint {}: the row counter is {} bytes, not 8",
+                    resume.epoch,
+                    b.len()
+                ))
+            })?;
+            self.next_row = u64::from_le_bytes(bytes);
+        }
+        Ok(())
     }
 }

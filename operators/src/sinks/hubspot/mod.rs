@@ -17,17 +17,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
-use object_store::path::Path;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
-use crate::api::{BuildContext, Collector, Operator, OperatorError};
+use crate::api::{BuildContext, Collector, Operator, OperatorError, Resume, Snapshot};
 use crate::batch::{Barrier, Batch};
 use crate::rejects::{Reject, RejectsBuilder};
+use crate::staged::Parts;
 use crate::storage::{Location, resolve};
 use client::{Client, Input, Outcome};
 pub use template::Template;
@@ -139,7 +138,7 @@ fn variables(raw: &Value) -> Vec<String> {
 
 enum Mode {
     Online(Arc<Client>),
-    Outbox { loc: Location, staging: Path, writer: Option<BufWriter> },
+    Outbox { loc: Location, parts: Parts, writer: Option<BufWriter> },
 }
 
 pub struct HubSpotSink {
@@ -175,13 +174,8 @@ pub fn build(ctx: &BuildContext, cfg: HubSpotConfig) -> Result<HubSpotSink, Oper
     let token = cfg.token.clone().unwrap_or_default();
     let mode = if token.is_empty() {
         let loc = resolve(&cfg.outbox)?;
-        let name = loc.path.filename().unwrap_or("outbox").to_string();
-        let mut parts: Vec<_> = loc.path.parts().collect();
-        parts.pop();
-        let tmp = format!(".{name}.tmp-{}-{}", ctx.id, std::process::id());
-        parts.push(tmp.as_str().into());
-        let staging = Path::from_iter(parts);
-        Mode::Outbox { loc, staging, writer: None }
+        let parts = Parts::new(&loc, &ctx.id);
+        Mode::Outbox { loc, parts, writer: None }
     } else {
         let vars = variables(&ctx.raw_options["token"]);
         let token_source = match vars.first() {
@@ -235,13 +229,16 @@ impl HubSpotSink {
         let inputs = std::mem::take(&mut self.pending);
         self.by_id.clear();
         match &mut self.mode {
-            Mode::Outbox { loc, staging, writer } => {
+            Mode::Outbox { loc, parts, writer } => {
                 let body =
                     json!({ "inputs": inputs.iter().map(|i| i.to_json(&self.cfg.id_property)).collect::<Vec<_>>() });
                 let mut line = serde_json::to_vec(&body)
                     .map_err(|e| OperatorError::Data(format!("encoding a request body: {e}")))?;
                 line.push(b'\n');
-                let w = writer.get_or_insert_with(|| BufWriter::new(loc.store.clone(), staging.clone()));
+                if writer.is_none() {
+                    parts.prepare().await?;
+                }
+                let w = writer.get_or_insert_with(|| parts.writer());
                 w.put(Bytes::from(line))
                     .await
                     .map_err(|e| OperatorError::storage(format!("writing {}", loc.display), e))?;
@@ -326,9 +323,28 @@ impl Operator for HubSpotSink {
         Ok(())
     }
 
-    async fn on_barrier(&mut self, _barrier: Barrier, out: &mut Collector) -> Result<(), OperatorError> {
+    async fn on_barrier(&mut self, barrier: Barrier, out: &mut Collector) -> Result<Snapshot, OperatorError> {
+        // Every upsert of the epoch is answered before the barrier is
+        // acknowledged. Online, that is all: an upsert by id is idempotent,
+        // so rows a resumed run sends again change nothing. The outbox
+        // closes its part, like the file sink.
         self.flush(out).await?;
-        self.drain(out).await
+        self.drain(out).await?;
+        if let Mode::Outbox { loc, parts, writer } = &mut self.mode {
+            if let Some(mut w) = writer.take() {
+                w.shutdown().await.map_err(|e| OperatorError::Data(format!("completing {}: {e}", loc.display)))?;
+            }
+            parts.sealed(barrier.epoch);
+        }
+        Ok(Snapshot::None)
+    }
+
+    async fn restore(&mut self, resume: &Resume) -> Result<(), OperatorError> {
+        if let Mode::Outbox { parts, .. } = &mut self.mode {
+            parts.resume(resume.epoch);
+            parts.kept().await?;
+        }
+        Ok(())
     }
 
     fn idle_after(&self) -> Option<Duration> {
@@ -342,8 +358,9 @@ impl Operator for HubSpotSink {
     async fn finish(&mut self, out: &mut Collector) -> Result<(), OperatorError> {
         self.flush(out).await?;
         self.drain(out).await?;
-        if let Mode::Outbox { loc, writer, staging } = &mut self.mode {
-            let mut w = writer.take().unwrap_or_else(|| BufWriter::new(loc.store.clone(), staging.clone()));
+        if let Mode::Outbox { loc, writer, .. } = &mut self.mode
+            && let Some(mut w) = writer.take()
+        {
             w.shutdown().await.map_err(|e| OperatorError::Data(format!("completing {}: {e}", loc.display)))?;
         }
         if let Mode::Online(c) = &self.mode {
@@ -353,11 +370,8 @@ impl Operator for HubSpotSink {
     }
 
     async fn commit(&mut self) -> Result<(), OperatorError> {
-        if let Mode::Outbox { loc, staging, .. } = &self.mode {
-            loc.store
-                .rename(staging, &loc.path)
-                .await
-                .map_err(|e| OperatorError::storage(format!("cannot publish {}", loc.display), e))?;
+        if let Mode::Outbox { loc, parts, .. } = &mut self.mode {
+            parts.publish(false).await?;
             tracing::info!(path = %loc.display, inputs = self.delivered, "hubspot outbox written (no token: nothing was sent)");
         }
         Ok(())
@@ -365,11 +379,10 @@ impl Operator for HubSpotSink {
 
     async fn abort(&mut self) {
         self.in_flight.abort_all();
-        if let Mode::Outbox { loc, staging, writer } = &mut self.mode {
-            if let Some(mut w) = writer.take() {
-                let _ = w.abort().await;
-            }
-            let _ = loc.store.delete(staging).await;
+        if let Mode::Outbox { writer, .. } = &mut self.mode
+            && let Some(mut w) = writer.take()
+        {
+            let _ = w.abort().await;
         }
     }
 }

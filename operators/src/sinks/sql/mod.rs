@@ -23,7 +23,7 @@ use serde::Deserialize;
 use sqlx::{MySql, QueryBuilder, Sqlite};
 use tokio::task::JoinSet;
 
-use crate::api::{BuildContext, Collector, Operator, OperatorError};
+use crate::api::{BuildContext, Collector, Operator, OperatorError, Resume, Snapshot};
 use crate::batch::{Barrier, Batch};
 use db::{Dialect, Pool, Tls, describe, is_transient, redact};
 
@@ -120,6 +120,8 @@ pub struct SqlSink {
     /// epoch's last rows.
     held: Option<Batch>,
     rows_written: u64,
+    /// The checkpoint a resumed run starts from.
+    resumed_from: Option<u64>,
 }
 
 pub fn build(ctx: &BuildContext, cfg: SqlSinkConfig) -> Result<SqlSink, OperatorError> {
@@ -147,7 +149,15 @@ pub fn build(ctx: &BuildContext, cfg: SqlSinkConfig) -> Result<SqlSink, Operator
     if cfg.batch_rows == 0 || cfg.connections == 0 || cfg.max_attempts == 0 {
         return Err(OperatorError::Config("batch_rows, connections and max_attempts must be at least 1".into()));
     }
-    Ok(SqlSink { cfg, ctx: ctx.clone(), shared: None, in_flight: JoinSet::new(), held: None, rows_written: 0 })
+    Ok(SqlSink {
+        cfg,
+        ctx: ctx.clone(),
+        shared: None,
+        in_flight: JoinSet::new(),
+        held: None,
+        rows_written: 0,
+        resumed_from: None,
+    })
 }
 
 impl SqlSink {
@@ -186,6 +196,23 @@ impl SqlSink {
             }
         }
         ensure_commits_table(&pool).await.map_err(|e| self.err("preparing", describe(&e)))?;
+        if let Some(epoch) = self.resumed_from {
+            // The checkpoint says this sink committed `epoch`; a marker
+            // below it means the table lost rows since (restored from a
+            // backup, truncated, another database): resuming would not
+            // write them again.
+            let marker = committed_epoch(&pool, &self.ctx.pipeline, &self.ctx.id)
+                .await
+                .map_err(|e| self.err("reading the commit marker of", describe(&e)))?;
+            if marker.is_none_or(|m| m < epoch as i64) {
+                let seen = marker.map(|m| format!("epoch {m}")).unwrap_or_else(|| "no epoch".into());
+                return Err(OperatorError::Resume(format!(
+                    "table `{}` at {} records {seen} in {COMMITS_TABLE} but checkpoint {epoch} says epoch {epoch} was committed: the table changed since, and resuming would not rewrite the missing rows; run with --from-scratch",
+                    self.cfg.table,
+                    redact(&self.cfg.url)
+                )));
+            }
+        }
         let max_packet = match &pool {
             Pool::MySql(p) => sqlx::query_scalar::<_, u64>("SELECT @@max_allowed_packet")
                 .fetch_one(p)
@@ -202,7 +229,17 @@ impl SqlSink {
             columns.iter().map(|(t, _)| q(t)).collect::<Vec<_>>().join(", ")
         );
         let non_key: Vec<&String> = columns.iter().map(|(t, _)| t).filter(|t| !self.cfg.key.contains(t)).collect();
+        // A resumed run replays rows written after its checkpoint; in insert
+        // mode those would collide with themselves, so they are skipped.
+        let skip_existing = self.resumed_from.is_some();
         let upsert_tail = match (self.cfg.mode, dialect) {
+            (Mode::Insert, Dialect::MySql) if skip_existing => {
+                format!(" ON DUPLICATE KEY UPDATE {0} = {0}", q(&self.cfg.key[0]))
+            }
+            (Mode::Insert, Dialect::Sqlite) if skip_existing => format!(
+                " ON CONFLICT ({}) DO NOTHING",
+                self.cfg.key.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ")
+            ),
             (Mode::Insert, _) => String::new(),
             // MariaDB still spells the new row VALUES(col).
             (Mode::Upsert, Dialect::MySql) if non_key.is_empty() => {
@@ -423,7 +460,12 @@ impl Operator for SqlSink {
         Ok(())
     }
 
-    async fn on_barrier(&mut self, barrier: Barrier, _out: &mut Collector) -> Result<(), OperatorError> {
+    async fn restore(&mut self, resume: &Resume) -> Result<(), OperatorError> {
+        self.resumed_from = Some(resume.epoch);
+        Ok(())
+    }
+
+    async fn on_barrier(&mut self, barrier: Barrier, _out: &mut Collector) -> Result<Snapshot, OperatorError> {
         // Everything before the barrier must be durable before it is
         // acknowledged. The last batch of the epoch and the epoch marker
         // commit in one transaction, so a replay of this epoch is recognised.
@@ -433,7 +475,7 @@ impl Operator for SqlSink {
             Some(last) => self.rows_written += write_batch(shared, last, Some(barrier.epoch)).await?,
             None => write_marker(&shared, barrier.epoch).await?,
         }
-        Ok(())
+        Ok(Snapshot::None)
     }
 
     async fn finish(&mut self, _out: &mut Collector) -> Result<(), OperatorError> {

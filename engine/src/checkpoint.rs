@@ -1,0 +1,684 @@
+//! The checkpoint protocol's engine side: deciding where a run starts
+//! ([`begin`]: resume, start afresh, or refuse), and the coordinator that
+//! asks sources for barriers, collects every operator's acknowledgement and
+//! commits the epoch to the store.
+//!
+//! **Invariant:** a checkpoint is committed only after every operator,
+//! sinks included, acknowledged its barrier; a sink acknowledges only once
+//! everything before the barrier is durable on its side.
+//!
+//! **Invariant:** one checkpoint is in flight at a time; epochs are
+//! consecutive and grow across runs of one store.
+//!
+//! Owns the `_meta` entry of a checkpoint (graph fingerprint, positions,
+//! sizes) and the `op/<id>` keys; operator state bytes are opaque here.
+//! Must not know how an operator encodes its state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use checkpoints::{Checkpoint, CheckpointError, CheckpointStore, SledStore};
+use operators::{OperatorStats, Resume, Role, Snapshot};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CheckpointSettings, Pipeline};
+
+const META: &str = "_meta";
+
+fn state_key(id: &str) -> String {
+    format!("op/{id}")
+}
+
+/// Where a pipeline's store lives: `dir` as configured, relative paths
+/// against the working directory.
+pub fn store_dir(p: &Pipeline) -> PathBuf {
+    p.checkpoint.dir.clone()
+}
+
+pub fn open_store(p: &Pipeline) -> Result<SledStore, CheckpointError> {
+    let dir = store_dir(p);
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| CheckpointError::Open { location: dir.display().to_string(), reason: e.to_string() })?;
+    }
+    SledStore::open(&dir).map_err(|e| match e {
+        // sled locks its folder: two runs of one pipeline would interleave
+        // their checkpoints.
+        CheckpointError::Open { location, reason } if reason.contains("could not acquire lock") => {
+            CheckpointError::Open {
+                location,
+                reason:
+                    "another `engine` process is running this pipeline (the store is locked); wait for it, or stop it"
+                        .into(),
+            }
+        }
+        other => other,
+    })
+}
+
+/// `--from-scratch`: the old state is not wanted, even if it is too
+/// damaged to open. Removes the folder when it cannot be opened.
+pub fn open_store_afresh(p: &Pipeline) -> Result<SledStore, CheckpointError> {
+    match open_store(p) {
+        Ok(s) => Ok(s),
+        Err(CheckpointError::Open { reason, .. }) if reason.contains("another `engine` process") => open_store(p),
+        Err(e) => {
+            let dir = store_dir(p);
+            tracing::warn!(store = %dir.display(), error = %e, "the checkpoint store cannot be opened; removing it (--from-scratch)");
+            std::fs::remove_dir_all(&dir)
+                .map_err(|io| CheckpointError::Open { location: dir.display().to_string(), reason: io.to_string() })?;
+            open_store(p)
+        }
+    }
+}
+
+/// What a checkpoint says about the run besides operator state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Meta {
+    pub pipeline: String,
+    /// First epoch of the run this checkpoint belongs to: deltas from there
+    /// on make up incremental state.
+    pub run_start: u64,
+    /// Per component: kind, inputs and the state-relevant options.
+    pub graph: BTreeMap<String, Value>,
+    /// Per source: where it was, for people.
+    pub positions: BTreeMap<String, String>,
+    /// Bytes of state per operator in this checkpoint (deltas: this epoch's).
+    pub sizes: BTreeMap<String, u64>,
+    /// From barrier request to the store's commit, in milliseconds.
+    pub duration_ms: u64,
+    /// Longest time an operator held an input while aligning, in ms.
+    pub alignment_ms: u64,
+}
+
+pub fn read_meta(c: &Checkpoint) -> Option<Meta> {
+    c.state.get(META).and_then(|b| serde_json::from_slice(b).ok())
+}
+
+/// The fingerprint of every component: what a checkpoint's state depends on.
+pub fn fingerprint(p: &Pipeline) -> BTreeMap<String, Value> {
+    p.components
+        .iter()
+        .map(|c| {
+            let opts: serde_json::Map<String, Value> = c
+                .kind
+                .state_options
+                .iter()
+                .filter_map(|k| c.options.get(*k).map(|v| (k.to_string(), v.clone())))
+                .collect();
+            let inputs: Vec<String> = c.inputs.iter().map(|i| format!("{}.{}", i.from, i.port_name)).collect();
+            let role = match c.role {
+                Role::Source => "source",
+                Role::Transform => "transform",
+                Role::Sink => "sink",
+            };
+            (c.id.clone(), json!({ "role": role, "kind": c.kind.name, "inputs": inputs, "options": opts }))
+        })
+        .collect()
+}
+
+/// Why the graph of a checkpoint and the pipeline differ, one line each.
+pub fn graph_changes(old: &BTreeMap<String, Value>, new: &BTreeMap<String, Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (id, n) in new {
+        match old.get(id) {
+            None => out.push(format!("component `{id}` was added")),
+            Some(o) => {
+                for field in ["role", "kind", "inputs"] {
+                    if o[field] != n[field] {
+                        out.push(format!("`{id}`: {field} changed from {} to {}", o[field], n[field]));
+                    }
+                }
+                let (oo, no) = (&o["options"], &n["options"]);
+                let mut keys: Vec<&String> = oo.as_object().into_iter().flat_map(|m| m.keys()).collect();
+                keys.extend(no.as_object().into_iter().flat_map(|m| m.keys()));
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    if oo.get(k) != no.get(k) {
+                        let show = |v: Option<&Value>| v.map(|v| v.to_string()).unwrap_or_else(|| "(unset)".into());
+                        out.push(format!(
+                            "`{id}`: option `{k}` changed from {} to {}",
+                            show(oo.get(k)),
+                            show(no.get(k))
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for id in old.keys().filter(|id| !new.contains_key(*id)) {
+        out.push(format!("component `{id}` was removed"));
+    }
+    out
+}
+
+/// Why a run cannot start from its store.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "checkpoint store {dir}: {source}\nthe run will not guess where to resume; look with `engine checkpoints list {file}`, or start over with `engine run --from-scratch {file}`"
+    )]
+    Store {
+        dir: String,
+        file: String,
+        #[source]
+        source: CheckpointError,
+    },
+    #[error(
+        "cannot resume pipeline {pipeline} from checkpoint {epoch}: the pipeline changed since it was taken:\n{}\nits state would not mean the same thing; start over with `engine run --from-scratch {file}` (or undo the change to resume)",
+        reasons.iter().map(|r| format!("  - {r}")).collect::<Vec<_>>().join("\n")
+    )]
+    Changed { pipeline: String, epoch: u64, file: String, reasons: Vec<String> },
+}
+
+/// Where this run starts.
+pub struct Session {
+    pub store: Arc<dyn CheckpointStore>,
+    pub settings: CheckpointSettings,
+    pub pipeline: String,
+    pub graph: BTreeMap<String, Value>,
+    pub run_start: u64,
+    /// The checkpoint resumed from, if any.
+    pub resume: Option<ResumePoint>,
+}
+
+pub struct ResumePoint {
+    pub epoch: u64,
+    pub states: HashMap<String, Resume>,
+    pub positions: BTreeMap<String, String>,
+}
+
+impl Session {
+    /// The epoch before this run's first barrier: epochs continue after
+    /// the checkpoint resumed (whose run, and `run_start`, this run extends).
+    pub fn last_epoch(&self) -> u64 {
+        match &self.resume {
+            Some(r) => r.epoch,
+            None => self.run_start - 1,
+        }
+    }
+
+    /// "resuming pipeline babynames from checkpoint 41: source names at row 1,203,456".
+    pub fn describe(&self) -> String {
+        match &self.resume {
+            Some(r) => {
+                let at =
+                    r.positions.iter().map(|(id, pos)| format!("source {id} at {pos}")).collect::<Vec<_>>().join("; ");
+                format!("resuming pipeline {} from checkpoint {}: {at}", self.pipeline, r.epoch)
+            }
+            None => format!("starting pipeline {} from the beginning (epoch {})", self.pipeline, self.run_start),
+        }
+    }
+}
+
+/// Reads the store and decides: resume the last checkpoint, start a new run
+/// (none yet, the last run completed, or `from_scratch`), or refuse.
+pub fn begin(p: &Pipeline, store: Arc<dyn CheckpointStore>, from_scratch: bool) -> Result<Session, StartError> {
+    let store_err = |source| StartError::Store {
+        dir: store_dir(p).display().to_string(),
+        file: p.file.display().to_string(),
+        source,
+    };
+    let graph = fingerprint(p);
+    let fresh = |store: Arc<dyn CheckpointStore>, run_start: u64| Session {
+        store,
+        settings: p.checkpoint.clone(),
+        pipeline: p.name.clone(),
+        graph: graph.clone(),
+        run_start,
+        resume: None,
+    };
+    if from_scratch {
+        // Nothing of the old state is wanted, damaged or not.
+        store.reset().map_err(store_err)?;
+        return Ok(fresh(store, 1));
+    }
+    let Some(latest) = store.latest().map_err(store_err)? else {
+        return Ok(fresh(store, 1));
+    };
+    if latest.complete {
+        let next = latest.epoch + 1;
+        store.drop_deltas_before(next).map_err(store_err)?;
+        return Ok(fresh(store, next));
+    }
+    let meta = read_meta(&latest).ok_or_else(|| {
+        store_err(CheckpointError::Corrupted {
+            epoch: latest.epoch,
+            reason: "its `_meta` entry is missing or unreadable".into(),
+        })
+    })?;
+    let reasons = graph_changes(&meta.graph, &graph);
+    if !reasons.is_empty() {
+        return Err(StartError::Changed {
+            pipeline: p.name.clone(),
+            epoch: latest.epoch,
+            file: p.file.display().to_string(),
+            reasons,
+        });
+    }
+    let mut states = HashMap::new();
+    for c in &p.components {
+        let deltas =
+            store.deltas(&c.id, meta.run_start, latest.epoch).map_err(store_err)?.into_iter().map(|(_, d)| d).collect();
+        let full = latest.state.get(&state_key(&c.id)).cloned();
+        states.insert(c.id.clone(), Resume { epoch: latest.epoch, full, deltas });
+    }
+    Ok(Session {
+        store,
+        settings: p.checkpoint.clone(),
+        pipeline: p.name.clone(),
+        graph,
+        run_start: meta.run_start,
+        resume: Some(ResumePoint { epoch: latest.epoch, states, positions: meta.positions }),
+    })
+}
+
+/// Messages from operator tasks to the coordinator.
+pub enum Report {
+    /// The operator passed the barrier of `epoch` with this state.
+    Ack { op: usize, epoch: u64, snapshot: Snapshot, position: Option<String>, aligned_in: Duration },
+    /// A source sent its last row: no barrier will come from it again.
+    SourceEnded { op: usize, position: String },
+}
+
+/// What a source task needs to take part.
+pub struct SourceLink {
+    pub op: usize,
+    pub requests: watch::Receiver<u64>,
+    pub reports: mpsc::UnboundedSender<Report>,
+    /// The coordinator will ask for no more barriers.
+    pub no_more: CancellationToken,
+}
+
+/// What an operator task needs to take part.
+#[derive(Clone)]
+pub struct OperatorLink {
+    pub op: usize,
+    pub reports: mpsc::UnboundedSender<Report>,
+}
+
+/// The outcome of the coordinator's work, for the end of the run.
+#[derive(Debug, Default, Clone)]
+pub struct Committed {
+    /// The newest epoch committed by this run.
+    pub last: Option<u64>,
+    pub count: u64,
+    pub error: Option<String>,
+    /// Where each source ended, for the checkpoint that marks the run complete.
+    pub final_positions: BTreeMap<String, String>,
+}
+
+pub struct Coordinator {
+    pub session: Arc<Session>,
+    pub ids: Vec<String>,
+    pub roles: Vec<Role>,
+    /// Source stats, to count rows for a `rows` interval.
+    pub source_stats: Vec<Arc<OperatorStats>>,
+    pub requests: watch::Sender<u64>,
+    pub reports: mpsc::UnboundedReceiver<Report>,
+    pub no_more: CancellationToken,
+    pub drain: CancellationToken,
+    /// The run is being aborted: stop waiting; also cancelled by the
+    /// coordinator when a commit fails (the run must not go on unprotected).
+    pub stop: CancellationToken,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Coordinator {
+    fn source_rows(&self) -> u64 {
+        self.source_stats.iter().map(|s| OperatorStats::get(&s.rows_out) + OperatorStats::get(&s.rows_rejected)).sum()
+    }
+
+    /// Runs until `stop`: one checkpoint at a time, on the interval (or row
+    /// count), and one last one when a drain is requested.
+    pub async fn run(mut self) -> Committed {
+        let mut done = Committed::default();
+        let mut epoch = self.session.last_epoch();
+        let settings = self.session.settings.clone();
+        let n = self.ids.len();
+        let mut ended = vec![false; n];
+        let mut drain_seen = false;
+        let mut last_at = Instant::now();
+        let mut last_rows = 0u64;
+        let epoch_gauge = metrics::gauge!("engine_checkpoint_last_epoch");
+        let committed_at_gauge = metrics::gauge!("engine_checkpoint_last_commit_timestamp_seconds");
+        loop {
+            // Wait for the next trigger.
+            let final_one = loop {
+                if ended.iter().any(|e| *e) {
+                    // A source finished: barriers can no longer reach every
+                    // operator. The run ends soon; the final state is
+                    // written when it completes.
+                    self.no_more.cancel();
+                    return self.wind_down(done).await;
+                }
+                tokio::select! {
+                    _ = self.stop.cancelled() => return done,
+                    _ = self.drain.cancelled(), if !drain_seen => { drain_seen = true; break true }
+                    r = self.reports.recv() => match r {
+                        Some(Report::SourceEnded { op, position }) => {
+                            ended[op] = true;
+                            done.final_positions.insert(self.ids[op].clone(), position);
+                        }
+                        Some(Report::Ack { .. }) => {}
+                        None => return done,
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                        let by_time = settings.interval.is_some_and(|i| last_at.elapsed() >= i);
+                        let by_rows = settings.rows.is_some_and(|r| self.source_rows().saturating_sub(last_rows) >= r);
+                        if by_time || by_rows {
+                            break false;
+                        }
+                    }
+                }
+            };
+            epoch += 1;
+            let started = Instant::now();
+            last_at = started;
+            last_rows = self.source_rows();
+            tracing::debug!(epoch, "checkpoint: injecting barriers");
+            self.requests.send_replace(epoch);
+            let mut acks: Vec<Option<(Snapshot, Option<String>, Duration)>> = (0..n).map(|_| None).collect();
+            let mut got = 0;
+            let mut abandoned = false;
+            while got < n {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return done,
+                    r = self.reports.recv() => match r {
+                        Some(Report::Ack { op, epoch: e, snapshot, position, aligned_in }) if e == epoch => {
+                            if acks[op].is_none() {
+                                got += 1;
+                            }
+                            acks[op] = Some((snapshot, position, aligned_in));
+                        }
+                        Some(Report::Ack { .. }) => {}
+                        Some(Report::SourceEnded { op, position }) => {
+                            ended[op] = true;
+                            done.final_positions.insert(self.ids[op].clone(), position);
+                            if acks[op].is_none() {
+                                abandoned = true;
+                                break;
+                            }
+                        }
+                        None => return done,
+                    },
+                }
+            }
+            if abandoned {
+                tracing::debug!(epoch, "checkpoint abandoned: a source ended before its barrier");
+                continue;
+            }
+            // Every operator acknowledged: build and commit.
+            let mut meta = Meta {
+                pipeline: self.session.pipeline.clone(),
+                run_start: self.session.run_start,
+                graph: self.session.graph.clone(),
+                ..Default::default()
+            };
+            let mut state = BTreeMap::new();
+            let mut deltas = BTreeMap::new();
+            for (i, a) in acks.into_iter().enumerate() {
+                let Some((snap, position, aligned)) = a else { continue };
+                let id = &self.ids[i];
+                meta.alignment_ms = meta.alignment_ms.max(aligned.as_millis() as u64);
+                if let (Some(p), Role::Source) = (position, self.roles[i]) {
+                    meta.positions.insert(id.clone(), p);
+                }
+                match snap {
+                    Snapshot::None => {}
+                    Snapshot::Full(b) => {
+                        meta.sizes.insert(id.clone(), b.len() as u64);
+                        state.insert(state_key(id), b);
+                    }
+                    Snapshot::Delta(b) => {
+                        meta.sizes.insert(id.clone(), b.len() as u64);
+                        deltas.insert(id.clone(), b);
+                    }
+                }
+            }
+            meta.duration_ms = started.elapsed().as_millis() as u64;
+            let size: u64 = meta.sizes.values().sum();
+            match serde_json::to_vec(&meta) {
+                Ok(m) => {
+                    state.insert(META.to_string(), m);
+                }
+                Err(e) => {
+                    done.error = Some(format!("encoding checkpoint {epoch}: {e}"));
+                    return done;
+                }
+            }
+            let cp = Checkpoint { epoch, committed_at_ms: now_ms(), complete: false, state, deltas };
+            let store = self.session.store.clone();
+            let keep = settings.keep;
+            // sled's flush is blocking disk I/O: off the async workers.
+            checkpoints::fault::hit("before-store-commit");
+            let committed = tokio::task::spawn_blocking(move || {
+                store.commit(&cp)?;
+                checkpoints::fault::hit("after-store-commit");
+                store.prune(keep)
+            })
+            .await;
+            match committed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(epoch, error = %e, "checkpoint commit failed; stopping the run");
+                    done.error = Some(format!("committing checkpoint {epoch}: {e}"));
+                    self.stop.cancel();
+                    return done;
+                }
+                Err(e) => {
+                    done.error = Some(format!("committing checkpoint {epoch}: {e}"));
+                    self.stop.cancel();
+                    return done;
+                }
+            }
+            let took = started.elapsed();
+            metrics::counter!("engine_checkpoints_total").increment(1);
+            metrics::histogram!("engine_checkpoint_duration_seconds").record(took.as_secs_f64());
+            metrics::histogram!("engine_checkpoint_size_bytes").record(size as f64);
+            metrics::histogram!("engine_checkpoint_alignment_seconds").record(meta.alignment_ms as f64 / 1000.0);
+            epoch_gauge.set(epoch as f64);
+            committed_at_gauge.set(now_ms() as f64 / 1000.0);
+            tracing::info!(epoch, duration_ms = took.as_millis() as u64, state_bytes = size, "checkpoint committed");
+            done.last = Some(epoch);
+            done.count += 1;
+            if final_one {
+                self.no_more.cancel();
+                return self.wind_down(done).await;
+            }
+        }
+    }
+
+    /// No more checkpoints: wait for the tasks to finish (their report
+    /// senders close the channel), noting where sources end.
+    async fn wind_down(mut self, mut done: Committed) -> Committed {
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return done,
+                r = self.reports.recv() => match r {
+                    Some(Report::SourceEnded { op, position }) => {
+                        done.final_positions.insert(self.ids[op].clone(), position);
+                    }
+                    Some(Report::Ack { .. }) => {}
+                    None => return done,
+                },
+            }
+        }
+    }
+}
+
+/// Marks the run complete: the next `engine run` starts a new run. Written
+/// once every operator finished, before outputs are published.
+pub async fn complete(session: &Session, last: u64, positions: BTreeMap<String, String>) -> Result<u64, String> {
+    let epoch = last + 1;
+    let meta = Meta {
+        pipeline: session.pipeline.clone(),
+        run_start: session.run_start,
+        graph: session.graph.clone(),
+        positions,
+        ..Default::default()
+    };
+    let mut state = BTreeMap::new();
+    state.insert(META.to_string(), serde_json::to_vec(&meta).map_err(|e| e.to_string())?);
+    let cp = Checkpoint { epoch, committed_at_ms: now_ms(), complete: true, state, deltas: BTreeMap::new() };
+    let store = session.store.clone();
+    let keep = session.settings.keep;
+    tokio::task::spawn_blocking(move || {
+        store.commit(&cp)?;
+        store.prune(keep)?;
+        // Nothing builds on this run's deltas any more.
+        store.drop_deltas_before(epoch)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    Ok(epoch)
+}
+
+/// One line per kept checkpoint, for `engine checkpoints list`.
+pub fn list(store: &dyn CheckpointStore) -> Result<String, CheckpointError> {
+    let mut out = String::new();
+    let epochs = store.epochs()?;
+    if epochs.is_empty() {
+        return Ok("no checkpoints\n".into());
+    }
+    out.push_str(&format!(
+        "{:>8}  {:<24}  {:<9}  {:>12}  {:>9}  positions\n",
+        "epoch", "committed (UTC)", "status", "state bytes", "took ms"
+    ));
+    for e in epochs {
+        let line = match store.get(e) {
+            Ok(Some(c)) => {
+                let meta = read_meta(&c).unwrap_or_default();
+                let size: u64 = meta.sizes.values().sum();
+                let positions = meta.positions.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; ");
+                format!(
+                    "{:>8}  {:<24}  {:<9}  {:>12}  {:>9}  {}\n",
+                    c.epoch,
+                    utc(c.committed_at_ms),
+                    if c.complete { "complete" } else { "resumable" },
+                    size,
+                    meta.duration_ms,
+                    positions
+                )
+            }
+            Ok(None) => continue,
+            Err(err) => format!("{e:>8}  DAMAGED: {err}\n"),
+        };
+        out.push_str(&line);
+    }
+    Ok(out)
+}
+
+/// Everything about one checkpoint, for `engine checkpoints show`.
+pub fn show(store: &dyn CheckpointStore, epoch: Option<u64>) -> Result<String, CheckpointError> {
+    let c = match epoch {
+        Some(e) => store.get(e)?,
+        None => store.latest()?,
+    };
+    let Some(c) = c else {
+        return Ok(match epoch {
+            Some(e) => format!("no checkpoint {e} (see `engine checkpoints list`)\n"),
+            None => "no checkpoints\n".into(),
+        });
+    };
+    let meta = read_meta(&c).unwrap_or_default();
+    let mut out = format!(
+        "checkpoint {}\n  pipeline:   {}\n  committed:  {} UTC\n  status:     {}\n  run start:  epoch {}\n  took:       {} ms (longest alignment {} ms)\n",
+        c.epoch,
+        meta.pipeline,
+        utc(c.committed_at_ms),
+        if c.complete { "complete (the next run starts afresh)" } else { "resumable" },
+        meta.run_start,
+        meta.duration_ms,
+        meta.alignment_ms
+    );
+    if !meta.positions.is_empty() {
+        out.push_str("  sources:\n");
+        for (k, v) in &meta.positions {
+            out.push_str(&format!("    {k}: {v}\n"));
+        }
+    }
+    out.push_str("  state:\n");
+    for id in meta.graph.keys() {
+        let full = c.state.get(&state_key(id)).map(|b| b.len() as u64);
+        let deltas = store.delta_bytes(id, meta.run_start, c.epoch)?;
+        if full.is_none() && deltas == 0 {
+            out.push_str(&format!("    {id}: stateless\n"));
+            continue;
+        }
+        let mut parts = Vec::new();
+        if let Some(f) = full {
+            parts.push(format!("{f} bytes"));
+        }
+        if deltas > 0 {
+            parts.push(format!("{deltas} bytes of deltas since epoch {}", meta.run_start));
+        }
+        out.push_str(&format!("    {id}: {}\n", parts.join(", ")));
+    }
+    Ok(out)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` from Unix milliseconds (civil-from-days).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_795_000_000_000), "2026-11-18 11:06:40");
+    }
+
+    #[test]
+    fn graph_changes_name_what_changed() {
+        let old: BTreeMap<String, Value> = [
+            ("a".to_string(), json!({"role": "source", "kind": "file", "inputs": [], "options": {"format": "csv"}})),
+            (
+                "b".to_string(),
+                json!({"role": "transform", "kind": "dedupe", "inputs": ["a.out"], "options": {"key": ["x"]}}),
+            ),
+        ]
+        .into();
+        let mut new = old.clone();
+        assert!(graph_changes(&old, &new).is_empty());
+        new.insert(
+            "b".into(),
+            json!({"role": "transform", "kind": "dedupe", "inputs": ["a.out"], "options": {"key": ["y"]}}),
+        );
+        new.insert("c".into(), json!({"role": "sink", "kind": "blackhole", "inputs": ["b.out"], "options": {}}));
+        let r = graph_changes(&old, &new);
+        assert_eq!(
+            r,
+            vec!["`b`: option `key` changed from [\"x\"] to [\"y\"]".to_string(), "component `c` was added".into()]
+        );
+    }
+}
