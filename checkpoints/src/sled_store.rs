@@ -87,7 +87,10 @@ impl SledStore {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
-                return Err(CheckpointError::Open { location: self.location.clone(), reason: format!("manifest: {e}") });
+                return Err(CheckpointError::Open {
+                    location: self.location.clone(),
+                    reason: format!("manifest: {e}"),
+                });
             }
         };
         let mut w = text.split_whitespace();
