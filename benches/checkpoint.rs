@@ -174,10 +174,7 @@ fn main() {
         .and_then(|l| l.split("at row ").nth(1))
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.replace(',', "").parse().ok());
-    println!(
-        "crash at {:.0}% of the run: source had read {read_before_kill} rows",
-        kill_at * 100.0
-    );
+    println!("crash at {:.0}% of the run: source had read {read_before_kill} rows", kill_at * 100.0);
     match start_row {
         Some(r) => {
             let per_interval = total_rows as f64 / full_secs;
@@ -195,4 +192,3 @@ fn main() {
     println!("resumed run exit: {}", o.status);
     let _ = std::fs::remove_dir_all(&dir);
 }
-

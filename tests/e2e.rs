@@ -3,6 +3,7 @@
 mod crash;
 mod hubspot_sim;
 mod hubspot_sink;
+mod kaggle;
 mod resume;
 mod sql_sink;
 mod util;

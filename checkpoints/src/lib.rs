@@ -68,6 +68,8 @@ pub trait CheckpointStore: Send + Sync {
     /// Drops every delta of an epoch below `epoch` (a new run starts there,
     /// so nothing will build on them again).
     fn drop_deltas_before(&self, epoch: u64) -> Result<(), CheckpointError>;
+    /// Drops the deltas of `operator` from epochs below `epoch`.
+    fn drop_operator_deltas(&self, operator: &str, before: u64) -> Result<(), CheckpointError>;
     /// Committed epochs, oldest first.
     fn epochs(&self) -> Result<Vec<u64>, CheckpointError>;
     /// Drops all but the newest `keep` checkpoints.
@@ -123,6 +125,11 @@ impl CheckpointStore for MemoryStore {
 
     fn drop_deltas_before(&self, epoch: u64) -> Result<(), CheckpointError> {
         self.lock()?.deltas.retain(|(_, e), _| *e >= epoch);
+        Ok(())
+    }
+
+    fn drop_operator_deltas(&self, operator: &str, before: u64) -> Result<(), CheckpointError> {
+        self.lock()?.deltas.retain(|(op, e), _| op != operator || *e >= before);
         Ok(())
     }
 

@@ -266,6 +266,18 @@ impl CheckpointStore for SledStore {
         Ok(n)
     }
 
+    fn drop_operator_deltas(&self, operator: &str, before: u64) -> Result<(), CheckpointError> {
+        let mut doomed = Vec::new();
+        for k in self.deltas.range(delta_key(operator, 0)..delta_key(operator, before)).keys() {
+            doomed.push(k.map_err(|e| self.write_err(e))?);
+        }
+        for k in doomed {
+            self.deltas.remove(k).map_err(|e| self.write_err(e))?;
+        }
+        self.db.flush().map_err(|e| self.write_err(e))?;
+        Ok(())
+    }
+
     fn drop_deltas_before(&self, epoch: u64) -> Result<(), CheckpointError> {
         let mut doomed = Vec::new();
         for k in self.deltas.iter().keys() {

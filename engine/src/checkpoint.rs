@@ -96,6 +96,10 @@ pub struct Meta {
     pub duration_ms: u64,
     /// Longest time an operator held an input while aligning, in ms.
     pub alignment_ms: u64,
+    /// Epochs of the last completed run before this one: where operators
+    /// whose state outlives a run (`changes`) find it.
+    #[serde(default)]
+    pub carried: Option<(u64, u64)>,
 }
 
 pub fn read_meta(c: &Checkpoint) -> Option<Meta> {
@@ -188,6 +192,11 @@ pub struct Session {
     pub run_start: u64,
     /// The checkpoint resumed from, if any.
     pub resume: Option<ResumePoint>,
+    /// Epochs of the last completed run, and its deltas per operator.
+    pub carried: Option<(u64, u64)>,
+    pub previous: HashMap<String, Vec<Vec<u8>>>,
+    /// Each source's last snapshot in the last completed run.
+    pub previous_states: HashMap<String, Vec<u8>>,
 }
 
 pub struct ResumePoint {
@@ -235,6 +244,21 @@ pub fn begin(p: &Pipeline, store: Arc<dyn CheckpointStore>, from_scratch: bool) 
         graph: graph.clone(),
         run_start,
         resume: None,
+        carried: None,
+        previous: HashMap::new(),
+        previous_states: HashMap::new(),
+    };
+    let previous = |store: &Arc<dyn CheckpointStore>, range: Option<(u64, u64)>| -> Result<_, CheckpointError> {
+        let mut out = HashMap::new();
+        if let Some((from, to)) = range {
+            for c in &p.components {
+                let d: Vec<Vec<u8>> = store.deltas(&c.id, from, to)?.into_iter().map(|(_, d)| d).collect();
+                if !d.is_empty() {
+                    out.insert(c.id.clone(), d);
+                }
+            }
+        }
+        Ok(out)
     };
     if from_scratch {
         // Nothing of the old state is wanted, damaged or not.
@@ -245,9 +269,20 @@ pub fn begin(p: &Pipeline, store: Arc<dyn CheckpointStore>, from_scratch: bool) 
         return Ok(fresh(store, 1));
     };
     if latest.complete {
+        // A new run; state that outlives runs comes from the one completed.
         let next = latest.epoch + 1;
-        store.drop_deltas_before(next).map_err(store_err)?;
-        return Ok(fresh(store, next));
+        let run_start = read_meta(&latest).map(|m| m.run_start).unwrap_or(latest.epoch);
+        let carried = Some((run_start, latest.epoch));
+        let prev = previous(&store, carried).map_err(store_err)?;
+        let mut s = fresh(store, next);
+        s.carried = carried;
+        s.previous = prev;
+        s.previous_states = p
+            .components
+            .iter()
+            .filter_map(|c| latest.state.get(&state_key(&c.id)).map(|b| (c.id.clone(), b.clone())))
+            .collect();
+        return Ok(s);
     }
     let meta = read_meta(&latest).ok_or_else(|| {
         store_err(CheckpointError::Corrupted {
@@ -271,6 +306,7 @@ pub fn begin(p: &Pipeline, store: Arc<dyn CheckpointStore>, from_scratch: bool) 
         let full = latest.state.get(&state_key(&c.id)).cloned();
         states.insert(c.id.clone(), Resume { epoch: latest.epoch, full, deltas });
     }
+    let prev = previous(&store, meta.carried).map_err(store_err)?;
     Ok(Session {
         store,
         settings: p.checkpoint.clone(),
@@ -278,6 +314,9 @@ pub fn begin(p: &Pipeline, store: Arc<dyn CheckpointStore>, from_scratch: bool) 
         graph,
         run_start: meta.run_start,
         resume: Some(ResumePoint { epoch: latest.epoch, states, positions: meta.positions }),
+        carried: meta.carried,
+        previous: prev,
+        previous_states: HashMap::new(),
     })
 }
 
@@ -286,7 +325,7 @@ pub enum Report {
     /// The operator passed the barrier of `epoch` with this state.
     Ack { op: usize, epoch: u64, snapshot: Snapshot, position: Option<String>, aligned_in: Duration },
     /// A source sent its last row: no barrier will come from it again.
-    SourceEnded { op: usize, position: String },
+    SourceEnded { op: usize, position: String, state: Option<Vec<u8>> },
 }
 
 /// What a source task needs to take part.
@@ -314,6 +353,8 @@ pub struct Committed {
     pub error: Option<String>,
     /// Where each source ended, for the checkpoint that marks the run complete.
     pub final_positions: BTreeMap<String, String>,
+    /// Each source's last snapshot: the next run compares its input with it.
+    pub final_states: BTreeMap<String, Vec<u8>>,
 }
 
 pub struct Coordinator {
@@ -367,9 +408,12 @@ impl Coordinator {
                     _ = self.stop.cancelled() => return done,
                     _ = self.drain.cancelled(), if !drain_seen => { drain_seen = true; break true }
                     r = self.reports.recv() => match r {
-                        Some(Report::SourceEnded { op, position }) => {
+                        Some(Report::SourceEnded { op, position, state }) => {
                             ended[op] = true;
                             done.final_positions.insert(self.ids[op].clone(), position);
+                            if let Some(s) = state {
+                                done.final_states.insert(self.ids[op].clone(), s);
+                            }
                         }
                         Some(Report::Ack { .. }) => {}
                         None => return done,
@@ -403,9 +447,12 @@ impl Coordinator {
                             acks[op] = Some((snapshot, position, aligned_in));
                         }
                         Some(Report::Ack { .. }) => {}
-                        Some(Report::SourceEnded { op, position }) => {
+                        Some(Report::SourceEnded { op, position, state }) => {
                             ended[op] = true;
                             done.final_positions.insert(self.ids[op].clone(), position);
+                            if let Some(s) = state {
+                                done.final_states.insert(self.ids[op].clone(), s);
+                            }
                             if acks[op].is_none() {
                                 abandoned = true;
                                 break;
@@ -424,6 +471,7 @@ impl Coordinator {
                 pipeline: self.session.pipeline.clone(),
                 run_start: self.session.run_start,
                 graph: self.session.graph.clone(),
+                carried: self.session.carried,
                 ..Default::default()
             };
             let mut state = BTreeMap::new();
@@ -507,8 +555,11 @@ impl Coordinator {
             tokio::select! {
                 _ = self.stop.cancelled() => return done,
                 r = self.reports.recv() => match r {
-                    Some(Report::SourceEnded { op, position }) => {
+                    Some(Report::SourceEnded { op, position, state }) => {
                         done.final_positions.insert(self.ids[op].clone(), position);
+                        if let Some(s) = state {
+                            done.final_states.insert(self.ids[op].clone(), s);
+                        }
                     }
                     Some(Report::Ack { .. }) => {}
                     None => return done,
@@ -519,26 +570,48 @@ impl Coordinator {
 }
 
 /// Marks the run complete: the next `engine run` starts a new run. Written
-/// once every operator finished, before outputs are published.
-pub async fn complete(session: &Session, last: u64, positions: BTreeMap<String, String>) -> Result<u64, String> {
+/// once every operator finished, before outputs are published. `carry`
+/// holds the last deltas of operators whose state outlives the run; their
+/// deltas of this run are kept for the next one, everything else is
+/// dropped.
+pub async fn complete(
+    session: &Session,
+    last: u64,
+    committed: &Committed,
+    carry: BTreeMap<String, Vec<u8>>,
+) -> Result<u64, String> {
+    let positions = committed.final_positions.clone();
     let epoch = last + 1;
     let meta = Meta {
         pipeline: session.pipeline.clone(),
         run_start: session.run_start,
         graph: session.graph.clone(),
         positions,
+        sizes: carry.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect(),
         ..Default::default()
     };
     let mut state = BTreeMap::new();
     state.insert(META.to_string(), serde_json::to_vec(&meta).map_err(|e| e.to_string())?);
-    let cp = Checkpoint { epoch, committed_at_ms: now_ms(), complete: true, state, deltas: BTreeMap::new() };
+    for (id, s) in &committed.final_states {
+        state.insert(state_key(id), s.clone());
+    }
+    let carriers: Vec<String> = carry.keys().cloned().collect();
+    let ids: Vec<String> = session.graph.keys().cloned().collect();
+    let run_start = session.run_start;
+    let cp = Checkpoint { epoch, committed_at_ms: now_ms(), complete: true, state, deltas: carry };
     let store = session.store.clone();
     let keep = session.settings.keep;
     tokio::task::spawn_blocking(move || {
         store.commit(&cp)?;
         store.prune(keep)?;
-        // Nothing builds on this run's deltas any more.
-        store.drop_deltas_before(epoch)
+        for id in &ids {
+            // A carrier keeps this run's deltas (the next run compares with
+            // them) and drops the previous run's; nothing else builds on
+            // any delta any more.
+            let before = if carriers.contains(id) { run_start } else { epoch + 1 };
+            store.drop_operator_deltas(id, before)?;
+        }
+        Ok::<(), CheckpointError>(())
     })
     .await
     .map_err(|e| e.to_string())?

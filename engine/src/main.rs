@@ -51,6 +51,10 @@ enum Command {
         /// Checkpoint store folder; overrides `[pipeline.checkpoint] dir`.
         #[arg(long)]
         checkpoint_dir: Option<PathBuf>,
+        /// Download inputs (kaggle sources) even when they look unchanged,
+        /// and read them even when the last run already did.
+        #[arg(long)]
+        force_download: bool,
     },
     /// Inspect or erase a pipeline's checkpoints.
     Checkpoints {
@@ -93,6 +97,26 @@ enum Command {
         /// Latency added to every answer, in milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+    },
+    /// Serve the Kaggle dataset-download API simulator (for tests, demos and CI).
+    KaggleSim {
+        /// Port on 127.0.0.1 (0 picks a free one; the address is printed).
+        #[arg(long, default_value_t = 8090)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Basic-auth user and key clients must send.
+        #[arg(long, default_value = "sim-user")]
+        username: String,
+        #[arg(long, default_value = "sim-key")]
+        key: String,
+        /// Dataset the files below belong to.
+        #[arg(long, default_value = "kaggle/us-baby-names")]
+        dataset: String,
+        /// `NAME=PATH`: serve the file at PATH as NAME (repeatable); without
+        /// any, a small built-in NationalNames.csv.
+        #[arg(long = "file")]
+        files: Vec<String>,
     },
     /// Draw the pipeline's DAG.
     Graph {
@@ -199,6 +223,42 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(ExitCode::SUCCESS)
             })
         }
+        Command::KaggleSim { port, host, username, key, dataset, files } => {
+            let mut cfg = simulators::kaggle::Config { username, key, ..Default::default() };
+            if !files.is_empty() {
+                let mut served = Vec::new();
+                for f in &files {
+                    let (name, path) =
+                        f.split_once('=').with_context(|| format!("--file `{f}`: expected NAME=PATH"))?;
+                    let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+                    served.push((name.to_string(), bytes));
+                }
+                let version = simulators::kaggle::Version {
+                    number: 1,
+                    last_modified: std::time::SystemTime::now(),
+                    files: served,
+                };
+                cfg.datasets.insert(dataset, vec![version]);
+            }
+            let addr: std::net::SocketAddr =
+                format!("{host}:{port}").parse().with_context(|| format!("`{host}:{port}` is not an address"))?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(async move {
+                let handle =
+                    simulators::kaggle::serve(cfg, addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+                println!(
+                    "kaggle simulator listening on {} (base_url = \"{}/api/v1\")",
+                    handle.base_url(),
+                    handle.base_url()
+                );
+                tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+                handle.stop();
+                anyhow::Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::Migrate { action } => {
             let (file, sink) = match &action {
                 MigrateAction::Status { file, sink }
@@ -230,11 +290,24 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             checkpoints_command(&pipeline, action)
         }
-        Command::Run { file, metrics_addr, no_progress, from_scratch, checkpoint_interval, checkpoint_dir } => {
+        Command::Run {
+            file,
+            metrics_addr,
+            no_progress,
+            from_scratch,
+            checkpoint_interval,
+            checkpoint_dir,
+            force_download,
+        } => {
             let mut pipeline = match load(&file) {
                 Ok(p) => p,
                 Err(code) => return Ok(code),
             };
+            if force_download {
+                for c in pipeline.components.iter_mut().filter(|c| c.kind.name == "kaggle") {
+                    c.options["force_download"] = serde_json::Value::Bool(true);
+                }
+            }
             if let Some(i) = checkpoint_interval {
                 pipeline.checkpoint.interval =
                     config::parse_interval(&i).map_err(anyhow::Error::msg).context("--checkpoint-interval")?;

@@ -33,6 +33,14 @@ fn rate(rows: u64, d: Duration) -> String {
 /// The summary table, one row per operator in pipeline order.
 pub fn summary(r: &RunReport) -> String {
     let mut out = String::new();
+    if let Some(why) = &r.up_to_date {
+        let _ = writeln!(
+            out,
+            "pipeline {} is up to date: {why}; nothing read, nothing written (--force-download fetches and rereads anyway)",
+            r.pipeline
+        );
+        return out;
+    }
     let status = match &r.outcome {
         Outcome::Completed => "completed".to_string(),
         Outcome::Interrupted { signal } => match r.checkpoints.as_ref().and_then(|c| c.last) {

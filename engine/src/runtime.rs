@@ -91,6 +91,9 @@ pub struct RunReport {
     /// benchmarks.
     pub peak_rss_bytes: Option<u64>,
     pub checkpoints: Option<CheckpointReport>,
+    /// The run stopped before reading: every input is what the last
+    /// completed run read.
+    pub up_to_date: Option<String>,
 }
 
 /// What the run did with checkpoints.
@@ -161,6 +164,7 @@ pub async fn run(
         operators: Vec::new(),
         peak_rss_bytes: peak_rss_bytes(),
         checkpoints: checkpointing.then(|| CheckpointReport { resumed_from, ..Default::default() }),
+        up_to_date: None,
     };
 
     // Build every operator first: a bad option fails the run with nothing started.
@@ -194,6 +198,22 @@ pub async fn run(
         }
     }
 
+    // State carried over from the last completed run (e.g. `changes`).
+    if let Some(s) = &session {
+        for (i, b) in &mut built {
+            let c = &p.components[*i];
+            if let Built::Operator(op) = b
+                && op.carries_state()
+            {
+                let prev = s.previous.get(&c.id).map(Vec::as_slice).unwrap_or_default();
+                let span = tracing::info_span!("operator", operator = %c.id, kind = c.kind.name);
+                if let Err(e) = op.carry_over(prev).instrument(span).await {
+                    return fail(&c.id, e.to_string());
+                }
+            }
+        }
+    }
+
     // Checkpoint plumbing: barrier requests to sources, reports back.
     let session = session.map(Arc::new);
     let (requests_tx, requests_rx) = tokio::sync::watch::channel(session.as_ref().map(|s| s.last_epoch()).unwrap_or(0));
@@ -223,6 +243,7 @@ pub async fn run(
     on_live(live.clone());
 
     // Open sources before spawning: a missing file fails here, cleanly.
+    let mut up_to_date: Vec<String> = Vec::new();
     let mut tasks: Vec<(usize, BoxFuture<'static, TaskResult>)> = Vec::new();
     for (i, b) in built {
         let c = &p.components[i];
@@ -237,6 +258,11 @@ pub async fn run(
         let fut = match b {
             Built::Source(mut s) => {
                 let span = tracing::info_span!("operator", operator = %c.id, kind = c.kind.name);
+                if let Some(prev) =
+                    session.as_ref().filter(|s| s.resume.is_none()).and_then(|s| s.previous_states.get(&c.id))
+                {
+                    s.previous_run(prev);
+                }
                 // Opening may wait on the network (S3, a Parquet footer): a
                 // signal must still stop the run here.
                 let opened = tokio::select! {
@@ -257,9 +283,13 @@ pub async fn run(
                             checkpoints: session
                                 .as_ref()
                                 .map(|_| CheckpointReport { resumed_from, ..Default::default() }),
+                            up_to_date: None,
                         };
                     }
                     Err(e) => return fail(&c.id, e.to_string()),
+                }
+                if let Some(why) = s.up_to_date() {
+                    up_to_date.push(why);
                 }
                 let link = reports_tx.as_ref().map(|tx| SourceLink {
                     op: i,
@@ -278,6 +308,24 @@ pub async fn run(
         tasks.push((i, fut));
     }
     live.ready.store(true, Ordering::Relaxed);
+
+    // Every source reads exactly what the last completed run read: nothing
+    // to do. The previous run's outputs and state stay as they are.
+    let sources = p.components.iter().filter(|c| c.role == Role::Source).count();
+    if sources > 0 && up_to_date.len() == sources {
+        for why in &up_to_date {
+            tracing::info!("{why}");
+        }
+        return RunReport {
+            pipeline: p.name.clone(),
+            outcome: Outcome::Completed,
+            elapsed: started.elapsed(),
+            operators: Vec::new(),
+            peak_rss_bytes: peak_rss_bytes(),
+            checkpoints: None,
+            up_to_date: Some(up_to_date.join("; ")),
+        };
+    }
 
     // Channel fill gauges, sampled: reading a length is cheap, but not free
     // enough to do on every send.
@@ -410,7 +458,29 @@ pub async fn run(
     // resume into outputs that are already gone.
     if let (Some(s), None, false, false) = (&session, &failure, abort.is_cancelled(), stop_at_checkpoint) {
         let last = committed.last.unwrap_or_else(|| s.last_epoch());
-        match checkpoint::complete(s, last, committed.final_positions.clone()).await {
+        // The last state of operators whose state outlives the run.
+        let mut carry = std::collections::BTreeMap::new();
+        let mut dummy = Collector::new("<complete>", Vec::new(), Arc::new(OperatorStats::default()), abort.clone());
+        for (i, op) in &mut finished {
+            if !op.carries_state() {
+                continue;
+            }
+            match op.on_barrier(operators::Barrier { epoch: last + 1 }, &mut dummy).await {
+                Ok(operators::Snapshot::Delta(d)) => {
+                    carry.insert(p.components[*i].id.clone(), d);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failure = Some((p.components[*i].id.clone(), e.to_string()));
+                }
+            }
+        }
+        let completed = if failure.is_none() {
+            checkpoint::complete(s, last, &committed, carry).await
+        } else {
+            Err("an operator failed its last snapshot".into())
+        };
+        match completed {
             Ok(e) => {
                 if let Some(r) = cp_report.as_mut() {
                     r.complete = Some(e);
@@ -478,6 +548,7 @@ pub async fn run(
         operators,
         peak_rss_bytes: peak_rss_bytes(),
         checkpoints: cp_report,
+        up_to_date: None,
     }
 }
 
@@ -543,7 +614,17 @@ async fn source_task(
         }
     }
     if let Some(l) = &link {
-        let _ = l.reports.send(Report::SourceEnded { op: l.op, position: source.position() });
+        // At the end of the input, the last snapshot tells the next run what
+        // this one read (nothing is left to emit, so no barrier follows).
+        let state = if drain.is_cancelled() {
+            None
+        } else {
+            match source.snapshot(&mut out).await {
+                Ok(operators::Snapshot::Full(b)) => Some(b),
+                _ => None,
+            }
+        };
+        let _ = l.reports.send(Report::SourceEnded { op: l.op, position: source.position(), state });
     }
     out.broadcast(Message::End).await
 }

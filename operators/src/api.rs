@@ -298,6 +298,15 @@ pub trait Source: Send {
     fn position(&self) -> String {
         String::new()
     }
+    /// Before `open` in a new run: the source's last snapshot of the last
+    /// completed run, to tell whether its input changed since.
+    fn previous_run(&mut self, _state: &[u8]) {}
+    /// After `open`: `Some(why)` when the input is exactly what the last
+    /// completed run read. When every source says so the run stops there:
+    /// nothing to read, nothing to write.
+    fn up_to_date(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A transform or a sink.
@@ -314,6 +323,17 @@ pub trait Operator: Send {
     }
     /// Called before any row when a run resumes from a checkpoint.
     async fn restore(&mut self, _resume: &Resume) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// Whether this operator's state outlives a run (see
+    /// [`Operator::carry_over`]): the runtime then keeps its deltas when the
+    /// run completes, and asks for a last one after `finish`.
+    fn carries_state(&self) -> bool {
+        false
+    }
+    /// Called before any row with the deltas of the last completed run
+    /// (for operators that [`Operator::carries_state`]).
+    async fn carry_over(&mut self, _previous: &[Vec<u8>]) -> Result<(), OperatorError> {
         Ok(())
     }
     /// How long without input before [`Operator::on_idle`] is called

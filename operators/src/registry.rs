@@ -101,6 +101,15 @@ pub static KINDS: &[KindSpec] = &[
         build: |ctx, v| Ok(Built::Source(Box::new(sources::file::build(ctx, typed(v)?)?))),
     },
     KindSpec {
+        name: "kaggle",
+        role: Role::Source,
+        ports: &["out", "rejects"],
+        state_options: &["dataset", "file", "header", "delimiter", "quote", "schema", "infer_rows"],
+        about: "a Kaggle dataset file, downloaded, staged (local or S3) and read as CSV",
+        check: check::<sources::kaggle::KaggleSourceConfig>,
+        build: |ctx, v| Ok(Built::Source(Box::new(sources::kaggle::build(ctx, typed(v)?)?))),
+    },
+    KindSpec {
         name: "validate",
         role: Role::Transform,
         ports: &["out", "rejects"],
@@ -117,6 +126,15 @@ pub static KINDS: &[KindSpec] = &[
         about: "drops rows whose key was seen before (first wins)",
         check: check::<transforms::dedupe::DedupeConfig>,
         build: |ctx, v| Ok(Built::Operator(Box::new(transforms::dedupe::build(ctx, typed(v)?)?))),
+    },
+    KindSpec {
+        name: "changes",
+        role: Role::Transform,
+        ports: &["out", "deleted"],
+        state_options: &["key", "ignore"],
+        about: "passes rows new or changed since the last completed run; vanished keys to `deleted`",
+        check: check::<transforms::changes::ChangesConfig>,
+        build: |ctx, v| Ok(Built::Operator(Box::new(transforms::changes::build(ctx, typed(v)?)?))),
     },
     KindSpec {
         name: "select",

@@ -7,3 +7,4 @@
 //! endpoints under `/_sim/` that the real API does not have.
 
 pub mod hubspot;
+pub mod kaggle;

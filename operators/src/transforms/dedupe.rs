@@ -84,6 +84,16 @@ impl KeySet {
         self.chunks.iter().map(Vec::capacity).sum::<usize>() + self.table.capacity() * (std::mem::size_of::<u64>() + 1)
     }
 
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let hash = self.hasher.hash_one(key);
+        self.table.find(hash, |&e| unpack(&self.chunks, e) == key).is_some()
+    }
+
+    /// Every key, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.table.iter().map(|&e| unpack(&self.chunks, e))
+    }
+
     /// Inserts `key`; true when it was not there before.
     pub fn insert(&mut self, key: &[u8]) -> bool {
         let hash = self.hasher.hash_one(key);
