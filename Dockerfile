@@ -18,6 +18,7 @@ RUN mkdir -p engine/src operators/src checkpoints/src tests benches \
  && echo 'fn main() {}' > benches/sql_load.rs \
  && echo 'fn main() {}' > benches/hubspot_sync.rs \
  && echo 'fn main() {}' > benches/checkpoint.rs \
+ && echo 'fn main() {}' > benches/kaggle.rs \
  && touch engine/src/lib.rs operators/src/lib.rs checkpoints/src/lib.rs tests/e2e.rs \
  && cargo build --release --locked -p engine
 

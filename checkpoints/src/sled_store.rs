@@ -15,8 +15,14 @@
 //! reported as corrupted.
 //!
 //! Deltas (incremental operator state) live in a second tree, keyed by
-//! operator id, a zero byte and the epoch, each value its SHA-256 then the
-//! bytes. A record and its deltas are written in one sled transaction.
+//! operator id, a zero byte and the epoch. A value is a tag byte, the
+//! delta's SHA-256, then either the bytes (tag 0) or, for deltas of 64 KiB
+//! and more, their length (tag 1): large deltas go to a file of their own
+//! under `engine-deltas/`, written and synced before the transaction that
+//! refers to them. sled writes large values several times over (log,
+//! segments); a plain file is written once, which is what keeps a
+//! checkpoint's cost near the size of its delta. A record and its deltas'
+//! entries are written in one sled transaction.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,9 +42,15 @@ pub struct SledStore {
     deltas: sled::Tree,
     location: String,
     manifest: std::path::PathBuf,
+    files: std::path::PathBuf,
 }
 
 const MANIFEST: &str = "engine-latest";
+const DELTA_FILES: &str = "engine-deltas";
+/// Deltas at least this large are written to a file of their own.
+const FILE_THRESHOLD: usize = 64 << 10;
+const INLINE: u8 = 0;
+const IN_FILE: u8 = 1;
 
 fn delta_key(operator: &str, epoch: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(operator.len() + 9);
@@ -56,7 +68,7 @@ impl SledStore {
         let db = sled::open(path).map_err(open_err)?;
         let tree = db.open_tree(TREE).map_err(open_err)?;
         let deltas = db.open_tree(DELTAS).map_err(open_err)?;
-        Ok(SledStore { db, tree, deltas, location, manifest: path.join(MANIFEST) })
+        Ok(SledStore { db, tree, deltas, location, manifest: path.join(MANIFEST), files: path.join(DELTA_FILES) })
     }
 
     pub fn location(&self) -> &str {
@@ -65,6 +77,37 @@ impl SledStore {
 
     fn write_err(&self, e: sled::Error) -> CheckpointError {
         CheckpointError::Write(format!("{}: {e}", self.location))
+    }
+
+    fn delta_file(&self, operator: &str, epoch: u64) -> std::path::PathBuf {
+        self.files.join(format!("{operator}.{epoch:020}"))
+    }
+
+    /// Writes a large delta to its own file, synced (file and folder).
+    fn write_delta_file(&self, operator: &str, epoch: u64, data: &[u8]) -> Result<(), CheckpointError> {
+        use std::io::Write;
+        let err = |e: std::io::Error| CheckpointError::Write(format!("{}: delta file: {e}", self.location));
+        std::fs::create_dir_all(&self.files).map_err(err)?;
+        let path = self.delta_file(operator, epoch);
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(data).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        std::fs::File::open(&self.files).and_then(|d| d.sync_all()).map_err(err)
+    }
+
+    /// Removes a delta's entry, and its file when it has one.
+    fn remove_delta(&self, key: &[u8]) -> Result<(), CheckpointError> {
+        if let Some(v) = self.deltas.remove(key).map_err(|e| self.write_err(e))?
+            && v.first() == Some(&IN_FILE)
+            && key.len() > 9
+        {
+            let op = String::from_utf8_lossy(&key[..key.len() - 9]).into_owned();
+            let epoch = self.epoch_of(&key[key.len() - 8..])?;
+            let _ = std::fs::remove_file(self.delta_file(&op, epoch));
+        }
+        Ok(())
     }
 
     /// Replaces the manifest: write a temp file, sync it, rename it.
@@ -201,16 +244,25 @@ impl CheckpointStore for SledStore {
         // is acknowledged to anyone.
         use sled::transaction::{TransactionError, Transactional};
         let record = encode(checkpoint);
-        let deltas: Vec<(Vec<u8>, Vec<u8>)> = checkpoint
-            .deltas
-            .iter()
-            .map(|(op, d)| {
-                let mut v = Vec::with_capacity(32 + d.len());
-                v.extend_from_slice(&Sha256::digest(d));
+        let mut deltas: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(checkpoint.deltas.len());
+        for (op, d) in &checkpoint.deltas {
+            let digest = Sha256::digest(d);
+            let v = if d.len() >= FILE_THRESHOLD {
+                self.write_delta_file(op, checkpoint.epoch, d)?;
+                let mut v = Vec::with_capacity(41);
+                v.push(IN_FILE);
+                v.extend_from_slice(&digest);
+                v.extend_from_slice(&(d.len() as u64).to_be_bytes());
+                v
+            } else {
+                let mut v = Vec::with_capacity(33 + d.len());
+                v.push(INLINE);
+                v.extend_from_slice(&digest);
                 v.extend_from_slice(d);
-                (delta_key(op, checkpoint.epoch), v)
-            })
-            .collect();
+                v
+            };
+            deltas.push((delta_key(op, checkpoint.epoch), v));
+        }
         let r: Result<(), TransactionError<()>> = (&self.tree, &self.deltas).transaction(|(t, d)| {
             for (k, v) in &deltas {
                 d.insert(k.as_slice(), v.as_slice())?;
@@ -245,14 +297,27 @@ impl CheckpointStore for SledStore {
                 epoch,
                 reason: reason.to_string(),
             };
-            if v.len() < 32 {
+            if v.len() < 33 {
                 return Err(bad("record is truncated"));
             }
-            let (digest, body) = v.split_at(32);
-            if Sha256::digest(body).as_slice() != digest {
+            let (digest, rest) = v[1..].split_at(32);
+            let body = match v[0] {
+                INLINE => rest.to_vec(),
+                IN_FILE => {
+                    let path = self.delta_file(operator, epoch);
+                    let body = std::fs::read(&path).map_err(|e| bad(&format!("its file {}: {e}", path.display())))?;
+                    let len = rest.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+                    if body.len() as u64 != len {
+                        return Err(bad(&format!("its file holds {} bytes, {len} were written", body.len())));
+                    }
+                    body
+                }
+                t => return Err(bad(&format!("unknown kind {t}"))),
+            };
+            if Sha256::digest(&body).as_slice() != digest {
                 return Err(bad("checksum mismatch: the delta was damaged or half-written"));
             }
-            out.push((epoch, body.to_vec()));
+            out.push((epoch, body));
         }
         Ok(out)
     }
@@ -261,7 +326,10 @@ impl CheckpointStore for SledStore {
         let mut n = 0;
         for kv in self.deltas.range(delta_key(operator, from)..=delta_key(operator, to)) {
             let (_, v) = kv.map_err(|e| self.write_err(e))?;
-            n += v.len().saturating_sub(32) as u64;
+            n += match v.first() {
+                Some(&IN_FILE) => v.get(33..41).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0),
+                _ => v.len().saturating_sub(33) as u64,
+            };
         }
         Ok(n)
     }
@@ -272,7 +340,7 @@ impl CheckpointStore for SledStore {
             doomed.push(k.map_err(|e| self.write_err(e))?);
         }
         for k in doomed {
-            self.deltas.remove(k).map_err(|e| self.write_err(e))?;
+            self.remove_delta(&k)?;
         }
         self.db.flush().map_err(|e| self.write_err(e))?;
         Ok(())
@@ -287,7 +355,7 @@ impl CheckpointStore for SledStore {
             }
         }
         for k in doomed {
-            self.deltas.remove(k).map_err(|e| self.write_err(e))?;
+            self.remove_delta(&k)?;
         }
         self.db.flush().map_err(|e| self.write_err(e))?;
         Ok(())
@@ -357,6 +425,11 @@ impl CheckpointStore for SledStore {
         }
         self.tree.clear().map_err(|e| self.write_err(e))?;
         self.deltas.clear().map_err(|e| self.write_err(e))?;
+        match std::fs::remove_dir_all(&self.files) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CheckpointError::Write(format!("{}: delta files: {e}", self.location))),
+        }
         self.db.flush().map_err(|e| self.write_err(e))?;
         Ok(())
     }
@@ -441,6 +514,23 @@ mod tests {
         s.deltas.insert(key, v).unwrap();
         let err = s.deltas("unique", 0, 3).unwrap_err().to_string();
         assert!(err.starts_with("delta 3 of `unique` is corrupted"), "{err}");
+        // A large delta lives in a file; a damaged file is caught too.
+        let big = vec![5u8; 100_000];
+        let mut deltas = BTreeMap::new();
+        deltas.insert("keys".to_string(), big.clone());
+        s.commit(&Checkpoint { epoch: 4, deltas, ..Default::default() }).unwrap();
+        assert_eq!(s.deltas("keys", 0, 4).unwrap(), vec![(4, big.clone())]);
+        assert_eq!(s.delta_bytes("keys", 0, 4).unwrap(), 100_000);
+        let file = s.delta_file("keys", 4);
+        let mut b = std::fs::read(&file).unwrap();
+        b[99_000] ^= 1;
+        std::fs::write(&file, b).unwrap();
+        let err = s.deltas("keys", 0, 4).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        s.drop_operator_deltas("keys", 5).unwrap();
+        assert!(!file.exists(), "dropping a delta removes its file");
+        s.tree.remove(4u64.to_be_bytes()).unwrap();
+        s.write_manifest(3, &s.tree.get(3u64.to_be_bytes()).unwrap().unwrap()).unwrap();
         // A store that silently lost its newest records (as sled does when
         // it drops what it cannot read) is caught by the manifest.
         s.tree.remove(3u64.to_be_bytes()).unwrap();

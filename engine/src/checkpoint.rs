@@ -511,6 +511,7 @@ impl Coordinator {
             let keep = settings.keep;
             // sled's flush is blocking disk I/O: off the async workers.
             checkpoints::fault::hit("before-store-commit");
+            let acked_in = started.elapsed();
             let committed = tokio::task::spawn_blocking(move || {
                 store.commit(&cp)?;
                 checkpoints::fault::hit("after-store-commit");
@@ -538,7 +539,13 @@ impl Coordinator {
             metrics::histogram!("engine_checkpoint_alignment_seconds").record(meta.alignment_ms as f64 / 1000.0);
             epoch_gauge.set(epoch as f64);
             committed_at_gauge.set(now_ms() as f64 / 1000.0);
-            tracing::info!(epoch, duration_ms = took.as_millis() as u64, state_bytes = size, "checkpoint committed");
+            tracing::info!(
+                epoch,
+                duration_ms = took.as_millis() as u64,
+                acknowledged_ms = acked_in.as_millis() as u64,
+                state_bytes = size,
+                "checkpoint committed"
+            );
             done.last = Some(epoch);
             done.count += 1;
             if final_one {

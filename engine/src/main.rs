@@ -208,19 +208,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 latency: std::time::Duration::from_millis(latency_ms),
                 ..Default::default()
             };
-            let addr: std::net::SocketAddr =
-                format!("{host}:{port}").parse().with_context(|| format!("`{host}:{port}` is not an address"))?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(async move {
+            serve_until_ctrl_c(&host, port, |addr| async move {
                 let handle =
                     simulators::hubspot::serve(cfg, addr).await.with_context(|| format!("cannot listen on {addr}"))?;
                 println!("hubspot simulator listening on {}", handle.base_url());
-                tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-                handle.stop();
-                anyhow::Ok(ExitCode::SUCCESS)
+                Ok(Box::new(move || handle.stop()) as Box<dyn FnOnce()>)
             })
         }
         Command::KaggleSim { port, host, username, key, dataset, files } => {
@@ -240,23 +232,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 cfg.datasets.insert(dataset, vec![version]);
             }
-            let addr: std::net::SocketAddr =
-                format!("{host}:{port}").parse().with_context(|| format!("`{host}:{port}` is not an address"))?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(async move {
+            serve_until_ctrl_c(&host, port, |addr| async move {
                 let handle =
                     simulators::kaggle::serve(cfg, addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-                println!(
-                    "kaggle simulator listening on {} (base_url = \"{}/api/v1\")",
-                    handle.base_url(),
-                    handle.base_url()
-                );
-                tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-                handle.stop();
-                anyhow::Ok(ExitCode::SUCCESS)
+                let base = handle.base_url();
+                println!("kaggle simulator listening on {base} (base_url = \"{base}/api/v1\")");
+                Ok(Box::new(move || handle.stop()) as Box<dyn FnOnce()>)
             })
         }
         Command::Migrate { action } => {
@@ -353,6 +334,25 @@ the checkpoint store could not be opened; if it is damaged, `engine run --from-s
             rt.block_on(run(pipeline, session, metrics_addr, !no_progress))
         }
     }
+}
+
+/// Runs a simulator on `host:port` until Ctrl-C: `start` binds and returns
+/// how to stop it.
+fn serve_until_ctrl_c<F, Fut>(host: &str, port: u16, start: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Box<dyn FnOnce()>>>,
+{
+    let addr: std::net::SocketAddr =
+        format!("{host}:{port}").parse().with_context(|| format!("`{host}:{port}` is not an address"))?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let stop = start(addr).await?;
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        stop();
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Loads and validates; prints diagnostics (warnings too) to stderr.

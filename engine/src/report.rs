@@ -12,18 +12,9 @@ use operators::registry::Role;
 
 use crate::runtime::{Live, Outcome, RunReport};
 
-/// `1234567` → `1,234,567`.
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
+/// `1234567` → `1,234,567` (one definition, shared with the sources'
+/// position strings).
+pub use operators::sources::file::thousands;
 
 fn rate(rows: u64, d: Duration) -> String {
     let secs = d.as_secs_f64();

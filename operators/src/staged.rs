@@ -148,6 +148,25 @@ impl Parts {
             1 => {
                 self.store.rename(&parts[0], &self.target).await.map_err(|e| self.err("cannot publish", e))?;
             }
+            _ if self.is_local && !parquet_schema_merge => {
+                // Local text parts: append them to the first one in the
+                // kernel (copy_file_range), then rename it; no byte passes
+                // through this process.
+                let files: Vec<std::path::PathBuf> =
+                    parts.iter().map(|p| std::path::PathBuf::from(format!("/{p}"))).collect();
+                let display = self.display.clone();
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    let mut first = std::fs::OpenOptions::new().append(true).open(&files[0])?;
+                    for f in &files[1..] {
+                        std::io::copy(&mut std::fs::File::open(f)?, &mut first)?;
+                    }
+                    first.sync_all()
+                })
+                .await
+                .map_err(|e| OperatorError::Data(format!("assembling {display}: {e}")))?
+                .map_err(|e| OperatorError::Data(format!("assembling {}: {e}", self.display)))?;
+                self.store.rename(&parts[0], &self.target).await.map_err(|e| self.err("cannot publish", e))?;
+            }
             _ if parquet_schema_merge => {
                 merge_parquet(&self.store, &parts, &staging, &self.display).await?;
                 self.store.rename(&staging, &self.target).await.map_err(|e| self.err("cannot publish", e))?;

@@ -167,7 +167,7 @@ pub struct FileSourceState {
     pub done: bool,
 }
 
-/// Thousands separators, for people.
+/// `1234567` → `1,234,567`, for people.
 pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
