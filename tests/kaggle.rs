@@ -142,6 +142,32 @@ fn kaggle_dataset_is_downloaded_staged_extracted_and_read_exactly() {
     assert_eq!(csv_rows(&dir.path().join("out.csv")), 3004);
 }
 
+/// Killed after the run was marked complete but before its files were
+/// published: the next run must not call the dataset up to date (its
+/// outputs never appeared), and it writes them.
+#[test]
+fn a_crash_before_publishing_is_not_mistaken_for_an_up_to_date_run() {
+    let rt = runtime();
+    let sample = std::fs::read(repo().join("pipelines/data/NationalNames.sample.csv")).unwrap();
+    let sim = start(&rt, sample);
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(dir.path(), &sim, "");
+    let mut env = CREDS.to_vec();
+    env.push(("ENGINE_FAULT", "before-publish:1"));
+    let o = run(&["run", "--no-progress", &p], &env);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(9), "{}", stderr(&o));
+    assert!(!dir.path().join("out.csv").exists());
+    let o = run(&["run", "--no-progress", &p], &CREDS);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("up to date"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("did not finish publishing"), "{}", stderr(&o));
+    assert_eq!(csv_rows(&dir.path().join("out.csv")), 3004);
+    // Now published: the next run is up to date.
+    let o = run(&["run", "--no-progress", &p], &CREDS);
+    assert!(stdout(&o).contains("is up to date"), "{}", stdout(&o));
+}
+
 #[test]
 fn a_transfer_broken_half_way_resumes_with_range_and_gives_the_same_result() {
     let rt = runtime();

@@ -29,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CheckpointSettings, Pipeline};
 
 const META: &str = "_meta";
+/// Present in a complete checkpoint once every output of its run was
+/// published.
+const PUBLISHED: &str = "_published";
 
 fn state_key(id: &str) -> String {
     format!("op/{id}")
@@ -71,6 +74,10 @@ pub fn open_store_afresh(p: &Pipeline) -> Result<SledStore, CheckpointError> {
         Err(CheckpointError::Open { reason, .. }) if reason.contains("another `engine` process") => open_store(p),
         Err(e) => {
             let dir = store_dir(p);
+            // Only ever remove what is recognisably a store.
+            if !dir.join("conf").exists() && !dir.join("engine-latest").exists() {
+                return Err(e);
+            }
             tracing::warn!(store = %dir.display(), error = %e, "the checkpoint store cannot be opened; removing it (--from-scratch)");
             std::fs::remove_dir_all(&dir)
                 .map_err(|io| CheckpointError::Open { location: dir.display().to_string(), reason: io.to_string() })?;
@@ -269,10 +276,26 @@ pub fn begin(p: &Pipeline, store: Arc<dyn CheckpointStore>, from_scratch: bool) 
         return Ok(fresh(store, 1));
     };
     if latest.complete {
-        // A new run; state that outlives runs comes from the one completed.
+        // A new run; state that outlives runs comes from the one completed,
+        // if its outputs were all published and the pipeline is the same.
         let next = latest.epoch + 1;
-        let run_start = read_meta(&latest).map(|m| m.run_start).unwrap_or(latest.epoch);
-        let carried = Some((run_start, latest.epoch));
+        let meta = read_meta(&latest).unwrap_or_default();
+        let changes = graph_changes(&meta.graph, &graph);
+        if !latest.state.contains_key(PUBLISHED) {
+            tracing::warn!(
+                epoch = latest.epoch,
+                "the last run completed but did not finish publishing its outputs: starting without its state"
+            );
+            return Ok(fresh(store, next));
+        }
+        if !changes.is_empty() {
+            tracing::info!(
+                changes = %changes.join("; "),
+                "the pipeline changed since the last completed run: starting without its state"
+            );
+            return Ok(fresh(store, next));
+        }
+        let carried = Some((meta.run_start, latest.epoch));
         let prev = previous(&store, carried).map_err(store_err)?;
         let mut s = fresh(store, next);
         s.carried = carried;
@@ -355,6 +378,9 @@ pub struct Committed {
     pub final_positions: BTreeMap<String, String>,
     /// Each source's last snapshot: the next run compares its input with it.
     pub final_states: BTreeMap<String, Vec<u8>>,
+    /// Deltas handed over for epochs that were abandoned (a source ended
+    /// before its barrier): part of the run's state all the same.
+    pub orphan_deltas: BTreeMap<String, Vec<u8>>,
 }
 
 pub struct Coordinator {
@@ -464,6 +490,32 @@ impl Coordinator {
             }
             if abandoned {
                 tracing::debug!(epoch, "checkpoint abandoned: a source ended before its barrier");
+                // Operators still handed over what they added: keep it for
+                // the run's last checkpoint, or it is lost to the next run.
+                let mut keep = |op: usize, snap: Snapshot| {
+                    if let Snapshot::Delta(d) = snap {
+                        done.orphan_deltas.entry(self.ids[op].clone()).or_default().extend_from_slice(&d);
+                    }
+                };
+                for (op, a) in acks.into_iter().enumerate() {
+                    if let Some((snap, ..)) = a {
+                        keep(op, snap);
+                    }
+                }
+                // Acks still on their way for the abandoned epoch.
+                while let Ok(r) = self.reports.try_recv() {
+                    match r {
+                        Report::Ack { op, epoch: e, snapshot, .. } if e == epoch => keep(op, snapshot),
+                        Report::SourceEnded { op, position, state } => {
+                            ended[op] = true;
+                            done.final_positions.insert(self.ids[op].clone(), position);
+                            if let Some(s) = state {
+                                done.final_states.insert(self.ids[op].clone(), s);
+                            }
+                        }
+                        Report::Ack { .. } => {}
+                    }
+                }
                 continue;
             }
             // Every operator acknowledged: build and commit.
@@ -556,7 +608,8 @@ impl Coordinator {
     }
 
     /// No more checkpoints: wait for the tasks to finish (their report
-    /// senders close the channel), noting where sources end.
+    /// senders close the channel), noting where sources end and keeping
+    /// deltas of barriers that will never be committed.
     async fn wind_down(mut self, mut done: Committed) -> Committed {
         loop {
             tokio::select! {
@@ -567,6 +620,9 @@ impl Coordinator {
                         if let Some(s) = state {
                             done.final_states.insert(self.ids[op].clone(), s);
                         }
+                    }
+                    Some(Report::Ack { op, snapshot: Snapshot::Delta(d), .. }) => {
+                        done.orphan_deltas.entry(self.ids[op].clone()).or_default().extend_from_slice(&d);
                     }
                     Some(Report::Ack { .. }) => {}
                     None => return done,
@@ -624,6 +680,19 @@ pub async fn complete(
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
     Ok(epoch)
+}
+
+/// Records that every output of the completed run `epoch` was published.
+pub async fn mark_published(session: &Session, epoch: u64) -> Result<(), String> {
+    let store = session.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let Some(mut cp) = store.get(epoch)? else { return Ok(()) };
+        cp.state.insert(PUBLISHED.to_string(), vec![1]);
+        store.commit(&cp)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
 }
 
 /// One line per kept checkpoint, for `engine checkpoints list`.

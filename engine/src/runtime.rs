@@ -302,7 +302,8 @@ pub async fn run(
             Built::Operator(op) => {
                 let inputs = receivers.remove(&c.id).unwrap_or_default();
                 let link = reports_tx.as_ref().map(|tx| OperatorLink { op: i, reports: tx.clone() });
-                operator_task(c.id.clone(), op, inputs, out, stats[i].clone(), abort.clone(), link).boxed()
+                let stop = session.as_ref().map(|_| control.drain.clone());
+                operator_task(c.id.clone(), op, inputs, out, stats[i].clone(), abort.clone(), link, stop).boxed()
             }
         };
         tasks.push((i, fut));
@@ -467,7 +468,11 @@ pub async fn run(
             }
             match op.on_barrier(operators::Barrier { epoch: last + 1 }, &mut dummy).await {
                 Ok(operators::Snapshot::Delta(d)) => {
-                    carry.insert(p.components[*i].id.clone(), d);
+                    // Deltas concatenate: entries of abandoned epochs first.
+                    let id = &p.components[*i].id;
+                    let mut all = committed.orphan_deltas.get(id).cloned().unwrap_or_default();
+                    all.extend_from_slice(&d);
+                    carry.insert(id.clone(), all);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -492,6 +497,9 @@ pub async fn run(
 
     // Publish only when the whole run succeeded (or drained cleanly): a
     // failed run leaves every previous output as it was.
+    if cp_report.as_ref().is_some_and(|r| r.complete.is_some()) {
+        checkpoints::fault::hit("before-publish");
+    }
     if failure.is_none() && !abort.is_cancelled() && !stop_at_checkpoint {
         for (i, op) in &mut finished {
             let id = &p.components[*i].id;
@@ -505,6 +513,12 @@ pub async fn run(
     if failure.is_some() || abort.is_cancelled() || stop_at_checkpoint {
         for (_, op) in &mut finished {
             op.abort().await;
+        }
+    } else if let (Some(s), Some(epoch)) = (&session, cp_report.as_ref().and_then(|r| r.complete)) {
+        // Until this lands, the next run neither trusts this run's outputs
+        // (no up-to-date skip) nor compares with its state.
+        if let Err(e) = checkpoint::mark_published(s, epoch).await {
+            failure = Some(("<checkpoint>".into(), format!("marking run {epoch} published: {e}")));
         }
     }
 
@@ -684,6 +698,7 @@ async fn operator_task(
     stats: Arc<OperatorStats>,
     abort: CancellationToken,
     link: Option<OperatorLink>,
+    stop_at_checkpoint: Option<CancellationToken>,
 ) -> TaskResult {
     let rows_in = metrics::counter!("engine_rows_in_total", "operator" => id.clone());
     let batches_in = metrics::counter!("engine_batches_in_total", "operator" => id.clone());
@@ -745,7 +760,13 @@ async fn operator_task(
                 inputs.barrier_seen.iter_mut().for_each(|s| *s = false);
             }
         }
-        op.finish(&mut out).await?;
+        // A drain with checkpoints stops at the last barrier: the next run
+        // resumes there, so nothing after it is flushed, and end-of-input
+        // work (e.g. `changes` naming deleted keys) must not happen on a
+        // partial input.
+        if !stop_at_checkpoint.as_ref().is_some_and(|t| t.is_cancelled()) {
+            op.finish(&mut out).await?;
+        }
         out.broadcast(Message::End).await
     }
     .await;

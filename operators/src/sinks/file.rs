@@ -69,6 +69,9 @@ pub struct FileSink {
     /// Some row was written (by this run or the run it resumes): the CSV
     /// header is out.
     started: bool,
+    /// Checkpoints are on (a barrier or a restore came): closed parts are
+    /// kept for a resume when the run fails; otherwise they are removed.
+    resumable: bool,
 }
 
 /// What a checkpoint remembers of this sink.
@@ -116,6 +119,7 @@ pub fn build(ctx: &BuildContext, cfg: FileSinkConfig) -> Result<FileSink, Operat
         schema: None,
         rows: 0,
         started: false,
+        resumable: false,
     })
 }
 
@@ -209,6 +213,7 @@ impl Operator for FileSink {
         // acknowledged.
         self.close_part().await?;
         self.parts.sealed(barrier.epoch);
+        self.resumable = true;
         let state = FileSinkState { rows: self.rows, started: self.started };
         Ok(Snapshot::Full(serde_json::to_vec(&state).unwrap_or_default()))
     }
@@ -229,6 +234,7 @@ impl Operator for FileSink {
         }
         self.rows = state.rows;
         self.started = state.started;
+        self.resumable = true;
         Ok(())
     }
 
@@ -245,10 +251,13 @@ impl Operator for FileSink {
     }
 
     async fn abort(&mut self) {
-        // The part in progress is dropped; closed parts stay for a resumed
-        // run to pick up (a fresh run removes them before writing).
+        // The part in progress is dropped; with checkpoints, closed parts
+        // stay for a resumed run to pick up (a fresh run removes them).
         if let Some(Writer::Text(mut w)) = self.writer.take() {
             let _ = w.abort().await;
+        }
+        if !self.resumable {
+            self.parts.discard().await;
         }
     }
 }

@@ -259,7 +259,10 @@ impl Fetcher {
     async fn backoff(&self, attempt: u32, hint: Option<Duration>) {
         let cap = Duration::from_millis(200).saturating_mul(1 << attempt.min(6));
         let jitter = Duration::from_millis(rand::rng().random_range(0..=cap.as_millis() as u64));
-        tokio::time::sleep(hint.unwrap_or_default().max(jitter)).await;
+        // A server may ask for a long pause; a daily job should fail and say
+        // so rather than hang for hours.
+        let hint = hint.unwrap_or_default().min(Duration::from_secs(60));
+        tokio::time::sleep(hint.max(jitter)).await;
     }
 
     /// Asks the API where the file is: the redirect target (or the API URL
@@ -281,8 +284,9 @@ impl Fetcher {
                             .ok_or_else(|| OperatorError::Data(format!("{url}: redirect without a Location")))?;
                         let base = reqwest::Url::parse(&url)
                             .map_err(|e| OperatorError::Config(format!("base_url `{url}`: {e}")))?;
-                        let target =
-                            base.join(loc).map_err(|e| OperatorError::Data(format!("bad redirect `{loc}`: {e}")))?;
+                        let target = base
+                            .join(loc)
+                            .map_err(|e| OperatorError::Data(format!("bad redirect `{}`: {e}", strip_query(loc))))?;
                         return Ok(target.to_string());
                     }
                     if status.is_success() {
@@ -317,7 +321,7 @@ impl Fetcher {
                         _ => return Err(OperatorError::Data(format!("{url}: HTTP {status}: {message}"))),
                     }
                 }
-                Err(e) => Failure::Retry(e.to_string(), None),
+                Err(e) => Failure::Retry(e.without_url().to_string(), None),
             };
             match failure {
                 Failure::Retry(why, hint) if attempt < self.attempts() => {
@@ -332,12 +336,25 @@ impl Fetcher {
         }
     }
 
+    /// Credentials go only to the API itself; a redirect target is a
+    /// signed storage URL that must not receive them.
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        url: &str,
+        creds: &Credentials,
+    ) -> reqwest::RequestBuilder {
+        let r = client.request(method, url);
+        if url == self.api_url() { r.basic_auth(&creds.username, Some(&creds.key)) } else { r }
+    }
+
     /// Size and Last-Modified of the file behind `url`.
-    async fn probe(&self, url: &str) -> Result<(Option<u64>, Option<String>), OperatorError> {
+    async fn probe(&self, url: &str, creds: &Credentials) -> Result<(Option<u64>, Option<String>), OperatorError> {
         let client = self.client(true)?;
         let mut attempt = 1;
         loop {
-            match client.head(url).send().await {
+            match self.request(&client, reqwest::Method::HEAD, url, creds).send().await {
                 Ok(r) if r.status().is_success() => {
                     let h = r.headers();
                     let size = h.get(reqwest::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
@@ -346,8 +363,10 @@ impl Fetcher {
                 }
                 Ok(r) if attempt < self.attempts() && (r.status().is_server_error() || r.status() == 429) => {}
                 Ok(r) => return Err(OperatorError::Data(format!("HEAD {}: HTTP {}", strip_query(url), r.status()))),
-                Err(e) if attempt < self.attempts() => tracing::warn!(attempt, error = %e, "HEAD failed; retrying"),
-                Err(e) => return Err(OperatorError::Data(format!("HEAD {}: {e}", strip_query(url)))),
+                Err(e) if attempt < self.attempts() => {
+                    tracing::warn!(attempt, error = %e.without_url(), "HEAD failed; retrying")
+                }
+                Err(e) => return Err(OperatorError::Data(format!("HEAD {}: {}", strip_query(url), e.without_url()))),
             }
             self.backoff(attempt, None).await;
             attempt += 1;
@@ -356,7 +375,15 @@ impl Fetcher {
 
     /// Streams `url` into `dest`, resuming with `Range` after a broken
     /// transfer; returns (bytes, SHA-256).
-    async fn download(&self, url: &str, dest: &FsPath, expected: Option<u64>) -> Result<(u64, String), OperatorError> {
+    async fn download(
+        &self,
+        url: &str,
+        creds: &Credentials,
+        dest: &FsPath,
+        expected: Option<u64>,
+        last_modified: Option<&str>,
+    ) -> Result<(u64, String), OperatorError> {
+        use std::io::{Seek, SeekFrom};
         let client = self.client(true)?;
         let io = |e: std::io::Error| OperatorError::Data(format!("writing {}: {e}", dest.display()));
         let mut file = std::fs::File::create(dest).map_err(io)?;
@@ -364,26 +391,49 @@ impl Fetcher {
         let mut have: u64 = 0;
         let mut attempt = 1;
         loop {
-            let mut req = client.get(url);
+            // Whatever a failed attempt half-wrote is cut off: the file holds
+            // exactly the `have` bytes the hash covers.
+            file.set_len(have).map_err(io)?;
+            file.seek(SeekFrom::Start(have)).map_err(io)?;
+            let mut req = self.request(&client, reqwest::Method::GET, url, creds);
             if have > 0 {
                 req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+                // Only the same version may be continued.
+                if let Some(lm) = last_modified {
+                    req = req.header(reqwest::header::IF_RANGE, lm);
+                }
             }
             let outcome: Result<bool, String> = async {
-                let resp = req.send().await.map_err(|e| e.to_string())?;
+                let resp = req.send().await.map_err(|e| e.without_url().to_string())?;
                 let status = resp.status();
-                if have > 0 && status == reqwest::StatusCode::OK {
-                    // The server ignored Range: start over.
-                    tracing::warn!("the server ignored Range; downloading from the start");
+                if have > 0 && status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE && expected == Some(have) {
+                    return Ok(true);
+                }
+                let starts_at = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes ")?.split('-').next()?.parse::<u64>().ok());
+                if have > 0 && (status == reqwest::StatusCode::OK || starts_at != Some(have)) {
+                    // The server ignored the range (or the object changed):
+                    // start over.
+                    tracing::warn!(
+                        status = status.as_u16(),
+                        "the server did not continue the range; downloading from the start"
+                    );
                     file.set_len(0).map_err(|e| e.to_string())?;
-                    file = std::fs::File::create(dest).map_err(|e| e.to_string())?;
+                    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
                     hasher = Sha256::new();
                     have = 0;
+                    if status != reqwest::StatusCode::OK {
+                        return Ok(false);
+                    }
                 } else if !status.is_success() {
                     return Err(format!("HTTP {status}"));
                 }
                 let mut stream = resp.bytes_stream();
                 while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| e.to_string())?;
+                    let chunk = chunk.map_err(|e| e.without_url().to_string())?;
                     file.write_all(&chunk).map_err(|e| e.to_string())?;
                     hasher.update(&chunk);
                     have += chunk.len() as u64;
@@ -457,7 +507,7 @@ impl Fetcher {
     async fn fetch(&self) -> Result<Manifest, OperatorError> {
         let creds = credentials(&self.cfg)?;
         let url = self.locate(&creds).await?;
-        let (size, last_modified) = self.probe(&url).await?;
+        let (size, last_modified) = self.probe(&url, &creds).await?;
         let staged = self.read_manifest().await;
         if let Some(m) = &staged
             && !self.cfg.force_download
@@ -478,7 +528,7 @@ impl Fetcher {
         }
         let tmp = std::env::temp_dir().join(format!("engine-kaggle-{}-{}", std::process::id(), self.id));
         std::fs::create_dir_all(&tmp).map_err(|e| OperatorError::Data(format!("creating {}: {e}", tmp.display())))?;
-        let result = self.fetch_into(&tmp, &url, size, last_modified).await;
+        let result = self.fetch_into(&tmp, &url, &creds, size, last_modified).await;
         let _ = std::fs::remove_dir_all(&tmp);
         result
     }
@@ -487,6 +537,7 @@ impl Fetcher {
         &self,
         tmp: &FsPath,
         url: &str,
+        creds: &Credentials,
         size: Option<u64>,
         last_modified: Option<String>,
     ) -> Result<Manifest, OperatorError> {
@@ -494,7 +545,7 @@ impl Fetcher {
         let zip_path = tmp.join(&archive);
         tracing::info!(dataset = %self.cfg.dataset, bytes = size, "downloading");
         let t = std::time::Instant::now();
-        let (bytes, sha256) = self.download(url, &zip_path, size).await?;
+        let (bytes, sha256) = self.download(url, creds, &zip_path, size, last_modified.as_deref()).await?;
         tracing::info!(bytes, sha256 = %sha256, seconds = t.elapsed().as_secs_f64(), "downloaded");
         let is_zip = std::fs::File::open(&zip_path)
             .and_then(|mut f| {
@@ -608,18 +659,15 @@ impl Source for KaggleSource {
             let bytes = serde_json::to_vec(&state.file).unwrap_or_default();
             inner.restore(&Resume { epoch: resume.epoch, full: Some(bytes), deltas: Vec::new() })?;
         }
-        if !self.up_to_date {
-            inner.open().await?;
-        }
+        // Opened even when up to date: the runtime skips the run only when
+        // every source is; otherwise this one reads like any other.
+        inner.open().await?;
         self.inner = Some(inner);
         self.manifest = Some(manifest);
         Ok(())
     }
 
     async fn next(&mut self, out: &mut Collector) -> Result<SourceState, OperatorError> {
-        if self.up_to_date {
-            return Ok(SourceState::Done);
-        }
         match &mut self.inner {
             Some(s) => s.next(out).await,
             None => Err(OperatorError::Data("source read before it was opened".into())),
@@ -644,9 +692,6 @@ impl Source for KaggleSource {
         let (Some(inner), Some(manifest)) = (&mut self.inner, &self.manifest) else {
             return Err(OperatorError::Data("snapshot of a source that is not open".into()));
         };
-        if self.up_to_date {
-            return Err(OperatorError::Data("an up-to-date source has nothing to checkpoint".into()));
-        }
         let Snapshot::Full(bytes) = inner.snapshot(out).await? else {
             return Err(OperatorError::Data("the staged file gave no position".into()));
         };
