@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{input_csv, repo, source_validate_dedupe};
+use common::{input_csv, repo, source_validate_dedupe, summary_peak_mib, summary_source_rows};
 
 fn pipeline(csv: &Path, dir: &Path) -> String {
     format!(
@@ -56,16 +56,8 @@ fn timed_run(p: &Path, interval: &str) -> Option<(f64, u64, f64, u64)> {
         eprintln!("run failed: {out}{}", String::from_utf8_lossy(&o.stderr));
         return None;
     }
-    let peak = out
-        .find("peak memory ")
-        .and_then(|i| out[i + 12..].split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN);
-    let rows = out
-        .lines()
-        .find(|l| l.starts_with("names "))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|n| n.replace(',', "").parse().ok())
-        .unwrap_or(0);
+    let peak = summary_peak_mib(&out);
+    let rows = summary_source_rows(&out, "names");
     let cps = out
         .lines()
         .find(|l| l.starts_with("checkpoints: "))

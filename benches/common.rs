@@ -2,6 +2,9 @@
 //! fragment they all run (the babynames source, rules and dedupe), so every
 //! benchmark measures the same work before its own sink.
 
+// Each bench is its own crate and uses only some of these helpers.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 
 pub fn repo() -> PathBuf {
@@ -63,4 +66,22 @@ inputs = ["names.rejects", "valid.rejects"]
 "#,
         csv.display()
     )
+}
+
+/// Peak memory (MiB) from the run summary's first line.
+pub fn summary_peak_mib(summary: &str) -> f64 {
+    summary
+        .find("peak memory ")
+        .and_then(|i| summary[i + 12..].split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Rows read by the source `id`, from the run summary's table.
+pub fn summary_source_rows(summary: &str, id: &str) -> u64 {
+    summary
+        .lines()
+        .find(|l| l.starts_with(&format!("{id} ")))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .unwrap_or(0)
 }

@@ -18,7 +18,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-#[allow(dead_code)] // the shared pipeline fragment is not used here
 mod common;
 use common::{input_csv, repo};
 

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod common;
-use common::{input_csv, repo, source_validate_dedupe};
+use common::{input_csv, repo, source_validate_dedupe, summary_peak_mib, summary_source_rows};
 
 fn pipeline(csv: &Path) -> String {
     format!(
@@ -54,17 +54,8 @@ fn run_engine(bin: &Path, pipeline: &Path) -> Option<Measure> {
         eprintln!("{} failed: {}{}", bin.display(), out, String::from_utf8_lossy(&o.stderr));
         return None;
     }
-    let peak_mib = out
-        .find("peak memory ")
-        .and_then(|i| out[i + 12..].split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN);
-    let rows = out
-        .lines()
-        .find(|l| l.starts_with("names "))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .map(|n| n.replace(',', ""))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let peak_mib = summary_peak_mib(&out);
+    let rows = summary_source_rows(&out, "names");
     Some(Measure { rows, seconds, peak_mib })
 }
 
