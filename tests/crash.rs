@@ -173,7 +173,7 @@ dir = "{dir}/checkpoints"
 [sources.names]
 kind = "file"
 path = "{input}"
-schema = [{{ name = "Id", type = "int64" }}, {{ name = "Name", type = "string" }}, {{ name = "Year", type = "int64" }}, {{ name = "Gender", type = "string" }}, {{ name = "Count", type = "int64" }}]
+{SCHEMA}
 
 [transforms.unique]
 kind = "dedupe"

@@ -21,9 +21,6 @@ const SAMPLE_RULE_REJECTS: usize = 6;
 const SAMPLE_DUPLICATES: usize = 5;
 const SAMPLE_UNIQUE: usize = 3004;
 
-/// The Kaggle NationalNames.csv columns, as a source's `schema` option.
-const SCHEMA: &str = r#"schema = [{ name = "Id", type = "int64" }, { name = "Name", type = "string" }, { name = "Year", type = "int64" }, { name = "Gender", type = "string" }, { name = "Count", type = "int64" }]"#;
-
 fn out_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }

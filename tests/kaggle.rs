@@ -30,8 +30,6 @@ fn start(rt: &tokio::runtime::Runtime, csv: Vec<u8>) -> Handle {
     rt.block_on(serve(cfg, "127.0.0.1:0".parse().unwrap())).expect("simulator")
 }
 
-const SCHEMA: &str = r#"schema = [{ name = "Id", type = "int64" }, { name = "Name", type = "string" }, { name = "Year", type = "int64" }, { name = "Gender", type = "string" }, { name = "Count", type = "int64" }]"#;
-
 /// kaggle → validate → dedupe → CSV file, staging in `dir/staging`.
 fn pipeline(dir: &Path, sim: &Handle, extra_sinks: &str) -> String {
     write_pipeline(

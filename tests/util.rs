@@ -127,3 +127,6 @@ pub fn write_pipeline(dir: &Path, name: &str, body: &str) -> String {
     std::fs::write(&p, body).expect("write pipeline");
     p.to_str().expect("utf-8 path").to_string()
 }
+
+/// The Kaggle NationalNames.csv columns, as a source's `schema` option.
+pub const SCHEMA: &str = r#"schema = [{ name = "Id", type = "int64" }, { name = "Name", type = "string" }, { name = "Year", type = "int64" }, { name = "Gender", type = "string" }, { name = "Count", type = "int64" }]"#;

@@ -26,11 +26,24 @@ fn fault() -> Option<&'static Fault> {
 /// The process reached `point`: die here if told to.
 pub fn hit(point: &str) {
     let Some(f) = fault() else { return };
-    if f.point != point {
-        return;
+    if f.point == point {
+        strike(f);
     }
+}
+
+/// The process reached `point` for operator `id` (`<point>:<id>` in
+/// ENGINE_FAULT); nothing is allocated on the way, since it sits on the
+/// barrier path of every operator.
+pub fn hit_for(point: &str, id: &str) {
+    let Some(f) = fault() else { return };
+    if f.point.strip_prefix(point).and_then(|r| r.strip_prefix(':')) == Some(id) {
+        strike(f);
+    }
+}
+
+fn strike(f: &Fault) {
     if f.seen.fetch_add(1, Ordering::Relaxed) + 1 == f.at {
-        eprintln!("ENGINE_FAULT: killing the process at {point} (hit {})", f.at);
+        eprintln!("ENGINE_FAULT: killing the process at {} (hit {})", f.point, f.at);
         // SAFETY: kill(2) on our own pid; SIGKILL cannot be caught, exactly
         // as a `kill -9` from outside.
         unsafe {

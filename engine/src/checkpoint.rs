@@ -383,6 +383,23 @@ pub struct Committed {
     pub orphan_deltas: BTreeMap<String, Vec<u8>>,
 }
 
+impl Committed {
+    fn source_ended(&mut self, id: &str, position: String, state: Option<Vec<u8>>) {
+        self.final_positions.insert(id.to_string(), position);
+        if let Some(s) = state {
+            self.final_states.insert(id.to_string(), s);
+        }
+    }
+
+    /// Keeps the delta of a barrier that will never be committed (deltas
+    /// concatenate).
+    fn orphan(&mut self, id: &str, snapshot: Snapshot) {
+        if let Snapshot::Delta(d) = snapshot {
+            self.orphan_deltas.entry(id.to_string()).or_default().extend_from_slice(&d);
+        }
+    }
+}
+
 pub struct Coordinator {
     pub session: Arc<Session>,
     pub ids: Vec<String>,
@@ -436,10 +453,7 @@ impl Coordinator {
                     r = self.reports.recv() => match r {
                         Some(Report::SourceEnded { op, position, state }) => {
                             ended[op] = true;
-                            done.final_positions.insert(self.ids[op].clone(), position);
-                            if let Some(s) = state {
-                                done.final_states.insert(self.ids[op].clone(), s);
-                            }
+                            done.source_ended(&self.ids[op], position, state);
                         }
                         Some(Report::Ack { .. }) => {}
                         None => return done,
@@ -475,10 +489,7 @@ impl Coordinator {
                         Some(Report::Ack { .. }) => {}
                         Some(Report::SourceEnded { op, position, state }) => {
                             ended[op] = true;
-                            done.final_positions.insert(self.ids[op].clone(), position);
-                            if let Some(s) = state {
-                                done.final_states.insert(self.ids[op].clone(), s);
-                            }
+                            done.source_ended(&self.ids[op], position, state);
                             if acks[op].is_none() {
                                 abandoned = true;
                                 break;
@@ -492,28 +503,10 @@ impl Coordinator {
                 tracing::debug!(epoch, "checkpoint abandoned: a source ended before its barrier");
                 // Operators still handed over what they added: keep it for
                 // the run's last checkpoint, or it is lost to the next run.
-                let mut keep = |op: usize, snap: Snapshot| {
-                    if let Snapshot::Delta(d) = snap {
-                        done.orphan_deltas.entry(self.ids[op].clone()).or_default().extend_from_slice(&d);
-                    }
-                };
+                // Acks still on their way arrive in `wind_down`, next.
                 for (op, a) in acks.into_iter().enumerate() {
                     if let Some((snap, ..)) = a {
-                        keep(op, snap);
-                    }
-                }
-                // Acks still on their way for the abandoned epoch.
-                while let Ok(r) = self.reports.try_recv() {
-                    match r {
-                        Report::Ack { op, epoch: e, snapshot, .. } if e == epoch => keep(op, snapshot),
-                        Report::SourceEnded { op, position, state } => {
-                            ended[op] = true;
-                            done.final_positions.insert(self.ids[op].clone(), position);
-                            if let Some(s) = state {
-                                done.final_states.insert(self.ids[op].clone(), s);
-                            }
-                        }
-                        Report::Ack { .. } => {}
+                        done.orphan(&self.ids[op], snap);
                     }
                 }
                 continue;
@@ -616,15 +609,9 @@ impl Coordinator {
                 _ = self.stop.cancelled() => return done,
                 r = self.reports.recv() => match r {
                     Some(Report::SourceEnded { op, position, state }) => {
-                        done.final_positions.insert(self.ids[op].clone(), position);
-                        if let Some(s) = state {
-                            done.final_states.insert(self.ids[op].clone(), s);
-                        }
+                        done.source_ended(&self.ids[op], position, state)
                     }
-                    Some(Report::Ack { op, snapshot: Snapshot::Delta(d), .. }) => {
-                        done.orphan_deltas.entry(self.ids[op].clone()).or_default().extend_from_slice(&d);
-                    }
-                    Some(Report::Ack { .. }) => {}
+                    Some(Report::Ack { op, snapshot, .. }) => done.orphan(&self.ids[op], snapshot),
                     None => return done,
                 },
             }

@@ -751,7 +751,7 @@ async fn operator_task(
                 let aligned_in = since.elapsed();
                 let snapshot = op.on_barrier(b, &mut out).await?;
                 // A sink has committed its side of the epoch; the store has not.
-                checkpoints::fault::hit(&format!("after-barrier:{id}"));
+                checkpoints::fault::hit_for("after-barrier", &id);
                 if let Some(l) = &link {
                     let _ =
                         l.reports.send(Report::Ack { op: l.op, epoch: b.epoch, snapshot, position: None, aligned_in });

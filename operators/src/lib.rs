@@ -14,6 +14,7 @@
 //! ```
 
 pub mod api;
+pub mod backoff;
 pub mod batch;
 pub mod registry;
 pub mod rejects;

@@ -128,7 +128,7 @@ impl Parts {
     /// more) and a writer for the target's staging object; byte formats
     /// concatenate, Parquet re-encodes.
     pub async fn publish(&mut self, parquet_schema_merge: bool) -> Result<(), OperatorError> {
-        self.prepare_for_publish().await?;
+        self.prepare().await?;
         let parts: Vec<Path> = self.list().await?.into_iter().filter(|(n, _)| n.is_some()).map(|(_, p)| p).collect();
         let staging = {
             let mut parent: Vec<_> = self.target.parts().collect();
@@ -186,13 +186,6 @@ impl Parts {
             }
         }
         self.discard().await;
-        Ok(())
-    }
-
-    async fn prepare_for_publish(&mut self) -> Result<(), OperatorError> {
-        if !self.prepared {
-            self.prepare().await?;
-        }
         Ok(())
     }
 

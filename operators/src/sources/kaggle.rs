@@ -22,7 +22,6 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -115,7 +114,6 @@ struct Fetcher {
 }
 
 pub struct KaggleSource {
-    cfg: KaggleSourceConfig,
     ctx: BuildContext,
     fetcher: Fetcher,
     inner: Option<FileSource>,
@@ -138,8 +136,7 @@ pub fn build(ctx: &BuildContext, cfg: KaggleSourceConfig) -> Result<KaggleSource
     };
     let staging = resolve(&cfg.staging)?;
     Ok(KaggleSource {
-        fetcher: Fetcher { cfg: cfg.clone(), id: ctx.id.clone(), owner, slug, staging },
-        cfg,
+        fetcher: Fetcher { cfg, id: ctx.id.clone(), owner, slug, staging },
         ctx: ctx.clone(),
         inner: None,
         resume: None,
@@ -212,12 +209,6 @@ fn read_kaggle_json(path: &FsPath) -> Result<Credentials, OperatorError> {
     Ok(Credentials { username: j.username, key: j.key, from: path.display().to_string() })
 }
 
-/// A failed request worth another attempt (5xx, 429, connection or
-/// timeout): why, and how long the server asked us to wait.
-enum Failure {
-    Retry(String, Option<Duration>),
-}
-
 impl Fetcher {
     fn attempts(&self) -> u32 {
         self.cfg.max_attempts.unwrap_or(5).max(1)
@@ -257,8 +248,7 @@ impl Fetcher {
     }
 
     async fn backoff(&self, attempt: u32, hint: Option<Duration>) {
-        let cap = Duration::from_millis(200).saturating_mul(1 << attempt.min(6));
-        let jitter = Duration::from_millis(rand::rng().random_range(0..=cap.as_millis() as u64));
+        let jitter = crate::backoff::full_jitter(crate::backoff::cap(Duration::from_millis(200), attempt, 6));
         // A server may ask for a long pause; a daily job should fail and say
         // so rather than hang for hours.
         let hint = hint.unwrap_or_default().min(Duration::from_secs(60));
@@ -273,7 +263,9 @@ impl Fetcher {
         let mut attempt = 1;
         loop {
             let r = client.get(&url).basic_auth(&creds.username, Some(&creds.key)).send().await;
-            let failure = match r {
+            // Worth another attempt (5xx, 429, connection or timeout): why,
+            // and how long the server asked us to wait.
+            let (why, hint) = match r {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_redirection() {
@@ -317,22 +309,18 @@ impl Fetcher {
                                 self.cfg.version.map(|v| format!(" version {v}")).unwrap_or_default()
                             )));
                         }
-                        429 | 500..=599 => Failure::Retry(format!("HTTP {status}: {message}"), retry_after),
+                        429 | 500..=599 => (format!("HTTP {status}: {message}"), retry_after),
                         _ => return Err(OperatorError::Data(format!("{url}: HTTP {status}: {message}"))),
                     }
                 }
-                Err(e) => Failure::Retry(e.without_url().to_string(), None),
+                Err(e) => (e.without_url().to_string(), None),
             };
-            match failure {
-                Failure::Retry(why, hint) if attempt < self.attempts() => {
-                    tracing::warn!(attempt, error = %why, "kaggle API request failed; retrying");
-                    self.backoff(attempt, hint).await;
-                    attempt += 1;
-                }
-                Failure::Retry(why, _) => {
-                    return Err(OperatorError::Data(format!("{url}: {why} (gave up after {attempt} attempts)")));
-                }
+            if attempt >= self.attempts() {
+                return Err(OperatorError::Data(format!("{url}: {why} (gave up after {attempt} attempts)")));
             }
+            tracing::warn!(attempt, error = %why, "kaggle API request failed; retrying");
+            self.backoff(attempt, hint).await;
+            attempt += 1;
         }
     }
 
@@ -594,13 +582,13 @@ impl KaggleSource {
         FileSourceConfig {
             path: self.fetcher.obj_url(csv),
             format: Some(file::Format::Csv),
-            header: self.cfg.header.unwrap_or(true),
-            delimiter: self.cfg.delimiter.clone(),
-            quote: self.cfg.quote.clone().unwrap_or_else(|| "\"".into()),
-            schema: self.cfg.schema.clone(),
-            infer_rows: self.cfg.infer_rows.unwrap_or(1000),
-            on_error: self.cfg.on_error,
-            max_record_bytes: self.cfg.max_record_bytes.unwrap_or(1 << 20),
+            header: self.fetcher.cfg.header.unwrap_or(true),
+            delimiter: self.fetcher.cfg.delimiter.clone(),
+            quote: self.fetcher.cfg.quote.clone().unwrap_or_else(|| "\"".into()),
+            schema: self.fetcher.cfg.schema.clone(),
+            infer_rows: self.fetcher.cfg.infer_rows.unwrap_or(1000),
+            on_error: self.fetcher.cfg.on_error,
+            max_record_bytes: self.fetcher.cfg.max_record_bytes.unwrap_or(1 << 20),
         }
     }
 }
@@ -651,7 +639,10 @@ impl Source for KaggleSource {
             Some((_, state)) => state.manifest.clone(),
             None => self.fetcher.fetch().await?,
         };
-        if self.resume.is_none() && !self.cfg.force_download && self.previous.as_ref().is_some_and(|p| p == &manifest) {
+        if self.resume.is_none()
+            && !self.fetcher.cfg.force_download
+            && self.previous.as_ref().is_some_and(|p| p == &manifest)
+        {
             self.up_to_date = true;
         }
         let mut inner = file::build(&self.ctx, self.inner_config(&manifest.csv))?;
@@ -715,7 +706,7 @@ impl Source for KaggleSource {
         self.up_to_date.then(|| {
             format!(
                 "dataset {} unchanged since the last completed run (Last-Modified {}, {} bytes, sha256 {}…)",
-                self.cfg.dataset,
+                self.fetcher.cfg.dataset,
                 m.last_modified.as_deref().unwrap_or("-"),
                 m.size,
                 &m.sha256[..m.sha256.len().min(12)]

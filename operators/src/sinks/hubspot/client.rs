@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use rand::Rng;
 use serde_json::{Value, json};
 
 use super::OnDailyLimit;
@@ -195,10 +194,8 @@ impl Client {
                             self.s.max_attempts
                         )));
                     }
-                    let cap = Duration::from_millis(200).saturating_mul(1 << attempt.min(6));
-                    let wait = Duration::from_millis(
-                        rand::rng().random_range(cap.as_millis() as u64 / 2..=cap.as_millis() as u64),
-                    );
+                    let wait =
+                        crate::backoff::equal_jitter(crate::backoff::cap(Duration::from_millis(200), attempt, 6));
                     tracing::warn!(attempt, error = %why, wait_ms = wait.as_millis() as u64, "HubSpot request failed; retrying");
                     tokio::time::sleep(wait).await;
                 }

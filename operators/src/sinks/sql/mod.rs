@@ -18,7 +18,6 @@ use std::time::Duration;
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, UInt64Type};
 use async_trait::async_trait;
-use rand::Rng;
 use serde::Deserialize;
 use sqlx::{MySql, QueryBuilder, Sqlite};
 use tokio::task::JoinSet;
@@ -422,8 +421,7 @@ async fn write_batch(s: Arc<Shared>, batch: Batch, epoch: Option<u64>) -> Result
         match write_once(&s, &arrays, rows_per_stmt, epoch).await {
             Ok(()) => return Ok(batch.num_rows() as u64),
             Err(e) if is_transient(&e) && attempt < s.max_attempts => {
-                let cap = Duration::from_millis(100).saturating_mul(1 << attempt.min(7));
-                let wait = Duration::from_millis(rand::rng().random_range(0..=cap.as_millis() as u64));
+                let wait = crate::backoff::full_jitter(crate::backoff::cap(Duration::from_millis(100), attempt, 7));
                 tracing::warn!(
                     table = %s.table,
                     attempt,
