@@ -124,7 +124,11 @@ pub fn fingerprint(p: &Pipeline) -> BTreeMap<String, Value> {
                 .iter()
                 .filter_map(|k| c.options.get(*k).map(|v| (k.to_string(), v.clone())))
                 .collect();
-            let inputs: Vec<String> = c.inputs.iter().map(|i| format!("{}.{}", i.from, i.port_name)).collect();
+            let inputs: Vec<String> = c
+                .inputs
+                .iter()
+                .map(|i| format!("{}{}.{}", if i.deletes { "deletes:" } else { "" }, i.from, i.port_name))
+                .collect();
             let role = match c.role {
                 Role::Source => "source",
                 Role::Transform => "transform",

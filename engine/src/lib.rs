@@ -9,7 +9,7 @@
 //! let store = std::sync::Arc::new(engine::checkpoint::open_store(&pipeline)?);
 //! let session = engine::checkpoint::begin(&pipeline, store, false)?;
 //! eprintln!("{}", session.describe());
-//! let report = engine::runtime::run(&pipeline, Default::default(), Some(session), |_| {}).await;
+//! let report = engine::runtime::run(&pipeline, Default::default(), Some(std::sync::Arc::new(session)), |_| {}).await;
 //! println!("{}", engine::report::summary(&report));
 //! # Ok(()) }
 //! ```
@@ -17,6 +17,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod graph;
+pub mod guard;
 pub mod observe;
 pub mod report;
 pub mod runtime;

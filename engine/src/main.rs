@@ -55,6 +55,20 @@ enum Command {
         /// and read them even when the last run already did.
         #[arg(long)]
         force_download: bool,
+        /// Read and transform everything, write nothing: print per sink the
+        /// rows it would create, update and delete. No checkpoint is taken
+        /// and nothing is sent.
+        #[arg(long)]
+        dry_run: bool,
+        /// Let a run delete more than a sink's `max_delete_ratio` of what it
+        /// holds.
+        #[arg(long)]
+        allow_mass_delete: bool,
+    },
+    /// HubSpot: prepare a portal for the pipeline's hubspot sinks.
+    Hubspot {
+        #[command(subcommand)]
+        action: HubspotAction,
     },
     /// Inspect or erase a pipeline's checkpoints.
     Checkpoints {
@@ -97,6 +111,33 @@ enum Command {
         /// Latency added to every answer, in milliseconds.
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// Refuse a whole batch with 400 instead of a 207 with per-input errors.
+        #[arg(long)]
+        whole_batch_400: bool,
+        /// Omit the X-HubSpot-RateLimit-* headers.
+        #[arg(long)]
+        no_rate_limit_headers: bool,
+        /// Probability (0..1) of answering 423 Locked to a write (upsert, archive).
+        #[arg(long, default_value_t = 0.0)]
+        locked_rate: f64,
+        /// Every n-th request stalls for --stall-ms before answering.
+        #[arg(long)]
+        stall_every: Option<u64>,
+        /// How long a stalled request waits, in milliseconds.
+        #[arg(long, default_value_t = 5_000)]
+        stall_ms: u64,
+        /// IANA time zone whose midnight resets the daily quota.
+        #[arg(long, default_value = "UTC")]
+        daily_reset_tz: String,
+        /// Search requests allowed per second.
+        #[arg(long, default_value_t = 5)]
+        search_per_second: u32,
+        /// Seed of the injected failures and correlation ids.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Start with a portal already set up: `babynames` creates the baby_* properties.
+        #[arg(long, value_parser = ["babynames"])]
+        preset: Option<String>,
     },
     /// Serve the Kaggle dataset-download API simulator (for tests, demos and CI).
     KaggleSim {
@@ -151,6 +192,13 @@ enum CheckpointsAction {
 }
 
 #[derive(Subcommand)]
+enum HubspotAction {
+    /// Check the properties the hubspot sinks write and create the missing
+    /// ones (idempotent: a second call changes nothing).
+    Setup { file: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum MigrateAction {
     /// List applied and pending migrations.
     Status {
@@ -197,15 +245,46 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Err(code) => Ok(code),
         },
-        Command::HubspotSim { port, host, token, requests, window_ms, daily, retry_after, error_rate, latency_ms } => {
+        Command::HubspotSim {
+            port,
+            host,
+            token,
+            requests,
+            window_ms,
+            daily,
+            retry_after,
+            error_rate,
+            latency_ms,
+            whole_batch_400,
+            no_rate_limit_headers,
+            locked_rate,
+            stall_every,
+            stall_ms,
+            daily_reset_tz,
+            search_per_second,
+            seed,
+            preset,
+        } => {
             let cfg = simulators::hubspot::Config {
                 token,
                 window_requests: requests,
                 window: std::time::Duration::from_millis(window_ms),
                 daily,
+                daily_reset_tz,
+                search_per_second,
                 retry_after,
+                rate_limit_headers: !no_rate_limit_headers,
                 error_rate,
+                locked_rate,
                 latency: std::time::Duration::from_millis(latency_ms),
+                stall_every,
+                stall: std::time::Duration::from_millis(stall_ms),
+                partial_207: !whole_batch_400,
+                seed,
+                properties: match preset.as_deref() {
+                    Some("babynames") => simulators::hubspot::babynames_properties(),
+                    _ => Vec::new(),
+                },
                 ..Default::default()
             };
             serve_until_ctrl_c(&host, port, |addr| async move {
@@ -279,6 +358,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             checkpoint_interval,
             checkpoint_dir,
             force_download,
+            dry_run,
+            allow_mass_delete,
         } => {
             let mut pipeline = match load(&file) {
                 Ok(p) => p,
@@ -299,39 +380,69 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(d) = checkpoint_dir {
                 pipeline.checkpoint.dir = d;
             }
-            let session = if pipeline.checkpoint.enabled() {
-                let opened = if from_scratch {
-                    engine::checkpoint::open_store_afresh(&pipeline)
-                } else {
-                    engine::checkpoint::open_store(&pipeline)
-                };
-                let store = match opened {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!(
-                            "error: {e}
-the checkpoint store could not be opened; if it is damaged, `engine run --from-scratch {}` starts over (or set [pipeline.checkpoint] dir elsewhere)",
-                            file.display()
-                        );
-                        return Ok(ExitCode::from(1));
-                    }
-                };
-                match engine::checkpoint::begin(&pipeline, Arc::new(store), from_scratch) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return Ok(ExitCode::from(1));
-                    }
-                }
-            } else {
-                None
+            let session = match open_session(&pipeline, from_scratch, dry_run) {
+                Ok(s) => s.map(Arc::new),
+                Err(code) => return Ok(code),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("engine-worker")
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(run(pipeline, session, metrics_addr, !no_progress))
+            if dry_run {
+                return rt.block_on(plan(pipeline, session));
+            }
+            rt.block_on(run(pipeline, session, metrics_addr, !no_progress, allow_mass_delete))
+        }
+        Command::Hubspot { action: HubspotAction::Setup { file } } => {
+            let pipeline = match load(&file) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(hubspot_setup(pipeline))
+        }
+    }
+}
+
+/// Where the run starts: `None` with checkpoints off. A dry run only reads
+/// the store (and not at all when it does not exist yet or `--from-scratch`
+/// is given): it must leave no trace.
+fn open_session(
+    pipeline: &config::Pipeline,
+    from_scratch: bool,
+    dry_run: bool,
+) -> Result<Option<engine::checkpoint::Session>, ExitCode> {
+    if !pipeline.checkpoint.enabled() {
+        return Ok(None);
+    }
+    if dry_run && (from_scratch || !engine::checkpoint::store_dir(pipeline).exists()) {
+        return Ok(None);
+    }
+    let opened = if from_scratch && !dry_run {
+        engine::checkpoint::open_store_afresh(pipeline)
+    } else {
+        engine::checkpoint::open_store(pipeline)
+    };
+    let store = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "error: {e}
+the checkpoint store could not be opened; if it is damaged, `engine run --from-scratch {}` starts over (or set [pipeline.checkpoint] dir elsewhere)",
+                pipeline.file.display()
+            );
+            return Err(ExitCode::from(1));
+        }
+    };
+    match engine::checkpoint::begin(pipeline, Arc::new(store), from_scratch && !dry_run) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(1))
         }
     }
 }
@@ -427,9 +538,10 @@ fn checkpoints_command(p: &config::Pipeline, action: CheckpointsAction) -> anyho
 
 async fn run(
     pipeline: config::Pipeline,
-    session: Option<engine::checkpoint::Session>,
+    session: Option<Arc<engine::checkpoint::Session>>,
     metrics_addr: Option<String>,
     progress: bool,
+    allow_mass_delete: bool,
 ) -> anyhow::Result<ExitCode> {
     let live_slot: Arc<OnceLock<Arc<runtime::Live>>> = Arc::new(OnceLock::new());
     if let Some(addr) = metrics_addr {
@@ -453,6 +565,14 @@ async fn run(
         ),
         None => tracing::info!("checkpoints are off: an interrupted run starts over"),
     }
+    if let Some(s) = session.as_ref().filter(|s| engine::guard::needed(&pipeline, Some(s))) {
+        if allow_mass_delete {
+            tracing::warn!("--allow-mass-delete: the mass-delete guard is off for this run");
+        } else if let Err(e) = engine::guard::check(&pipeline, control.clone(), s.clone()).await {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    }
     let bar = Progress::start(progress);
     let report = runtime::run(&pipeline, control, session, |live| {
         let _ = live_slot.set(live.clone());
@@ -470,6 +590,56 @@ async fn run(
         runtime::Outcome::Completed => {}
     }
     Ok(ExitCode::from(report.outcome.exit_code() as u8))
+}
+
+/// `engine run --dry-run`: the plan, printed; exit 0 unless it failed.
+async fn plan(
+    pipeline: config::Pipeline,
+    session: Option<Arc<engine::checkpoint::Session>>,
+) -> anyhow::Result<ExitCode> {
+    let control = Control::default();
+    spawn_signal_handler(control.clone());
+    let report = runtime::plan(&pipeline, control, session).await;
+    print!("{}", report::plan(&report));
+    Ok(match report.outcome {
+        runtime::Outcome::Completed => ExitCode::SUCCESS,
+        other => ExitCode::from(other.exit_code() as u8),
+    })
+}
+
+/// `engine hubspot setup`: every hubspot sink's properties, checked and
+/// created where missing.
+async fn hubspot_setup(pipeline: config::Pipeline) -> anyhow::Result<ExitCode> {
+    use operators::sinks::hubspot::{self, HubSpotConfig};
+    let sinks: Vec<_> =
+        pipeline.components.iter().filter(|c| c.kind.name == "hubspot" && c.role == operators::Role::Sink).collect();
+    if sinks.is_empty() {
+        anyhow::bail!("{} has no hubspot sink", pipeline.file.display());
+    }
+    let mut failed = false;
+    for c in sinks {
+        let cfg: HubSpotConfig = serde_json::from_value(c.options.clone())?;
+        let ctx = operators::BuildContext {
+            pipeline: pipeline.name.clone(),
+            id: c.id.clone(),
+            batch_size: c.batch_size,
+            raw_options: c.raw_options.clone(),
+        };
+        let sink = hubspot::build(&ctx, cfg).with_context(|| format!("sink `{}`", c.id))?;
+        match sink.setup().await {
+            Ok(Some(done)) => println!("sink {}: {}", c.id, done.describe()),
+            Ok(None) => {
+                let raw = c.raw_options["token"].as_str().unwrap_or("the `token` option");
+                eprintln!("error: sink `{}` has no token ({raw} is empty): nothing to set up offline", c.id);
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("error: sink `{}`: {e}", c.id);
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// First SIGINT/SIGTERM: drain. Second: abort.

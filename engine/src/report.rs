@@ -100,6 +100,84 @@ pub fn summary(r: &RunReport) -> String {
     for row in &rows {
         let _ = writeln!(out, "{}", line(row));
     }
+    for (id, note) in &r.notes {
+        let _ = writeln!(out, "{id}: {note}");
+    }
+    out
+}
+
+/// What a dry run found: per sink the rows it would create, update, write
+/// or delete, with examples, and the rows the pipeline rejected or dropped
+/// on the way.
+pub fn plan(r: &RunReport) -> String {
+    let mut out = String::new();
+    if let Some(why) = &r.up_to_date {
+        let _ = writeln!(out, "dry run of pipeline {}: up to date ({why}); a run would read and write nothing", r.pipeline);
+        return out;
+    }
+    if let Outcome::Failed { operator, error } = &r.outcome {
+        let _ = writeln!(out, "dry run of pipeline {} failed in operator `{operator}`: {error}", r.pipeline);
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "dry run of pipeline {} in {:.2} s: nothing was written, no checkpoint taken, nothing sent",
+        r.pipeline,
+        r.elapsed.as_secs_f64()
+    );
+    for o in r.operators.iter().filter(|o| o.role != Role::Sink) {
+        let mut parts = Vec::new();
+        if o.role == Role::Source {
+            parts.push(format!("{} rows read", thousands(o.rows_in)));
+        }
+        if o.rows_rejected > 0 {
+            parts.push(format!("{} rejected", thousands(o.rows_rejected)));
+        }
+        if o.rows_dropped > 0 {
+            let why = match o.kind {
+                "changes" => "unchanged since the last completed run",
+                "dedupe" => "duplicates",
+                _ => "dropped",
+            };
+            parts.push(format!("{} {why}", thousands(o.rows_dropped)));
+        }
+        if !parts.is_empty() {
+            let _ = writeln!(out, "  {} ({}): {}", o.id, o.kind, parts.join(", "));
+        }
+    }
+    for (id, p) in &r.plans {
+        let kind = r.operators.iter().find(|o| &o.id == id).map(|o| o.kind).unwrap_or("sink");
+        let mut parts = Vec::new();
+        for (n, what) in [(p.create, "to create"), (p.update, "to update"), (p.write, "to write"), (p.delete, "to delete")] {
+            if n > 0 {
+                parts.push(format!("{} {what}", thousands(n)));
+            }
+        }
+        if parts.is_empty() {
+            parts.push("nothing to do".into());
+        }
+        let _ = writeln!(out, "sink {id} ({kind}): {}", parts.join(", "));
+        if !p.basis.is_empty() {
+            let _ = writeln!(out, "    numbers: {}", p.basis);
+        }
+        if let Some(max) = p.max_delete_ratio {
+            let verdict = match p.guard_exceeded() {
+                Some(_) => "a run would be REFUSED (--allow-mass-delete overrides)",
+                None => "within the limit",
+            };
+            let _ = writeln!(
+                out,
+                "    delete guard: {} of {} held, max_delete_ratio = {max}: {verdict}",
+                thousands(p.delete),
+                thousands(p.holds.unwrap_or(0))
+            );
+        }
+        for (what, examples) in &p.examples {
+            for e in examples {
+                let _ = writeln!(out, "    e.g. {what}: {e}");
+            }
+        }
+    }
     out
 }
 

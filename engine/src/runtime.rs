@@ -94,6 +94,10 @@ pub struct RunReport {
     /// The run stopped before reading: every input is what the last
     /// completed run read.
     pub up_to_date: Option<String>,
+    /// A dry run: what each sink would have done, in file order.
+    pub plans: Vec<(String, operators::Plan)>,
+    /// Operators' own lines for the summary ([`Operator::summary`]).
+    pub notes: Vec<(String, String)>,
 }
 
 /// What the run did with checkpoints.
@@ -141,9 +145,15 @@ pub struct Live {
     pub stats: Vec<(String, Role, Arc<OperatorStats>)>,
 }
 
-struct Edge {
-    label: String,
-    tx: Sender<Message>,
+/// What a run does with its sinks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Write every sink, take checkpoints, publish.
+    Run,
+    /// Read and transform everything, but no sink writes and nothing is
+    /// checkpointed or carried: each sink counts what it would do
+    /// ([`operators::Plan`]).
+    Plan,
 }
 
 /// Builds everything, then runs. Build and open errors come back before any
@@ -151,233 +161,301 @@ struct Edge {
 pub async fn run(
     p: &Pipeline,
     control: Control,
-    session: Option<Session>,
+    session: Option<Arc<Session>>,
     on_live: impl FnOnce(Arc<Live>),
 ) -> RunReport {
-    let started = Instant::now();
-    let resumed_from = session.as_ref().and_then(|s| s.resume.as_ref().map(|r| r.epoch));
-    let checkpointing = session.is_some();
-    let fail = |operator: &str, error: String| RunReport {
-        pipeline: p.name.clone(),
-        outcome: Outcome::Failed { operator: operator.to_string(), error },
-        elapsed: started.elapsed(),
-        operators: Vec::new(),
-        peak_rss_bytes: peak_rss_bytes(),
-        checkpoints: checkpointing.then(|| CheckpointReport { resumed_from, ..Default::default() }),
-        up_to_date: None,
-    };
+    execute(p, control, session, Mode::Run, on_live).await
+}
 
-    // Build every operator first: a bad option fails the run with nothing started.
-    let mut built: Vec<(usize, Built)> = Vec::with_capacity(p.components.len());
-    for (i, c) in p.components.iter().enumerate() {
-        let ctx = BuildContext {
-            pipeline: p.name.clone(),
-            id: c.id.clone(),
-            batch_size: c.batch_size,
-            raw_options: c.raw_options.clone(),
-        };
-        match (c.kind.build)(&ctx, c.options.clone()) {
-            Ok(b) => built.push((i, b)),
-            Err(e) => return fail(&c.id, e.to_string()),
+/// A dry run: what each sink would do (`engine run --dry-run`). `session`
+/// only lends the state carried from the last completed run (what
+/// `changes` compares with, what a HubSpot sink knows it holds); nothing is
+/// written to it.
+pub async fn plan(p: &Pipeline, control: Control, session: Option<Arc<Session>>) -> RunReport {
+    execute(p, control, session, Mode::Plan, |_| {}).await
+}
+
+/// The phases, in order: build → restore → carry over → open operators →
+/// wire → open sources → spawn → supervise → complete → publish → report.
+async fn execute(
+    p: &Pipeline,
+    control: Control,
+    session: Option<Arc<Session>>,
+    mode: Mode,
+    on_live: impl FnOnce(Arc<Live>),
+) -> RunReport {
+    // A dry run neither resumes nor checkpoints: only the carried state is read.
+    if let (Mode::Plan, Some(r)) = (mode, session.as_ref().and_then(|s| s.resume.as_ref())) {
+        tracing::info!(
+            "a run is in progress (checkpoint {}); the plan is for a run from the start of the input",
+            r.epoch
+        );
+    }
+    let mut run = Runner::new(p, control, session, mode);
+    let mut built = match run.build() {
+        Ok(b) => b,
+        Err(f) => return run.failed(f),
+    };
+    if let Err(f) = run.restore(&mut built).await {
+        return run.failed(f);
+    }
+    if let Err(f) = run.carry_over(&mut built).await {
+        return run.failed(f);
+    }
+    if let Err(f) = run.open_operators(&mut built).await {
+        return run.failed(f);
+    }
+    let mut wiring = run.wire();
+    on_live(run.live.clone());
+    let tasks = match run.open_sources(built, &mut wiring).await {
+        Ok(t) => t,
+        Err(Early::Failed(f)) => return run.failed(f),
+        Err(Early::Interrupted) => return run.interrupted(),
+        Err(Early::UpToDate(why)) => return run.up_to_date(why),
+    };
+    let sampler = sample_channels(std::mem::take(&mut wiring.edges));
+    // Senders held here would keep channels open forever.
+    drop(wiring);
+    let mut ended = run.supervise(tasks).await;
+    sampler.cancel();
+    run.complete(&mut ended).await;
+    run.publish(&mut ended).await;
+    run.report(ended)
+}
+
+struct Edge {
+    label: String,
+    tx: Sender<Message>,
+}
+
+/// A failure before any task ran: the operator and the message.
+type Failure = (String, String);
+
+/// Why the run stopped while opening its sources.
+enum Early {
+    Failed(Failure),
+    Interrupted,
+    UpToDate(String),
+}
+
+/// The channels between operators and the checkpoint plumbing, before tasks
+/// take their ends.
+struct Wiring {
+    senders: HashMap<(String, usize), Vec<Sender<Message>>>,
+    receivers: HashMap<String, Vec<Receiver<Message>>>,
+    edges: Vec<Edge>,
+    requests_rx: tokio::sync::watch::Receiver<u64>,
+    reports_tx: Option<tokio::sync::mpsc::UnboundedSender<Report>>,
+    no_more: CancellationToken,
+}
+
+/// What the tasks left for the end of the run.
+struct Ended {
+    failure: Option<Failure>,
+    /// Operators that finished cleanly wait here for the verdict on the run.
+    finished: Vec<(usize, Box<dyn Operator>)>,
+    elapsed: Vec<Duration>,
+    committed: Committed,
+    cp_report: Option<CheckpointReport>,
+    /// A drained run with checkpoints stops at its last checkpoint.
+    stop_at_checkpoint: bool,
+}
+
+/// One run's shared state, passed from phase to phase.
+struct Runner<'p> {
+    p: &'p Pipeline,
+    control: Control,
+    session: Option<Arc<Session>>,
+    mode: Mode,
+    started: Instant,
+    resumed_from: Option<u64>,
+    abort: CancellationToken,
+    stats: Vec<Arc<OperatorStats>>,
+    live: Arc<Live>,
+    /// Dry run: each sink's plan, filled by its task.
+    plans: Vec<(String, Arc<std::sync::Mutex<operators::Plan>>)>,
+    /// Made by `wire` (which creates its channels), started once the
+    /// sources are open, so a run that stops early never starts one.
+    pending: Option<Coordinator>,
+    coordinator: Option<tokio::task::JoinHandle<Committed>>,
+}
+
+impl<'p> Runner<'p> {
+    fn new(p: &'p Pipeline, control: Control, session: Option<Arc<Session>>, mode: Mode) -> Self {
+        let stats: Vec<Arc<OperatorStats>> = p.components.iter().map(|_| Arc::new(OperatorStats::default())).collect();
+        let live = Arc::new(Live {
+            ready: AtomicBool::new(false),
+            stats: p.components.iter().zip(&stats).map(|(c, s)| (c.id.clone(), c.role, s.clone())).collect(),
+        });
+        Runner {
+            p,
+            resumed_from: session
+                .as_ref()
+                .filter(|_| mode == Mode::Run)
+                .and_then(|s| s.resume.as_ref().map(|r| r.epoch)),
+            abort: control.abort.clone(),
+            control,
+            session,
+            mode,
+            started: Instant::now(),
+            stats,
+            live,
+            plans: Vec::new(),
+            pending: None,
+            coordinator: None,
         }
     }
 
-    // A resumed run hands every operator its state before any row moves.
-    if let Some(r) = session.as_ref().and_then(|s| s.resume.as_ref()) {
-        for (i, b) in &mut built {
-            let c = &p.components[*i];
+    /// Checkpoints are taken only in a real run with a store.
+    fn checkpointing(&self) -> bool {
+        self.mode == Mode::Run && self.session.is_some()
+    }
+
+    fn span(&self, i: usize) -> tracing::Span {
+        let c = &self.p.components[i];
+        tracing::info_span!("operator", operator = %c.id, kind = c.kind.name)
+    }
+
+    fn ended_report(&self, outcome: Outcome, up_to_date: Option<String>) -> RunReport {
+        RunReport {
+            pipeline: self.p.name.clone(),
+            outcome,
+            elapsed: self.started.elapsed(),
+            operators: Vec::new(),
+            peak_rss_bytes: peak_rss_bytes(),
+            checkpoints: self
+                .checkpointing()
+                .then(|| CheckpointReport { resumed_from: self.resumed_from, ..Default::default() }),
+            up_to_date,
+            plans: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn failed(&self, (operator, error): Failure) -> RunReport {
+        self.ended_report(Outcome::Failed { operator, error }, None)
+    }
+
+    fn signal(&self) -> &'static str {
+        self.control.drain_reason.lock().ok().and_then(|r| *r).unwrap_or("SIGTERM")
+    }
+
+    fn interrupted(&self) -> RunReport {
+        self.ended_report(Outcome::Interrupted { signal: self.signal() }, None)
+    }
+
+    /// Every source reads exactly what the last completed run read: nothing
+    /// to do. The previous run's outputs and state stay as they are.
+    fn up_to_date(&self, why: String) -> RunReport {
+        RunReport { checkpoints: None, ..self.ended_report(Outcome::Completed, Some(why)) }
+    }
+
+    /// Builds every operator first: a bad option fails the run with nothing
+    /// started.
+    fn build(&self) -> Result<Vec<(usize, Built)>, Failure> {
+        let p = self.p;
+        let mut built = Vec::with_capacity(p.components.len());
+        for (i, c) in p.components.iter().enumerate() {
+            let ctx = BuildContext {
+                pipeline: p.name.clone(),
+                id: c.id.clone(),
+                batch_size: c.batch_size,
+                raw_options: c.raw_options.clone(),
+            };
+            match (c.kind.build)(&ctx, c.options.clone()) {
+                Ok(b) => built.push((i, b)),
+                Err(e) => return Err((c.id.clone(), e.to_string())),
+            }
+        }
+        Ok(built)
+    }
+
+    /// A resumed run hands every operator its state before any row moves.
+    async fn restore(&self, built: &mut [(usize, Built)]) -> Result<(), Failure> {
+        let Some(r) = self.session.as_ref().filter(|_| self.mode == Mode::Run).and_then(|s| s.resume.as_ref()) else {
+            return Ok(());
+        };
+        for (i, b) in built.iter_mut() {
+            let c = &self.p.components[*i];
             let Some(state) = r.states.get(&c.id) else { continue };
-            let span = tracing::info_span!("operator", operator = %c.id, kind = c.kind.name);
+            let span = self.span(*i);
             let restored = match b {
                 Built::Source(s) => span.in_scope(|| s.restore(state)),
                 Built::Operator(op) => op.restore(state).instrument(span).await,
             };
-            if let Err(e) = restored {
-                return fail(&c.id, e.to_string());
-            }
+            restored.map_err(|e| (c.id.clone(), e.to_string()))?;
         }
+        Ok(())
     }
 
-    // State carried over from the last completed run (e.g. `changes`).
-    if let Some(s) = &session {
-        for (i, b) in &mut built {
-            let c = &p.components[*i];
+    /// State carried over from the last completed run (e.g. `changes`).
+    async fn carry_over(&self, built: &mut [(usize, Built)]) -> Result<(), Failure> {
+        let Some(s) = &self.session else { return Ok(()) };
+        for (i, b) in built.iter_mut() {
+            let c = &self.p.components[*i];
             if let Built::Operator(op) = b
                 && op.carries_state()
             {
                 let prev = s.previous.get(&c.id).map(Vec::as_slice).unwrap_or_default();
-                let span = tracing::info_span!("operator", operator = %c.id, kind = c.kind.name);
-                if let Err(e) = op.carry_over(prev).instrument(span).await {
-                    return fail(&c.id, e.to_string());
-                }
+                op.carry_over(prev).instrument(self.span(*i)).await.map_err(|e| (c.id.clone(), e.to_string()))?;
             }
         }
+        Ok(())
     }
 
-    // Checkpoint plumbing: barrier requests to sources, reports back.
-    let session = session.map(Arc::new);
-    let (requests_tx, requests_rx) = tokio::sync::watch::channel(session.as_ref().map(|s| s.last_epoch()).unwrap_or(0));
-    let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel::<Report>();
-    let no_more = CancellationToken::new();
-    let reports_tx = session.as_ref().map(|_| reports_tx);
-
-    // Channels: one per edge, sized by the consumer's channel_capacity.
-    let mut senders: HashMap<(String, usize), Vec<Sender<Message>>> = HashMap::new();
-    let mut receivers: HashMap<String, Vec<Receiver<Message>>> = HashMap::new();
-    let mut edges = Vec::new();
-    for c in &p.components {
-        for inp in &c.inputs {
-            let (tx, rx) = async_channel::bounded(c.channel_capacity);
-            senders.entry((inp.from.clone(), inp.port)).or_default().push(tx.clone());
-            receivers.entry(c.id.clone()).or_default().push(rx);
-            edges.push(Edge { label: format!("{}.{}->{}", inp.from, inp.port_name, c.id), tx });
+    /// Operators check what they need from outside (a HubSpot portal's
+    /// properties) before any row moves. A dry run asks nobody.
+    async fn open_operators(&self, built: &mut [(usize, Built)]) -> Result<(), Failure> {
+        if self.mode == Mode::Plan {
+            return Ok(());
         }
-    }
-
-    let abort = control.abort.clone();
-    let stats: Vec<Arc<OperatorStats>> = p.components.iter().map(|_| Arc::new(OperatorStats::default())).collect();
-    let live = Arc::new(Live {
-        ready: AtomicBool::new(false),
-        stats: p.components.iter().zip(&stats).map(|(c, s)| (c.id.clone(), c.role, s.clone())).collect(),
-    });
-    on_live(live.clone());
-
-    // Open sources before spawning: a missing file fails here, cleanly.
-    let mut up_to_date: Vec<String> = Vec::new();
-    let mut tasks: Vec<(usize, BoxFuture<'static, TaskResult>)> = Vec::new();
-    for (i, b) in built {
-        let c = &p.components[i];
-        let ports = c
-            .kind
-            .ports
-            .iter()
-            .enumerate()
-            .map(|(pi, name)| OutPort::new(&c.id, name, senders.remove(&(c.id.clone(), pi)).unwrap_or_default()))
-            .collect();
-        let out = Collector::new(&c.id, ports, stats[i].clone(), abort.clone());
-        let fut = match b {
-            Built::Source(mut s) => {
-                let span = tracing::info_span!("operator", operator = %c.id, kind = c.kind.name);
-                if let Some(prev) =
-                    session.as_ref().filter(|s| s.resume.is_none()).and_then(|s| s.previous_states.get(&c.id))
-                {
-                    s.previous_run(prev);
-                }
-                // Opening may wait on the network (S3, a Parquet footer): a
-                // signal must still stop the run here.
+        for (i, b) in built.iter_mut() {
+            if let Built::Operator(op) = b {
                 let opened = tokio::select! {
-                    r = s.open().instrument(span) => r,
-                    _ = control.drain.cancelled() => Err(OperatorError::Cancelled),
-                    _ = abort.cancelled() => Err(OperatorError::Cancelled),
+                    r = op.open().instrument(self.span(*i)) => r,
+                    _ = self.control.drain.cancelled() => Err(OperatorError::Cancelled),
+                    _ = self.abort.cancelled() => Err(OperatorError::Cancelled),
                 };
-                match opened {
-                    Ok(()) => {}
-                    Err(OperatorError::Cancelled) => {
-                        let signal = control.drain_reason.lock().ok().and_then(|r| *r).unwrap_or("SIGTERM");
-                        return RunReport {
-                            pipeline: p.name.clone(),
-                            outcome: Outcome::Interrupted { signal },
-                            elapsed: started.elapsed(),
-                            operators: Vec::new(),
-                            peak_rss_bytes: peak_rss_bytes(),
-                            checkpoints: session
-                                .as_ref()
-                                .map(|_| CheckpointReport { resumed_from, ..Default::default() }),
-                            up_to_date: None,
-                        };
-                    }
-                    Err(e) => return fail(&c.id, e.to_string()),
-                }
-                if let Some(why) = s.up_to_date() {
-                    up_to_date.push(why);
-                }
-                let link = reports_tx.as_ref().map(|tx| SourceLink {
-                    op: i,
-                    requests: requests_rx.clone(),
-                    reports: tx.clone(),
-                    no_more: no_more.clone(),
-                });
-                source_task(s, out, control.drain.clone(), abort.clone(), link).map(|r| r.map(|()| None)).boxed()
+                opened.map_err(|e| (self.p.components[*i].id.clone(), e.to_string()))?;
             }
-            Built::Operator(op) => {
-                let inputs = receivers.remove(&c.id).unwrap_or_default();
-                let link = reports_tx.as_ref().map(|tx| OperatorLink { op: i, reports: tx.clone() });
-                let stop = session.as_ref().map(|_| control.drain.clone());
-                operator_task(c.id.clone(), op, inputs, out, stats[i].clone(), abort.clone(), link, stop).boxed()
-            }
-        };
-        tasks.push((i, fut));
-    }
-    live.ready.store(true, Ordering::Relaxed);
-
-    // Every source reads exactly what the last completed run read: nothing
-    // to do. The previous run's outputs and state stay as they are.
-    let sources = p.components.iter().filter(|c| c.role == Role::Source).count();
-    if sources > 0 && up_to_date.len() == sources {
-        for why in &up_to_date {
-            tracing::info!("{why}");
         }
-        return RunReport {
-            pipeline: p.name.clone(),
-            outcome: Outcome::Completed,
-            elapsed: started.elapsed(),
-            operators: Vec::new(),
-            peak_rss_bytes: peak_rss_bytes(),
-            checkpoints: None,
-            up_to_date: Some(up_to_date.join("; ")),
-        };
+        Ok(())
     }
 
-    // Channel fill gauges, sampled: reading a length is cheap, but not free
-    // enough to do on every send.
-    let sampler = {
-        let gauges: Vec<(metrics::Gauge, Sender<Message>)> = edges
-            .iter()
-            .map(|e| (metrics::gauge!("engine_channel_fill_ratio", "edge" => e.label.clone()), e.tx.clone()))
-            .collect();
-        drop(edges);
-        let stop = CancellationToken::new();
-        let s2 = stop.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            loop {
-                tokio::select! {
-                    _ = s2.cancelled() => break,
-                    _ = tick.tick() => {
-                        for (g, tx) in &gauges {
-                            let cap = tx.capacity().unwrap_or(1).max(1) as f64;
-                            g.set(tx.len() as f64 / cap);
-                        }
-                    }
-                }
+    /// Channels: one per edge, sized by the consumer's channel_capacity;
+    /// barrier requests to sources, reports back.
+    fn wire(&mut self) -> Wiring {
+        let mut senders: HashMap<(String, usize), Vec<Sender<Message>>> = HashMap::new();
+        let mut receivers: HashMap<String, Vec<Receiver<Message>>> = HashMap::new();
+        let mut edges = Vec::new();
+        for c in &self.p.components {
+            for inp in &c.inputs {
+                let (tx, rx) = async_channel::bounded(c.channel_capacity);
+                senders.entry((inp.from.clone(), inp.port)).or_default().push(tx.clone());
+                receivers.entry(c.id.clone()).or_default().push(rx);
+                edges.push(Edge { label: format!("{}.{}->{}", inp.from, inp.port_name, c.id), tx });
             }
-        });
-        stop
-    };
-    // Senders held here would keep channels open forever.
-    drop(senders);
-
-    let mut set = JoinSet::new();
-    let mut task_ids = HashMap::new();
-    let mut elapsed = vec![Duration::ZERO; p.components.len()];
-    for (i, fut) in tasks {
-        let c = &p.components[i];
-        let span = tracing::info_span!("operator", operator = %c.id, kind = c.kind.name);
-        let handle = set.spawn(
-            async move {
-                let t = Instant::now();
-                let r = fut.await;
-                (i, t.elapsed(), r)
-            }
-            .instrument(span),
-        );
-        task_ids.insert(handle.id(), i);
+        }
+        let (requests_tx, requests_rx) =
+            tokio::sync::watch::channel(self.session.as_ref().map(|s| s.last_epoch()).unwrap_or(0));
+        let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel::<Report>();
+        let no_more = CancellationToken::new();
+        let mut wiring = Wiring { senders, receivers, edges, requests_rx, reports_tx: None, no_more };
+        if self.checkpointing() {
+            wiring.reports_tx = Some(reports_tx);
+            self.pending = self.coordinator_for(requests_tx, reports_rx, wiring.no_more.clone());
+        }
+        wiring
     }
 
-    // The coordinator holds no report sender: when every task is done, its
-    // channel closes and it returns what it committed.
-    drop(reports_tx);
-    let coordinator = session.as_ref().map(|s| {
+    fn coordinator_for(
+        &self,
+        requests: tokio::sync::watch::Sender<u64>,
+        reports: tokio::sync::mpsc::UnboundedReceiver<Report>,
+        no_more: CancellationToken,
+    ) -> Option<Coordinator> {
+        let s = self.session.as_ref()?;
+        let p = self.p;
         let c = Coordinator {
             session: s.clone(),
             ids: p.components.iter().map(|c| c.id.clone()).collect(),
@@ -385,184 +463,372 @@ pub async fn run(
             source_stats: p
                 .components
                 .iter()
-                .zip(&stats)
+                .zip(&self.stats)
                 .filter(|(c, _)| c.role == Role::Source)
                 .map(|(_, s)| s.clone())
                 .collect(),
-            requests: requests_tx,
-            reports: reports_rx,
-            no_more: no_more.clone(),
-            drain: control.drain.clone(),
-            stop: abort.clone(),
+            requests,
+            reports,
+            no_more,
+            drain: self.control.drain.clone(),
+            stop: self.abort.clone(),
         };
-        tokio::spawn(c.run().instrument(tracing::info_span!("checkpoint")))
-    });
+        Some(c)
+    }
 
-    let mut failure: Option<(String, String)> = None;
-    // Operators that finished cleanly wait here for the verdict on the run.
-    let mut finished: Vec<(usize, Box<dyn Operator>)> = Vec::new();
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok((i, took, r)) => {
-                elapsed[i] = took;
-                match r {
-                    Ok(op) => {
-                        tracing::debug!(operator = %p.components[i].id, "finished");
-                        finished.extend(op.map(|op| (i, op)));
+    /// Opens sources (a missing file fails here, cleanly) and turns every
+    /// operator into its task.
+    async fn open_sources(
+        &mut self,
+        built: Vec<(usize, Built)>,
+        w: &mut Wiring,
+    ) -> Result<Vec<(usize, BoxFuture<'static, TaskResult>)>, Early> {
+        let p = self.p;
+        let mut up_to_date: Vec<String> = Vec::new();
+        let mut tasks: Vec<(usize, BoxFuture<'static, TaskResult>)> = Vec::new();
+        for (i, b) in built {
+            let c = &p.components[i];
+            let ports = c
+                .kind
+                .ports
+                .iter()
+                .enumerate()
+                .map(|(pi, name)| OutPort::new(&c.id, name, w.senders.remove(&(c.id.clone(), pi)).unwrap_or_default()))
+                .collect();
+            let out = Collector::new(&c.id, ports, self.stats[i].clone(), self.abort.clone());
+            let fut = match b {
+                Built::Source(mut s) => {
+                    if let Some(prev) = self
+                        .session
+                        .as_ref()
+                        .filter(|s| s.resume.is_none() || self.mode == Mode::Plan)
+                        .and_then(|s| s.previous_states.get(&c.id))
+                    {
+                        s.previous_run(prev);
                     }
-                    Err(OperatorError::Cancelled) => {}
-                    Err(e) => {
-                        if failure.is_none() {
-                            tracing::error!(operator = %p.components[i].id, error = %e, "operator failed; stopping the run");
-                            failure = Some((p.components[i].id.clone(), e.to_string()));
+                    // Opening may wait on the network (S3, a Parquet footer):
+                    // a signal must still stop the run here.
+                    let opened = tokio::select! {
+                        r = s.open().instrument(self.span(i)) => r,
+                        _ = self.control.drain.cancelled() => Err(OperatorError::Cancelled),
+                        _ = self.abort.cancelled() => Err(OperatorError::Cancelled),
+                    };
+                    match opened {
+                        Ok(()) => {}
+                        Err(OperatorError::Cancelled) => return Err(Early::Interrupted),
+                        Err(e) => return Err(Early::Failed((c.id.clone(), e.to_string()))),
+                    }
+                    if let Some(why) = s.up_to_date() {
+                        up_to_date.push(why);
+                    }
+                    let link = w.reports_tx.as_ref().map(|tx| SourceLink {
+                        op: i,
+                        requests: w.requests_rx.clone(),
+                        reports: tx.clone(),
+                        no_more: w.no_more.clone(),
+                    });
+                    source_task(s, out, self.control.drain.clone(), self.abort.clone(), link)
+                        .map(|r| r.map(|()| None))
+                        .boxed()
+                }
+                Built::Operator(mut op) => {
+                    let inputs = w.receivers.remove(&c.id).unwrap_or_default();
+                    let deletes = c.inputs.iter().map(|inp| inp.deletes).collect();
+                    if self.mode == Mode::Plan && c.role == Role::Sink {
+                        let plan = Arc::new(std::sync::Mutex::new(operators::Plan::default()));
+                        if let Ok(mut pl) = plan.lock() {
+                            op.plan_start(&mut pl);
                         }
-                        abort.cancel();
+                        self.plans.push((c.id.clone(), plan.clone()));
+                        op = Box::new(PlanSink { inner: op, plan });
+                    }
+                    let link = w.reports_tx.as_ref().map(|tx| OperatorLink { op: i, reports: tx.clone() });
+                    let stop = self.checkpointing().then(|| self.control.drain.clone());
+                    let inputs = Inputs::new(inputs, deletes);
+                    operator_task(c.id.clone(), op, inputs, out, self.stats[i].clone(), self.abort.clone(), link, stop)
+                        .boxed()
+                }
+            };
+            tasks.push((i, fut));
+        }
+        self.live.ready.store(true, Ordering::Relaxed);
+        let sources = p.components.iter().filter(|c| c.role == Role::Source).count();
+        if sources > 0 && up_to_date.len() == sources {
+            for why in &up_to_date {
+                tracing::info!("{why}");
+            }
+            return Err(Early::UpToDate(up_to_date.join("; ")));
+        }
+        // The coordinator holds no report sender: when every task is done,
+        // its channel closes and it returns what it committed.
+        w.reports_tx = None;
+        if let Some(c) = self.pending.take() {
+            self.coordinator = Some(tokio::spawn(c.run().instrument(tracing::info_span!("checkpoint"))));
+        }
+        Ok(tasks)
+    }
+
+    /// Spawns every task and waits for all of them; the first error cancels
+    /// the others.
+    async fn supervise(&mut self, tasks: Vec<(usize, BoxFuture<'static, TaskResult>)>) -> Ended {
+        let p = self.p;
+        let mut set = JoinSet::new();
+        let mut task_ids = HashMap::new();
+        let mut elapsed = vec![Duration::ZERO; p.components.len()];
+        for (i, fut) in tasks {
+            let handle = set.spawn(
+                async move {
+                    let t = Instant::now();
+                    let r = fut.await;
+                    (i, t.elapsed(), r)
+                }
+                .instrument(self.span(i)),
+            );
+            task_ids.insert(handle.id(), i);
+        }
+        let mut failure: Option<Failure> = None;
+        let mut finished: Vec<(usize, Box<dyn Operator>)> = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((i, took, r)) => {
+                    elapsed[i] = took;
+                    match r {
+                        Ok(op) => {
+                            tracing::debug!(operator = %p.components[i].id, "finished");
+                            finished.extend(op.map(|op| (i, op)));
+                        }
+                        Err(OperatorError::Cancelled) => {}
+                        Err(e) => {
+                            if failure.is_none() {
+                                tracing::error!(operator = %p.components[i].id, error = %e, "operator failed; stopping the run");
+                                failure = Some((p.components[i].id.clone(), e.to_string()));
+                            }
+                            self.abort.cancel();
+                        }
                     }
                 }
-            }
-            Err(join_err) => {
-                if failure.is_none() {
-                    let who = task_ids.get(&join_err.id()).map(|&i| p.components[i].id.clone());
-                    failure =
-                        Some((who.unwrap_or_else(|| "<runtime>".into()), format!("the task panicked: {join_err}")));
+                Err(join_err) => {
+                    if failure.is_none() {
+                        let who = task_ids.get(&join_err.id()).map(|&i| p.components[i].id.clone());
+                        failure = Some((
+                            who.unwrap_or_else(|| "<runtime>".into()),
+                            format!("the task panicked: {join_err}"),
+                        ));
+                    }
+                    self.abort.cancel();
                 }
-                abort.cancel();
             }
         }
+        let committed: Committed = match self.coordinator.take() {
+            Some(h) => h.await.unwrap_or_else(|e| Committed {
+                error: Some(format!("the coordinator panicked: {e}")),
+                ..Default::default()
+            }),
+            None => Committed::default(),
+        };
+        if let Some(e) = &committed.error
+            && failure.is_none()
+        {
+            failure = Some(("<checkpoint>".into(), e.clone()));
+        }
+        let cp_report = self.checkpointing().then(|| CheckpointReport {
+            resumed_from: self.resumed_from,
+            committed: committed.count,
+            last: committed.last,
+            complete: None,
+        });
+        Ended {
+            failure,
+            finished,
+            elapsed,
+            committed,
+            cp_report,
+            stop_at_checkpoint: self.checkpointing() && self.control.drain.is_cancelled(),
+        }
     }
-    sampler.cancel();
 
-    let committed: Committed = match coordinator {
-        Some(h) => h.await.unwrap_or_else(|e| Committed {
-            error: Some(format!("the coordinator panicked: {e}")),
-            ..Default::default()
-        }),
-        None => Committed::default(),
-    };
-    if let Some(e) = &committed.error
-        && failure.is_none()
-    {
-        failure = Some(("<checkpoint>".into(), e.clone()));
-    }
-    let mut cp_report = session.as_ref().map(|_| CheckpointReport {
-        resumed_from,
-        committed: committed.count,
-        last: committed.last,
-        complete: None,
-    });
-
-    // A drained run with checkpoints stops at its last checkpoint: outputs
-    // stay staged for the next run, nothing is published half-done.
-    let stop_at_checkpoint = session.is_some() && control.drain.is_cancelled();
-    // A completed run is marked complete before its outputs are published:
-    // a crash while publishing then means a fresh, complete rerun, never a
-    // resume into outputs that are already gone.
-    if let (Some(s), None, false, false) = (&session, &failure, abort.is_cancelled(), stop_at_checkpoint) {
-        let last = committed.last.unwrap_or_else(|| s.last_epoch());
+    /// A completed run is marked complete before its outputs are published:
+    /// a crash while publishing then means a fresh, complete rerun, never a
+    /// resume into outputs that are already gone.
+    async fn complete(&self, e: &mut Ended) {
+        let Some(s) = self.session.as_ref().filter(|_| self.checkpointing()) else { return };
+        if e.failure.is_some() || self.abort.is_cancelled() || e.stop_at_checkpoint {
+            return;
+        }
+        let last = e.committed.last.unwrap_or_else(|| s.last_epoch());
         // The last state of operators whose state outlives the run.
         let mut carry = std::collections::BTreeMap::new();
-        let mut dummy = Collector::new("<complete>", Vec::new(), Arc::new(OperatorStats::default()), abort.clone());
-        for (i, op) in &mut finished {
+        let mut dummy =
+            Collector::new("<complete>", Vec::new(), Arc::new(OperatorStats::default()), self.abort.clone());
+        for (i, op) in &mut e.finished {
             if !op.carries_state() {
                 continue;
             }
             match op.on_barrier(operators::Barrier { epoch: last + 1 }, &mut dummy).await {
                 Ok(operators::Snapshot::Delta(d)) => {
                     // Deltas concatenate: entries of abandoned epochs first.
-                    let id = &p.components[*i].id;
-                    let mut all = committed.orphan_deltas.get(id).cloned().unwrap_or_default();
+                    let id = &self.p.components[*i].id;
+                    let mut all = e.committed.orphan_deltas.get(id).cloned().unwrap_or_default();
                     all.extend_from_slice(&d);
                     carry.insert(id.clone(), all);
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    failure = Some((p.components[*i].id.clone(), e.to_string()));
+                Err(err) => {
+                    e.failure = Some((self.p.components[*i].id.clone(), err.to_string()));
                 }
             }
         }
-        let completed = if failure.is_none() {
-            checkpoint::complete(s, last, &committed, carry).await
+        let completed = if e.failure.is_none() {
+            checkpoint::complete(s, last, &e.committed, carry).await
         } else {
             Err("an operator failed its last snapshot".into())
         };
         match completed {
-            Ok(e) => {
-                if let Some(r) = cp_report.as_mut() {
-                    r.complete = Some(e);
+            Ok(epoch) => {
+                if let Some(r) = e.cp_report.as_mut() {
+                    r.complete = Some(epoch);
                 }
             }
-            Err(e) => failure = Some(("<checkpoint>".into(), format!("marking the run complete: {e}"))),
+            Err(err) => e.failure = Some(("<checkpoint>".into(), format!("marking the run complete: {err}"))),
         }
     }
 
-    // Publish only when the whole run succeeded (or drained cleanly): a
-    // failed run leaves every previous output as it was.
-    if cp_report.as_ref().is_some_and(|r| r.complete.is_some()) {
-        checkpoints::fault::hit("before-publish");
-    }
-    if failure.is_none() && !abort.is_cancelled() && !stop_at_checkpoint {
-        for (i, op) in &mut finished {
-            let id = &p.components[*i].id;
-            if let Err(e) = op.commit().instrument(tracing::info_span!("operator", operator = %id)).await {
-                tracing::error!(operator = %id, error = %e, "publishing output failed");
-                failure = Some((id.clone(), e.to_string()));
-                break;
+    /// Publishes only when the whole run succeeded (or drained cleanly): a
+    /// failed run leaves every previous output as it was. A dry run
+    /// publishes nothing.
+    async fn publish(&self, e: &mut Ended) {
+        if e.cp_report.as_ref().is_some_and(|r| r.complete.is_some()) {
+            checkpoints::fault::hit("before-publish");
+        }
+        let publishing =
+            self.mode == Mode::Run && e.failure.is_none() && !self.abort.is_cancelled() && !e.stop_at_checkpoint;
+        if publishing {
+            for (i, op) in &mut e.finished {
+                let id = &self.p.components[*i].id;
+                if let Err(err) = op.commit().instrument(tracing::info_span!("operator", operator = %id)).await {
+                    tracing::error!(operator = %id, error = %err, "publishing output failed");
+                    e.failure = Some((id.clone(), err.to_string()));
+                    break;
+                }
             }
         }
-    }
-    if failure.is_some() || abort.is_cancelled() || stop_at_checkpoint {
-        for (_, op) in &mut finished {
-            op.abort().await;
-        }
-    } else if let (Some(s), Some(epoch)) = (&session, cp_report.as_ref().and_then(|r| r.complete)) {
-        // Until this lands, the next run neither trusts this run's outputs
-        // (no up-to-date skip) nor compares with its state.
-        if let Err(e) = checkpoint::mark_published(s, epoch).await {
-            failure = Some(("<checkpoint>".into(), format!("marking run {epoch} published: {e}")));
+        if e.failure.is_some() || self.abort.is_cancelled() || e.stop_at_checkpoint || self.mode == Mode::Plan {
+            for (_, op) in &mut e.finished {
+                op.abort().await;
+            }
+        } else if let (Some(s), Some(epoch)) = (&self.session, e.cp_report.as_ref().and_then(|r| r.complete)) {
+            // Until this lands, the next run neither trusts this run's
+            // outputs (no up-to-date skip) nor compares with its state.
+            if let Err(err) = checkpoint::mark_published(s, epoch).await {
+                e.failure = Some(("<checkpoint>".into(), format!("marking run {epoch} published: {err}")));
+            }
         }
     }
 
-    let outcome = match failure {
-        Some((operator, error)) => Outcome::Failed { operator, error },
-        None if abort.is_cancelled() => {
-            let signal = control.drain_reason.lock().ok().and_then(|r| *r).unwrap_or("SIGTERM");
-            Outcome::Aborted { signal }
+    fn report(&self, e: Ended) -> RunReport {
+        let outcome = match e.failure {
+            Some((operator, error)) => Outcome::Failed { operator, error },
+            None if self.abort.is_cancelled() => Outcome::Aborted { signal: self.signal() },
+            None if self.control.drain.is_cancelled() => Outcome::Interrupted { signal: self.signal() },
+            None => Outcome::Completed,
+        };
+        let operators = self
+            .p
+            .components
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let s = &self.stats[i];
+                let get = OperatorStats::get;
+                let (out, rej) = (get(&s.rows_out), get(&s.rows_rejected));
+                OperatorReport {
+                    id: c.id.clone(),
+                    kind: c.kind.name,
+                    role: c.role,
+                    // A source's input is what it read: good rows plus rejects.
+                    rows_in: if c.role == Role::Source { out + rej } else { get(&s.rows_in) },
+                    rows_out: out,
+                    rows_rejected: rej,
+                    rows_dropped: get(&s.rows_dropped),
+                    elapsed: e.elapsed[i],
+                }
+            })
+            .collect();
+        let notes = e
+            .finished
+            .iter()
+            .filter_map(|(i, op)| op.summary().map(|n| (self.p.components[*i].id.clone(), n)))
+            .collect();
+        let plans = self
+            .plans
+            .iter()
+            .map(|(id, pl)| (id.clone(), pl.lock().map(|p| p.clone()).unwrap_or_default()))
+            .collect();
+        RunReport {
+            pipeline: self.p.name.clone(),
+            outcome,
+            elapsed: self.started.elapsed(),
+            operators,
+            peak_rss_bytes: peak_rss_bytes(),
+            checkpoints: e.cp_report,
+            up_to_date: None,
+            plans,
+            notes,
         }
-        None if control.drain.is_cancelled() => {
-            let signal = control.drain_reason.lock().ok().and_then(|r| *r).unwrap_or("SIGTERM");
-            Outcome::Interrupted { signal }
-        }
-        None => Outcome::Completed,
-    };
-    let operators = p
-        .components
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let s = &stats[i];
-            let get = OperatorStats::get;
-            let (out, rej) = (get(&s.rows_out), get(&s.rows_rejected));
-            OperatorReport {
-                id: c.id.clone(),
-                kind: c.kind.name,
-                role: c.role,
-                // A source's input is what it read: good rows plus rejects.
-                rows_in: if c.role == Role::Source { out + rej } else { get(&s.rows_in) },
-                rows_out: out,
-                rows_rejected: rej,
-                rows_dropped: get(&s.rows_dropped),
-                elapsed: elapsed[i],
-            }
-        })
+    }
+}
+
+/// Channel fill gauges, sampled: reading a length is cheap, but not free
+/// enough to do on every send.
+fn sample_channels(edges: Vec<Edge>) -> CancellationToken {
+    let gauges: Vec<(metrics::Gauge, Sender<Message>)> = edges
+        .into_iter()
+        .map(|e| (metrics::gauge!("engine_channel_fill_ratio", "edge" => e.label), e.tx))
         .collect();
-    RunReport {
-        pipeline: p.name.clone(),
-        outcome,
-        elapsed: started.elapsed(),
-        operators,
-        peak_rss_bytes: peak_rss_bytes(),
-        checkpoints: cp_report,
-        up_to_date: None,
+    let stop = CancellationToken::new();
+    let s2 = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = s2.cancelled() => break,
+                _ = tick.tick() => {
+                    for (g, tx) in &gauges {
+                        let cap = tx.capacity().unwrap_or(1).max(1) as f64;
+                        g.set(tx.len() as f64 / cap);
+                    }
+                }
+            }
+        }
+    });
+    stop
+}
+
+/// A sink in a dry run: counts what the sink would do, writes nothing.
+struct PlanSink {
+    inner: Box<dyn Operator>,
+    plan: Arc<std::sync::Mutex<operators::Plan>>,
+}
+
+impl PlanSink {
+    fn count(&mut self, batch: &operators::Batch, deletes: bool) -> Result<(), OperatorError> {
+        let mut plan = self.plan.lock().map_err(|_| OperatorError::Data("the plan was poisoned".into()))?;
+        self.inner.plan(batch, deletes, &mut plan)
+    }
+}
+
+#[async_trait::async_trait]
+impl Operator for PlanSink {
+    async fn process(&mut self, batch: operators::Batch, _out: &mut Collector) -> Result<(), OperatorError> {
+        self.count(&batch, false)
+    }
+    async fn delete(&mut self, batch: operators::Batch, _out: &mut Collector) -> Result<(), OperatorError> {
+        self.count(&batch, true)
+    }
+    async fn finish(&mut self, _out: &mut Collector) -> Result<(), OperatorError> {
+        let mut plan = self.plan.lock().map_err(|_| OperatorError::Data("the plan was poisoned".into()))?;
+        self.inner.plan_end(&mut plan);
+        Ok(())
     }
 }
 
@@ -646,6 +912,8 @@ async fn source_task(
 /// The inputs of one operator, merged. Ended inputs are no longer polled.
 struct Inputs {
     rxs: Vec<Receiver<Message>>,
+    /// Which inputs carry keys to delete (a sink's `deletes`).
+    deletes: Vec<bool>,
     open: Vec<bool>,
     /// Inputs that delivered the barrier of the epoch being aligned.
     barrier_seen: Vec<bool>,
@@ -660,6 +928,11 @@ enum Next {
 }
 
 impl Inputs {
+    fn new(rxs: Vec<Receiver<Message>>, deletes: Vec<bool>) -> Self {
+        let n = rxs.len();
+        Inputs { rxs, deletes, open: vec![true; n], barrier_seen: vec![false; n] }
+    }
+
     async fn recv(&mut self) -> Next {
         let active: Vec<usize> = (0..self.rxs.len()).filter(|&i| self.open[i] && !self.barrier_seen[i]).collect();
         if active.is_empty() {
@@ -693,7 +966,7 @@ type TaskResult = Result<Option<Box<dyn Operator>>, OperatorError>;
 async fn operator_task(
     id: String,
     op: Box<dyn Operator>,
-    rxs: Vec<Receiver<Message>>,
+    mut inputs: Inputs,
     out: Collector,
     stats: Arc<OperatorStats>,
     abort: CancellationToken,
@@ -702,8 +975,7 @@ async fn operator_task(
 ) -> TaskResult {
     let rows_in = metrics::counter!("engine_rows_in_total", "operator" => id.clone());
     let batches_in = metrics::counter!("engine_batches_in_total", "operator" => id.clone());
-    let n = rxs.len();
-    let mut inputs = Inputs { rxs, open: vec![true; n], barrier_seen: vec![false; n] };
+    let n = inputs.rxs.len();
     let mut op = op;
     let mut out = out;
     let mut pending: Option<(operators::Barrier, Instant)> = None;
@@ -720,7 +992,7 @@ async fn operator_task(
                 }
             };
             match next {
-                Next::Msg(_, Message::Data(b)) => {
+                Next::Msg(i, Message::Data(b)) => {
                     let rows = b.num_rows() as u64;
                     stats.rows_in.fetch_add(rows, Ordering::Relaxed);
                     stats.batches_in.fetch_add(1, Ordering::Relaxed);
@@ -730,7 +1002,11 @@ async fn operator_task(
                     // write on the blocking pool) could leave a stray temp
                     // file that abort() no longer knows about. A call ends
                     // within one batch, or the third signal exits.
-                    op.process(b, &mut out).await?;
+                    if inputs.deletes[i] {
+                        op.delete(b, &mut out).await?;
+                    } else {
+                        op.process(b, &mut out).await?;
+                    }
                 }
                 Next::Msg(i, Message::Barrier(b)) => {
                     // Alignment: hold this input until every open input has

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Barrier, Batch, Message};
+use crate::plan::Plan;
 
 /// Index of the default output port, the one an input reference names when
 /// it gives no port (`inputs = ["valid"]`).
@@ -320,6 +321,37 @@ pub trait Operator: Send {
     /// its acknowledgement.
     async fn on_barrier(&mut self, _barrier: Barrier, _out: &mut Collector) -> Result<Snapshot, OperatorError> {
         Ok(Snapshot::None)
+    }
+    /// Called once before any row moves (not in a dry run): check and
+    /// prepare what the operator needs from outside (e.g. the properties a
+    /// HubSpot sink writes), so a problem stops the run before anything is
+    /// written anywhere.
+    async fn open(&mut self) -> Result<(), OperatorError> {
+        Ok(())
+    }
+    /// Called with every batch from the component's `deletes` inputs: keys
+    /// whose rows vanished from the input, to delete from the target. Only
+    /// kinds whose [`crate::KindSpec::deletes`] is set receive them.
+    async fn delete(&mut self, _batch: Batch, _out: &mut Collector) -> Result<(), OperatorError> {
+        Err(OperatorError::Config("this operator cannot apply deletions".into()))
+    }
+    /// Dry run: count what [`Operator::process`] (or, with `deletes`,
+    /// [`Operator::delete`]) would do with `batch`, writing nothing and
+    /// calling nobody. The default counts every row as written (or deleted).
+    fn plan(&mut self, batch: &Batch, deletes: bool, plan: &mut Plan) -> Result<(), OperatorError> {
+        plan.count_many(if deletes { "delete" } else { "write" }, batch.num_rows() as u64);
+        Ok(())
+    }
+    /// Dry run: the sink's settings that belong in its plan (what it holds,
+    /// its delete guard), called once before the first [`Operator::plan`].
+    fn plan_start(&mut self, _plan: &mut Plan) {}
+    /// Dry run: every input ended; add what the sink would do at its end
+    /// (e.g. records refused earlier and offered again).
+    fn plan_end(&mut self, _plan: &mut Plan) {}
+    /// One line for the end-of-run summary about what the operator did
+    /// beyond rows in and out (records created, updated, archived).
+    fn summary(&self) -> Option<String> {
+        None
     }
     /// Called before any row when a run resumes from a checkpoint.
     async fn restore(&mut self, _resume: &Resume) -> Result<(), OperatorError> {

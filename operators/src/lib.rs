@@ -16,6 +16,7 @@
 pub mod api;
 pub mod backoff;
 pub mod batch;
+pub mod plan;
 pub mod registry;
 pub mod rejects;
 pub mod sinks;
@@ -29,4 +30,5 @@ pub use api::{
     SourceState,
 };
 pub use batch::{Barrier, Batch, Message};
+pub use plan::Plan;
 pub use registry::{KindSpec, Role};

@@ -20,7 +20,7 @@ pub const DEFAULT_BATCH_SIZE: usize = 8192;
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 4;
 
 /// Options every component accepts, handled by the engine itself.
-const COMMON: &[&str] = &["kind", "inputs", "batch_size", "channel_capacity"];
+const COMMON: &[&str] = &["kind", "inputs", "deletes", "batch_size", "channel_capacity"];
 const TOP_LEVEL: &[&str] = &["pipeline", "sources", "transforms", "sinks"];
 const PIPELINE_KEYS: &[&str] = &["name", "description", "batch_size", "channel_capacity", "checkpoint"];
 const CHECKPOINT_KEYS: &[&str] = &["interval", "rows", "dir", "keep"];
@@ -108,6 +108,8 @@ pub struct Input {
     pub from: String,
     pub port: usize,
     pub port_name: &'static str,
+    /// Listed under the sink's `deletes`: its rows are keys to delete.
+    pub deletes: bool,
 }
 
 /// Why a file could not become a pipeline.
@@ -169,7 +171,8 @@ struct Raw<'n> {
     id: &'n Key,
     role: Role,
     kind: Option<&'static KindSpec>,
-    inputs: Vec<(String, Range<usize>)>,
+    /// Input references as written, and whether each came from `deletes`.
+    inputs: Vec<(String, Range<usize>, bool)>,
     node: &'n Node,
 }
 
@@ -280,7 +283,7 @@ impl Checker<'_> {
         let mut components = Vec::new();
         for r in &raws {
             let mut inputs = Vec::new();
-            for (text, span) in &r.inputs {
+            for (text, span, deletes) in &r.inputs {
                 let (from, port) = match text.split_once('.') {
                     Some((f, p)) => (f, Some(p)),
                     None => (text.as_str(), None),
@@ -323,8 +326,13 @@ impl Checker<'_> {
                 if kind.ports.is_empty() {
                     continue;
                 }
-                let input = Input { from: from.to_string(), port: port_idx, port_name: kind.ports[port_idx] };
-                if inputs.contains(&input) {
+                let input = Input {
+                    from: from.to_string(),
+                    port: port_idx,
+                    port_name: kind.ports[port_idx],
+                    deletes: *deletes,
+                };
+                if inputs.iter().any(|i: &Input| i.from == input.from && i.port == input.port) {
                     // Two edges from one port would deliver every row twice.
                     self.err(
                         format!("[{}.{}] reads `{from}.{}` twice", r.role.table(), r.id.name, input.port_name),
@@ -457,33 +465,57 @@ impl Checker<'_> {
                 self.err(format!("{where_} has no `inputs`"), id.span.clone()).help =
                     Some(format!("every {} reads from something: add inputs = [\"<component id>\"]", role_word(role)));
             }
-            (_, Some((_, v))) => match &v.value {
-                Value::Array(items) if items.is_empty() => {
+            (_, Some((_, v))) => {
+                if self.input_list(v, &where_, "inputs", false, &mut inputs) == 0 {
                     self.err(format!("{where_} has an empty `inputs`"), v.span.clone()).help =
                         Some(format!("every {} reads from something", role_word(role)));
                 }
-                Value::Array(items) => {
-                    for it in items {
-                        match &it.value {
-                            Value::String(s) => inputs.push((s.clone(), it.span.clone())),
-                            other => {
-                                self.err(
-                                    format!("inputs of {where_} must be strings, found {}", other.type_name()),
-                                    it.span.clone(),
-                                );
-                            }
-                        }
-                    }
-                }
-                other => {
-                    self.err(
-                        format!("`inputs` of {where_} must be an array of strings, found {}", other.type_name()),
-                        v.span.clone(),
-                    );
-                }
-            },
+            }
+        }
+        if let Some((k, v)) = node.get("deletes") {
+            if role != Role::Sink {
+                self.err(format!("{where_} is not a sink: only sinks take `deletes`"), k.span.clone());
+            } else if kind.is_some_and(|k| !k.deletes) {
+                let able: Vec<&str> =
+                    registry::KINDS.iter().filter(|k| k.role == Role::Sink && k.deletes).map(|k| k.name).collect();
+                self.err(
+                    format!("{where_}: a {} sink cannot apply deletions", kind.map(|k| k.name).unwrap_or_default()),
+                    k.span.clone(),
+                )
+                .help = Some(format!("sinks that can: {}", able.join(", ")));
+            } else {
+                self.input_list(v, &where_, "deletes", true, &mut inputs);
+            }
         }
         Some(Raw { id, role, kind, inputs, node })
+    }
+
+    /// Reads an array of input references (`inputs` or `deletes`) into
+    /// `out`; returns how many it held.
+    fn input_list(
+        &mut self,
+        v: &Node,
+        where_: &str,
+        key: &str,
+        deletes: bool,
+        out: &mut Vec<(String, Range<usize>, bool)>,
+    ) -> usize {
+        let Value::Array(items) = &v.value else {
+            self.err(
+                format!("`{key}` of {where_} must be an array of strings, found {}", v.value.type_name()),
+                v.span.clone(),
+            );
+            return usize::MAX;
+        };
+        for it in items {
+            match &it.value {
+                Value::String(s) => out.push((s.clone(), it.span.clone(), deletes)),
+                other => {
+                    self.err(format!("{key} of {where_} must be strings, found {}", other.type_name()), it.span.clone());
+                }
+            }
+        }
+        items.len()
     }
 
     /// Checks operator options against the kind's schema, collecting every
@@ -496,7 +528,7 @@ impl Checker<'_> {
         let mut options = serde_json::Map::new();
         for (k, v) in r.node.value.as_table().unwrap_or(&[]) {
             match k.name.as_str() {
-                "kind" | "inputs" => {}
+                "kind" | "inputs" | "deletes" => {}
                 "batch_size" if r.role == Role::Source => {
                     batch_size = self.positive(v, &format!("{where_}.batch_size"))
                 }
@@ -544,8 +576,9 @@ impl Checker<'_> {
             let mut options: Vec<&str> = expected.iter().map(String::as_str).collect();
             if path.len() <= 1 {
                 options.extend(COMMON.iter().copied().filter(|c| match r.role {
-                    Role::Source => *c != "inputs" && *c != "channel_capacity",
-                    _ => *c != "batch_size",
+                    Role::Source => *c != "inputs" && *c != "deletes" && *c != "channel_capacity",
+                    Role::Transform => *c != "batch_size" && *c != "deletes",
+                    Role::Sink => *c != "batch_size",
                 }));
             }
             let d = self.err(

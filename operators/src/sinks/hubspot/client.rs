@@ -1,8 +1,10 @@
-//! One HubSpot batch request, made to succeed: paced by a client-side
-//! limiter (governor, GCRA) and corrected by HubSpot's own rate-limit
-//! headers, 429s waited out per policy, 5xx and transport errors retried
-//! with backoff behind a circuit breaker, 207s and 400s turned into
-//! per-record rejects. Knows nothing of Arrow or the pipeline.
+//! HubSpot requests made to succeed: paced by a client-side limiter
+//! (governor, GCRA) and corrected by HubSpot's own rate-limit headers, 429s
+//! waited out per policy, 423s backed off, 5xx and transport errors retried
+//! with backoff behind a circuit breaker. On top of that one call
+//! ([`Client::call`]): batch upserts (207s and 400s turned into per-record
+//! rejects, the record ids kept), batch archive, batch read by the id
+//! property, and the properties API. Knows nothing of Arrow or the pipeline.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -41,11 +43,83 @@ pub struct Rejected {
 #[derive(Default)]
 pub struct Outcome {
     pub delivered: u64,
+    /// Of `delivered`: records HubSpot says it created (`new: true`).
+    pub created: u64,
+    /// id value → HubSpot record id, for every result that named both:
+    /// what a later archive needs.
+    pub ids: Vec<(String, u64)>,
     pub rejected: Vec<Rejected>,
+}
+
+/// Which of HubSpot's path schemes to call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// `/crm/v3/objects/contacts/...`, supported until September 2027.
+    V3,
+    /// A date version such as `2026-03`: `/crm/objects/2026-03/contacts/...`.
+    Dated(String),
+}
+
+impl ApiVersion {
+    pub fn parse(s: &str) -> Result<ApiVersion, String> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("v3") {
+            return Ok(ApiVersion::V3);
+        }
+        let b = t.as_bytes();
+        let dated = b.len() == 7
+            && b[4] == b'-'
+            && b[..4].iter().chain(&b[5..]).all(u8::is_ascii_digit)
+            && matches!(&t[5..], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12");
+        if dated {
+            Ok(ApiVersion::Dated(t.to_string()))
+        } else {
+            Err(format!("api_version `{s}` is neither `v3` nor a date version like `2026-03`"))
+        }
+    }
+
+    /// Path of the objects API for `object`, e.g. `.../contacts`.
+    pub fn objects(&self, object: &str) -> String {
+        match self {
+            ApiVersion::V3 => format!("/crm/v3/objects/{object}"),
+            ApiVersion::Dated(d) => format!("/crm/objects/{d}/{object}"),
+        }
+    }
+
+    /// Path of the properties API for `object`.
+    pub fn properties(&self, object: &str) -> String {
+        match self {
+            ApiVersion::V3 => format!("/crm/v3/properties/{object}"),
+            ApiVersion::Dated(d) => format!("/crm/properties/{d}/{object}"),
+        }
+    }
+}
+
+/// A final answer from HubSpot: a 2xx, or a 4xx that retrying cannot fix.
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    fn field(&self, k: &str) -> String {
+        self.body.get(k).and_then(Value::as_str).unwrap_or_default().to_string()
+    }
+
+    /// `CATEGORY: message`, for errors.
+    pub fn describe(&self) -> String {
+        let (c, m) = (self.field("category"), self.field("message"));
+        match (c.is_empty(), m.is_empty()) {
+            (true, true) => format!("HTTP {}", self.status),
+            (true, false) => format!("HTTP {}: {m}", self.status),
+            (false, _) => format!("HTTP {} {c}: {m}", self.status),
+        }
+    }
 }
 
 pub struct Settings {
     pub base_url: String,
+    pub api_version: ApiVersion,
     pub id_property: String,
     pub object: String,
     pub token: String,
@@ -84,16 +158,13 @@ pub struct Client {
 
 /// Why a single attempt did not produce a final answer.
 enum Attempt {
-    Done(Outcome),
+    Done(Answer),
     /// Wait this long, then try again without counting an attempt.
     RateLimited(Duration),
+    /// 423: the records are locked by other writes; wait at least 2 s.
+    Locked,
     /// Transient: counts against max_attempts and the breaker.
     Transient(String),
-    /// The batch as a whole was refused (400): split it.
-    Refused {
-        category: String,
-        message: String,
-    },
     Fatal(OperatorError),
 }
 
@@ -132,8 +203,12 @@ impl Client {
         self.requests.load(Ordering::Relaxed)
     }
 
-    fn url(&self) -> String {
-        format!("{}/crm/v3/objects/{}/batch/upsert", self.s.base_url, self.s.object)
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.s.base_url)
+    }
+
+    fn objects(&self, op: &str) -> String {
+        format!("{}/batch/{op}", self.s.api_version.objects(&self.s.object))
     }
 
     /// Upserts `inputs`; splits refused batches to isolate bad records.
@@ -141,9 +216,11 @@ impl Client {
         let mut total = Outcome::default();
         let mut work = vec![inputs];
         while let Some(batch) = work.pop() {
-            match self.send_one(&batch).await? {
+            match self.upsert(&batch).await? {
                 Ok(o) => {
                     total.delivered += o.delivered;
+                    total.created += o.created;
+                    total.ids.extend(o.ids);
                     total.rejected.extend(o.rejected);
                 }
                 Err((category, message)) if batch.len() == 1 => {
@@ -168,22 +245,100 @@ impl Client {
     }
 
     /// Ok(Ok) final answer, Ok(Err) the batch was refused as a whole.
-    async fn send_one(&self, batch: &[Input]) -> Result<Result<Outcome, (String, String)>, OperatorError> {
+    async fn upsert(&self, batch: &[Input]) -> Result<Result<Outcome, (String, String)>, OperatorError> {
+        let body = json!({ "inputs": batch.iter().map(|i| i.to_json(&self.s.id_property)).collect::<Vec<_>>() });
+        let answer = self.call(reqwest::Method::POST, &self.objects("upsert"), Some(&body)).await?;
+        match answer.status {
+            200 | 201 | 207 => Ok(Ok(self.outcome(batch, &answer.body))),
+            400 | 409 | 422 => Ok(Err((answer.field("category"), answer.field("message")))),
+            _ => Err(OperatorError::Data(format!("HubSpot refused an upsert: {}", answer.describe()))),
+        }
+    }
+
+    /// Archives records by HubSpot record id, at most 100 per request.
+    pub async fn archive(&self, ids: &[u64]) -> Result<(), OperatorError> {
+        for chunk in ids.chunks(100) {
+            let body = json!({ "inputs": chunk.iter().map(|id| json!({ "id": id.to_string() })).collect::<Vec<_>>() });
+            let answer = self.call(reqwest::Method::POST, &self.objects("archive"), Some(&body)).await?;
+            if !(200..300).contains(&answer.status) {
+                return Err(OperatorError::Data(format!("HubSpot refused an archive: {}", answer.describe())));
+            }
+            metrics::counter!("engine_hubspot_records_archived_total", "operator" => self.s.operator.clone())
+                .increment(chunk.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Record ids of the given id values (batch read by the id property);
+    /// values HubSpot does not know are left out.
+    pub async fn lookup(&self, values: &[String]) -> Result<Vec<(String, u64)>, OperatorError> {
+        let mut found = Vec::new();
+        for chunk in values.chunks(100) {
+            let body = json!({
+                "idProperty": self.s.id_property,
+                "properties": [self.s.id_property],
+                "inputs": chunk.iter().map(|v| json!({ "id": v })).collect::<Vec<_>>(),
+            });
+            let answer = self.call(reqwest::Method::POST, &self.objects("read"), Some(&body)).await?;
+            if !matches!(answer.status, 200 | 207) {
+                return Err(OperatorError::Data(format!(
+                    "HubSpot refused a read by {}: {}",
+                    self.s.id_property,
+                    answer.describe()
+                )));
+            }
+            for r in answer.body.get("results").and_then(Value::as_array).into_iter().flatten() {
+                let key = r.pointer(&format!("/properties/{}", self.s.id_property)).and_then(Value::as_str);
+                if let (Some(key), Some(id)) = (key, record_id(r)) {
+                    found.push((key.to_string(), id));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// GET on the properties API (`suffix` after `/properties/<object>`).
+    pub async fn get_properties(&self, suffix: &str) -> Result<Answer, OperatorError> {
+        let path = format!("{}{suffix}", self.s.api_version.properties(&self.s.object));
+        self.call(reqwest::Method::GET, &path, None).await
+    }
+
+    /// POST on the properties API.
+    pub async fn post_properties(&self, suffix: &str, body: &Value) -> Result<Answer, OperatorError> {
+        let path = format!("{}{suffix}", self.s.api_version.properties(&self.s.object));
+        self.call(reqwest::Method::POST, &path, Some(body)).await
+    }
+
+    /// One request made to get a final answer: paced, retried on 5xx,
+    /// transport errors, 429 and 423, behind the breaker. Returns 2xx and
+    /// the 4xx that retrying cannot fix; 401/403 are errors naming the
+    /// token's source.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Answer, OperatorError> {
         let mut attempt = 0;
         loop {
             self.wait_turn().await;
             self.daily_budget().await?;
-            match self.attempt(batch).await {
-                Attempt::Done(o) => {
+            match self.attempt(method.clone(), path, body).await {
+                Attempt::Done(a) => {
                     self.circuit_success();
-                    return Ok(Ok(o));
-                }
-                Attempt::Refused { category, message } => {
-                    self.circuit_success();
-                    return Ok(Err((category, message)));
+                    return Ok(a);
                 }
                 Attempt::RateLimited(wait) => {
                     self.pause(wait);
+                }
+                Attempt::Locked => {
+                    attempt += 1;
+                    if attempt >= self.s.max_attempts {
+                        return Err(OperatorError::Data(format!(
+                            "HubSpot answered 423 (records locked by other writes) {attempt} times; giving up (max_attempts = {})",
+                            self.s.max_attempts
+                        )));
+                    }
+                    // HubSpot asks for at least 2 s; more when it keeps saying so.
+                    let wait = Duration::from_secs(2)
+                        + crate::backoff::full_jitter(crate::backoff::cap(Duration::from_millis(500), attempt, 4));
+                    tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, "HubSpot answered 423 Locked; waiting");
+                    tokio::time::sleep(wait).await;
                 }
                 Attempt::Transient(why) => {
                     attempt += 1;
@@ -304,18 +459,21 @@ impl Client {
         }
     }
 
-    async fn attempt(&self, batch: &[Input]) -> Attempt {
-        let body = json!({ "inputs": batch.iter().map(|i| i.to_json(&self.s.id_property)).collect::<Vec<_>>() });
+    async fn attempt(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Attempt {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let resp = self.http.post(self.url()).bearer_auth(&self.s.token).json(&body).send().await;
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(&self.s.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await;
         metrics::histogram!("engine_hubspot_request_seconds", "operator" => self.s.operator.clone())
             .record(started.elapsed().as_secs_f64());
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
                 metrics::counter!("engine_hubspot_requests_total", "operator" => self.s.operator.clone(), "status" => "error").increment(1);
-                return Attempt::Transient(format!("{}", without_url(&e)));
+                return Attempt::Transient(error_chain(e));
             }
         };
         let status = resp.status().as_u16();
@@ -330,20 +488,21 @@ impl Client {
         let interval =
             header_u64(resp.headers(), "x-hubspot-ratelimit-interval-milliseconds").map(Duration::from_millis);
         let body: Value = match resp.text().await {
-            Ok(t) => serde_json::from_str(&t).unwrap_or(Value::Null),
-            Err(e) => return Attempt::Transient(format!("reading the response: {}", without_url(&e))),
+            Ok(t) if t.trim().is_empty() => Value::Null,
+            Ok(t) => serde_json::from_str(&t).unwrap_or(Value::String(t.chars().take(300).collect())),
+            Err(e) => return Attempt::Transient(format!("reading the response: {}", error_chain(e))),
         };
-        let field = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        let answer = Answer { status, body };
         match status {
-            200 | 201 => Attempt::Done(Outcome { delivered: batch.len() as u64, rejected: Vec::new() }),
-            207 => Attempt::Done(self.partial(batch, &body)),
+            200..=299 => Attempt::Done(answer),
             401 | 403 => Attempt::Fatal(OperatorError::Data(format!(
-                "HubSpot refused {} ({status} {}): check that it is a valid private-app token with CRM write scope",
+                "HubSpot refused {} ({}): check that it is a valid private-app token or service key with the CRM scopes the sink needs (contacts read/write, and schema read/write to create properties)",
                 self.s.token_source,
-                field("category")
+                answer.describe()
             ))),
+            423 => Attempt::Locked,
             429 => {
-                let policy = field("policyName");
+                let policy = answer.field("policyName");
                 metrics::counter!("engine_hubspot_rate_limited_total", "operator" => self.s.operator.clone(), "policy" => policy.clone())
                     .increment(1);
                 if policy == "DAILY" {
@@ -361,15 +520,14 @@ impl Client {
                 tracing::warn!(policy = %policy, wait_ms = wait.as_millis() as u64, "HubSpot rate limit hit; waiting");
                 Attempt::RateLimited(wait)
             }
-            400 | 422 => Attempt::Refused { category: field("category"), message: field("message") },
-            s if s >= 500 => Attempt::Transient(format!("HubSpot answered {s}: {}", field("message"))),
-            s => Attempt::Fatal(OperatorError::Data(format!("HubSpot answered {s}: {}", field("message")))),
+            s if s >= 500 => Attempt::Transient(format!("HubSpot answered {s}: {}", answer.field("message"))),
+            _ => Attempt::Done(answer),
         }
     }
 
-    /// 207: the inputs named by the errors' trace ids are rejected; the
-    /// others were written.
-    fn partial(&self, batch: &[Input], body: &Value) -> Outcome {
+    /// The results of a 200 or 207: what was written (and each record's
+    /// id), and the inputs the errors' trace ids name as rejected.
+    fn outcome(&self, batch: &[Input], body: &Value) -> Outcome {
         let mut rejected = Vec::new();
         let errors = body.get("errors").and_then(Value::as_array).cloned().unwrap_or_default();
         for e in &errors {
@@ -388,7 +546,24 @@ impl Client {
                 }
             }
         }
-        Outcome { delivered: (batch.len() - rejected.len()) as u64, rejected }
+        let by_trace: std::collections::HashMap<&str, &str> =
+            batch.iter().map(|i| (i.trace.as_str(), i.id.as_str())).collect();
+        let mut ids = Vec::new();
+        let mut created = 0;
+        for r in body.get("results").and_then(Value::as_array).into_iter().flatten() {
+            created += u64::from(r.get("new").and_then(Value::as_bool).unwrap_or(false));
+            // The trace id names the input; the id property's value is the
+            // fallback where HubSpot does not echo it.
+            let key = r
+                .get("objectWriteTraceId")
+                .and_then(Value::as_str)
+                .and_then(|t| by_trace.get(t).copied())
+                .or_else(|| r.pointer(&format!("/properties/{}", self.s.id_property)).and_then(Value::as_str));
+            if let (Some(key), Some(id)) = (key, record_id(r)) {
+                ids.push((key.to_string(), id));
+            }
+        }
+        Outcome { delivered: (batch.len() - rejected.len()) as u64, created, ids, rejected }
     }
 
     /// Other clients share the account's limit: when HubSpot says little is
@@ -415,22 +590,39 @@ fn header_u64(h: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
     h.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// reqwest errors print the URL; ours carries no secret, but keep messages short.
-fn without_url(e: &reqwest::Error) -> String {
+/// A HubSpot record id (a decimal string).
+fn record_id(result: &Value) -> Option<u64> {
+    match result.get("id")? {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+/// The whole cause chain of a transport error ("connection failed: dns
+/// error: failed to lookup address …", "… invalid peer certificate …"),
+/// without the URL (short messages; and a URL may carry a query).
+pub fn error_chain(e: reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
         "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "reading the response failed"
     } else {
         "request failed"
     };
-    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    let mut detail = String::new();
+    let e = e.without_url();
+    let mut parts = vec![kind.to_string()];
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(&e);
     while let Some(s) = source {
-        detail = s.to_string();
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
         source = s.source();
     }
-    if detail.is_empty() { kind.to_string() } else { format!("{kind}: {detail}") }
+    parts.join(": ")
 }
 
 fn until_utc_midnight() -> Duration {
@@ -445,6 +637,7 @@ mod tests {
     fn settings(base_url: String) -> Settings {
         Settings {
             base_url,
+            api_version: ApiVersion::V3,
             id_property: "baby_key".into(),
             object: "contacts".into(),
             token: "sim-token".into(),

@@ -3,6 +3,10 @@
 //! table's natural key (`mode = "upsert"`), several transactions in flight,
 //! transient errors retried with backoff and the whole batch replayed.
 //!
+//! Keys on its `deletes` input (e.g. `changes.deleted`) are deleted by the
+//! natural key, so the table mirrors the input; a replayed delete finds
+//! nothing and changes nothing.
+//!
 //! Owns the table writes, the migrations it may run at start
 //! ([`migrate`]) and its commit marker (`engine_sink_commits`). It must not
 //! decide when a checkpoint happens: the runtime tells it through barriers.
@@ -102,6 +106,10 @@ struct Shared {
     columns: Vec<(String, String)>,
     insert_head: String,
     upsert_tail: String,
+    /// (table column, input column) of the natural key, for deletes.
+    key_columns: Vec<(String, String)>,
+    /// `DELETE FROM t WHERE (k1, k2) IN `.
+    delete_head: String,
     max_attempts: u32,
     batch_rows: usize,
     max_packet: usize,
@@ -113,12 +121,14 @@ pub struct SqlSink {
     cfg: SqlSinkConfig,
     ctx: BuildContext,
     shared: Option<Arc<Shared>>,
-    in_flight: JoinSet<Result<u64, OperatorError>>,
+    /// Write tasks; each returns (rows written, rows deleted).
+    in_flight: JoinSet<Result<(u64, u64), OperatorError>>,
     /// The newest batch is held back until the next one arrives, so that at
     /// a barrier the epoch marker can commit in the same transaction as the
     /// epoch's last rows.
     held: Option<Batch>,
     rows_written: u64,
+    rows_deleted: u64,
     /// The checkpoint a resumed run starts from.
     resumed_from: Option<u64>,
 }
@@ -155,6 +165,7 @@ pub fn build(ctx: &BuildContext, cfg: SqlSinkConfig) -> Result<SqlSink, Operator
         in_flight: JoinSet::new(),
         held: None,
         rows_written: 0,
+        rows_deleted: 0,
         resumed_from: None,
     })
 }
@@ -228,6 +239,13 @@ impl SqlSink {
             columns.iter().map(|(t, _)| q(t)).collect::<Vec<_>>().join(", ")
         );
         let non_key: Vec<&String> = columns.iter().map(|(t, _)| t).filter(|t| !self.cfg.key.contains(t)).collect();
+        let key_columns: Vec<(String, String)> =
+            columns.iter().filter(|(t, _)| self.cfg.key.contains(t)).cloned().collect();
+        let delete_head = format!(
+            "DELETE FROM {} WHERE ({}) IN ",
+            q(&self.cfg.table),
+            key_columns.iter().map(|(t, _)| q(t)).collect::<Vec<_>>().join(", ")
+        );
         // A resumed run replays rows written after its checkpoint; in insert
         // mode those would collide with themselves, so they are skipped.
         let skip_existing = self.resumed_from.is_some();
@@ -266,6 +284,8 @@ impl SqlSink {
             columns,
             insert_head,
             upsert_tail,
+            key_columns,
+            delete_head,
             max_attempts: self.cfg.max_attempts,
             batch_rows: self.cfg.batch_rows,
             max_packet,
@@ -278,8 +298,9 @@ impl SqlSink {
 
     async fn reap_one(&mut self) -> Result<(), OperatorError> {
         if let Some(joined) = self.in_flight.join_next().await {
-            let n = joined.map_err(|e| OperatorError::Data(format!("a write task failed: {e}")))??;
-            self.rows_written += n;
+            let (written, deleted) = joined.map_err(|e| OperatorError::Data(format!("a write task failed: {e}")))??;
+            self.rows_written += written;
+            self.rows_deleted += deleted;
         }
         Ok(())
     }
@@ -416,10 +437,21 @@ async fn write_batch(s: Arc<Shared>, batch: Batch, epoch: Option<u64>) -> Result
         arrays.push(a);
     }
     let rows_per_stmt = rows_per_statement(&s, &batch, s.pool.dialect());
+    retry(&s, "writing to", || write_once(&s, &arrays, rows_per_stmt, epoch)).await?;
+    Ok(batch.num_rows() as u64)
+}
+
+/// Runs `op` until it succeeds, retrying transient errors with exponential
+/// backoff and full jitter; the whole transaction is replayed each time.
+async fn retry<F, Fut, T>(s: &Shared, what: &str, mut op: F) -> Result<T, OperatorError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
     let mut attempt = 1;
     loop {
-        match write_once(&s, &arrays, rows_per_stmt, epoch).await {
-            Ok(()) => return Ok(batch.num_rows() as u64),
+        match op().await {
+            Ok(v) => return Ok(v),
             Err(e) if is_transient(&e) && attempt < s.max_attempts => {
                 let wait = crate::backoff::full_jitter(crate::backoff::cap(Duration::from_millis(100), attempt, 7));
                 tracing::warn!(
@@ -436,13 +468,72 @@ async fn write_batch(s: Arc<Shared>, batch: Batch, epoch: Option<u64>) -> Result
             Err(e) => {
                 let why = if is_transient(&e) { format!(" (gave up after {attempt} attempts)") } else { String::new() };
                 return Err(OperatorError::Data(format!(
-                    "writing to table `{}` at {}: {}{why}",
+                    "{what} table `{}` at {}: {}{why}",
                     s.table,
                     s.shown_url,
                     describe(&e)
                 )));
             }
         }
+    }
+}
+
+/// Deletes the rows whose natural key is in `batch` (input columns named
+/// by `columns`), in one transaction; returns how many rows went.
+async fn delete_batch(s: Arc<Shared>, batch: Batch) -> Result<u64, OperatorError> {
+    let mut arrays = Vec::with_capacity(s.key_columns.len());
+    for (table_col, input_col) in &s.key_columns {
+        let Some(a) = batch.records.column_by_name(input_col) else {
+            let have = batch.records.schema().fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>().join(", ");
+            return Err(OperatorError::Config(format!(
+                "key column `{table_col}` maps to input column `{input_col}`, which the deletes input does not have (columns: {have})"
+            )));
+        };
+        arrays.push(a.clone());
+    }
+    // A few hundred keys per statement keep it well inside every limit.
+    let per_stmt = (s.pool.dialect().max_params() / arrays.len().max(1)).clamp(1, 500);
+    retry(&s, "deleting from", || delete_once(&s, &arrays, per_stmt)).await
+}
+
+async fn delete_once(s: &Shared, arrays: &[ArrayRef], per_stmt: usize) -> Result<u64, sqlx::Error> {
+    let n = arrays.first().map(|a| a.len()).unwrap_or(0);
+    macro_rules! run {
+        ($db:ty, $pool:expr) => {{
+            let mut tx = $pool.begin().await?;
+            let mut deleted = 0;
+            let mut start = 0;
+            while start < n {
+                let end = (start + per_stmt).min(n);
+                let mut qb = QueryBuilder::<$db>::new(s.delete_head.as_str());
+                qb.push("(");
+                for i in start..end {
+                    if i > start {
+                        qb.push(", ");
+                    }
+                    qb.push("(");
+                    let mut sep = qb.separated(", ");
+                    for a in arrays {
+                        let valid = a.is_valid(i);
+                        match a.data_type() {
+                            DataType::Int64 => sep.push_bind(valid.then(|| a.as_primitive::<Int64Type>().value(i))),
+                            DataType::Int32 => sep.push_bind(valid.then(|| a.as_primitive::<Int32Type>().value(i))),
+                            _ => sep.push_bind(valid.then(|| a.as_string::<i32>().value(i).to_string())),
+                        };
+                    }
+                    qb.push(")");
+                }
+                qb.push(")");
+                deleted += qb.build().execute(&mut *tx).await?.rows_affected();
+                start = end;
+            }
+            tx.commit().await?;
+            Ok(deleted)
+        }};
+    }
+    match &s.pool {
+        Pool::MySql(p) => run!(MySql, p),
+        Pool::Sqlite(p) => run!(Sqlite, p),
     }
 }
 
@@ -454,8 +545,34 @@ impl Operator for SqlSink {
         while self.in_flight.len() >= self.cfg.connections as usize {
             self.reap_one().await?;
         }
-        self.in_flight.spawn(write_batch(shared, ready, None));
+        self.in_flight.spawn(async move { write_batch(shared, ready, None).await.map(|n| (n, 0)) });
         Ok(())
+    }
+
+    async fn delete(&mut self, batch: Batch, _out: &mut Collector) -> Result<(), OperatorError> {
+        let shared = self.start().await?;
+        while self.in_flight.len() >= self.cfg.connections as usize {
+            self.reap_one().await?;
+        }
+        self.in_flight.spawn(async move { delete_batch(shared, batch).await.map(|n| (0, n)) });
+        Ok(())
+    }
+
+    fn plan_start(&mut self, plan: &mut crate::plan::Plan) {
+        plan.basis = match self.cfg.mode {
+            Mode::Upsert => "the sql sink upserts on its key: new and changed rows are not told apart without reading the table".into(),
+            Mode::Insert => "the sql sink inserts every row".into(),
+        };
+    }
+
+    fn summary(&self) -> Option<String> {
+        (self.rows_deleted > 0).then(|| {
+            format!(
+                "{} rows written, {} deleted",
+                crate::sources::file::thousands(self.rows_written),
+                crate::sources::file::thousands(self.rows_deleted)
+            )
+        })
     }
 
     async fn restore(&mut self, resume: &Resume) -> Result<(), OperatorError> {
@@ -479,11 +596,11 @@ impl Operator for SqlSink {
     async fn finish(&mut self, _out: &mut Collector) -> Result<(), OperatorError> {
         if let Some(last) = self.held.take() {
             let shared = self.start().await?;
-            self.in_flight.spawn(write_batch(shared, last, None));
+            self.in_flight.spawn(async move { write_batch(shared, last, None).await.map(|n| (n, 0)) });
         }
         let r = self.drain().await;
         if let Some(s) = &self.shared {
-            tracing::info!(table = %s.table, rows = self.rows_written, "sql sink finished");
+            tracing::info!(table = %s.table, rows = self.rows_written, deleted = self.rows_deleted, "sql sink finished");
             s.pool.close().await;
         }
         r
