@@ -2,6 +2,7 @@
 
 mod crash;
 mod hubspot_sim;
+mod hubspot_golive;
 mod hubspot_sink;
 mod kaggle;
 mod resume;

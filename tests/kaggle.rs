@@ -11,13 +11,13 @@ use simulators::kaggle::{Config, Handle, Version, serve};
 use crate::sql_sink::TestDb;
 use crate::util::*;
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
 
 /// A simulator serving `kaggle/us-baby-names` version 1 with `csv` as
 /// NationalNames.csv (and a second file, so `file` must choose).
-fn start(rt: &tokio::runtime::Runtime, csv: Vec<u8>) -> Handle {
+pub(crate) fn start(rt: &tokio::runtime::Runtime, csv: Vec<u8>) -> Handle {
     let mut cfg = Config::default();
     cfg.datasets.insert(
         "kaggle/us-baby-names".into(),
@@ -31,7 +31,7 @@ fn start(rt: &tokio::runtime::Runtime, csv: Vec<u8>) -> Handle {
 }
 
 /// kaggle → validate → dedupe → CSV file, staging in `dir/staging`.
-fn pipeline(dir: &Path, sim: &Handle, extra_sinks: &str) -> String {
+pub(crate) fn pipeline(dir: &Path, sim: &Handle, extra_sinks: &str) -> String {
     write_pipeline(
         dir,
         "k.toml",
@@ -87,7 +87,7 @@ path = "{dir}/rejects.ndjson"
     )
 }
 
-const CREDS: [(&str, &str); 2] = [("KAGGLE_USERNAME", "sim-user"), ("KAGGLE_KEY", "sim-key")];
+pub(crate) const CREDS: [(&str, &str); 2] = [("KAGGLE_USERNAME", "sim-user"), ("KAGGLE_KEY", "sim-key")];
 
 #[test]
 fn kaggle_dataset_is_downloaded_staged_extracted_and_read_exactly() {

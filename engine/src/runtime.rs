@@ -205,9 +205,10 @@ async fn execute(
     if let Err(f) = run.open_operators(&mut built).await {
         return run.failed(f);
     }
+    let pending = pending_work(p, &built);
     let mut wiring = run.wire();
     on_live(run.live.clone());
-    let tasks = match run.open_sources(built, &mut wiring).await {
+    let tasks = match run.open_sources(built, &mut wiring, pending).await {
         Ok(t) => t,
         Err(Early::Failed(f)) => return run.failed(f),
         Err(Early::Interrupted) => return run.interrupted(),
@@ -482,6 +483,7 @@ impl<'p> Runner<'p> {
         &mut self,
         built: Vec<(usize, Built)>,
         w: &mut Wiring,
+        pending: Vec<String>,
     ) -> Result<Vec<(usize, BoxFuture<'static, TaskResult>)>, Early> {
         let p = self.p;
         let mut up_to_date: Vec<String> = Vec::new();
@@ -554,10 +556,13 @@ impl<'p> Runner<'p> {
         self.live.ready.store(true, Ordering::Relaxed);
         let sources = p.components.iter().filter(|c| c.role == Role::Source).count();
         if sources > 0 && up_to_date.len() == sources {
-            for why in &up_to_date {
-                tracing::info!("{why}");
+            if pending.is_empty() {
+                for why in &up_to_date {
+                    tracing::info!("{why}");
+                }
+                return Err(Early::UpToDate(up_to_date.join("; ")));
             }
-            return Err(Early::UpToDate(up_to_date.join("; ")));
+            tracing::info!(pending = %pending.join("; "), "the input is unchanged but work is left from an earlier run: running");
         }
         // The coordinator holds no report sender: when every task is done,
         // its channel closes and it returns what it committed.
@@ -776,6 +781,17 @@ impl<'p> Runner<'p> {
             notes,
         }
     }
+}
+
+/// Work operators carried from an earlier run, as "id: what".
+fn pending_work(p: &Pipeline, built: &[(usize, Built)]) -> Vec<String> {
+    built
+        .iter()
+        .filter_map(|(i, b)| match b {
+            Built::Operator(op) => op.pending().map(|w| format!("{}: {w}", p.components[*i].id)),
+            Built::Source(_) => None,
+        })
+        .collect()
 }
 
 /// Channel fill gauges, sampled: reading a length is cheap, but not free

@@ -348,6 +348,12 @@ pub trait Operator: Send {
     /// Dry run: every input ended; add what the sink would do at its end
     /// (e.g. records refused earlier and offered again).
     fn plan_end(&mut self, _plan: &mut Plan) {}
+    /// After `carry_over`: work left from an earlier run that this run must
+    /// do even when its input is unchanged (e.g. records HubSpot refused,
+    /// to offer again); `Some(what)` stops the up-to-date skip.
+    fn pending(&self) -> Option<String> {
+        None
+    }
     /// One line for the end-of-run summary about what the operator did
     /// beyond rows in and out (records created, updated, archived).
     fn summary(&self) -> Option<String> {

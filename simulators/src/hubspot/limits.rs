@@ -39,6 +39,10 @@ pub enum Limited {
 
 /// Looks up an IANA time zone in the system's database.
 pub fn time_zone(name: &str) -> Result<TimeZone, String> {
+    // UTC needs no database (a minimal container may have none).
+    if name.eq_ignore_ascii_case("UTC") {
+        return Ok(TimeZone::UTC);
+    }
     TimeZone::get(name).map_err(|e| format!("daily_reset_tz `{name}`: {e}"))
 }
 
@@ -118,7 +122,8 @@ impl Limits {
         }
         if self.window.len() >= cfg.window_requests as usize {
             stats.rate_limited_window += 1;
-            let wait = self.window.front().map(|t| cfg.window.saturating_sub(now.duration_since(*t))).unwrap_or_default();
+            let wait =
+                self.window.front().map(|t| cfg.window.saturating_sub(now.duration_since(*t))).unwrap_or_default();
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             return Err(Limited::Window { retry_after: secs.max(1) });
         }

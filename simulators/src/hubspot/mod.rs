@@ -16,19 +16,22 @@
 //!   inputs with these id values (a per-input VALIDATION_ERROR) until cleared
 //!
 //! The other files: `wire.rs` (error bodies, timestamps), `limits.rs` (rate
-//! limits and the daily reset in a time zone), `properties.rs` (property
-//! catalog, properties API, value checks), `objects.rs` (records, upsert,
-//! read, get, archive), `search.rs` (search).
+//! limits and the daily reset in a time zone), `defs.rs` (property
+//! definitions, HubSpot's defaults), `properties.rs` (property catalog and
+//! properties API), `values.rs` (checks of property values), `objects.rs`
+//! (records, upsert, read, get, archive), `search.rs` (search).
 //!
 //! Only contacts are simulated; other object types answer 404. Batch
 //! create/update, list and single-record writes are not simulated (404).
 //! Version `2026-09`'s portal validation rules are not simulated: both
 //! date versions behave like `v3`.
 
+mod defs;
 mod limits;
 mod objects;
 mod properties;
 mod search;
+mod values;
 mod wire;
 
 use std::collections::{BTreeMap, HashSet};
@@ -45,7 +48,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-pub use properties::{PropertyDef, PropertyGroup, PropertyOption, PropertyType, babynames_properties};
+pub use defs::{PropertyDef, PropertyGroup, PropertyOption, PropertyType, babynames_properties};
 
 use limits::Limits;
 use objects::Store;
@@ -320,7 +323,8 @@ fn route(method: &Method, path: &str) -> Result<Endpoint, Miss> {
     if obj != "contacts" && obj != "0-1" {
         return Err(Miss::NotFound(format!("Unable to infer object type from: {obj} (only contacts are simulated)")));
     }
-    let only = |m: Method, allow: &'static str, ep: Endpoint| if *method == m { Ok(ep) } else { Err(Miss::Method(allow)) };
+    let only =
+        |m: Method, allow: &'static str, ep: Endpoint| if *method == m { Ok(ep) } else { Err(Miss::Method(allow)) };
     if api == "objects" {
         use ObjectsEndpoint::*;
         return match rest {
@@ -328,7 +332,9 @@ fn route(method: &Method, path: &str) -> Result<Endpoint, Miss> {
             ["batch", "read"] => only(Method::POST, "POST", Endpoint::Objects(Read)),
             ["batch", "archive"] => only(Method::POST, "POST", Endpoint::Objects(Archive)),
             ["search"] => only(Method::POST, "POST", Endpoint::Objects(Search)),
-            [id] if !id.is_empty() && *id != "batch" => only(Method::GET, "GET", Endpoint::Objects(Get(id.to_string()))),
+            [id] if !id.is_empty() && *id != "batch" => {
+                only(Method::GET, "GET", Endpoint::Objects(Get(id.to_string())))
+            }
             _ => Err(not_found()),
         };
     }
@@ -355,7 +361,11 @@ fn miss_reply(miss: Miss, method: &Method, path: &str, cid: String) -> Reply {
         Miss::NotFound(m) => Reply::error(StatusCode::NOT_FOUND, ApiError::new("OBJECT_NOT_FOUND", m, cid)),
         Miss::Method(allow) => Reply::error(
             StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::new("METHOD_NOT_ALLOWED", format!("Method {method} is not allowed on {path} (allowed: {allow})"), cid),
+            ApiError::new(
+                "METHOD_NOT_ALLOWED",
+                format!("Method {method} is not allowed on {path} (allowed: {allow})"),
+                cid,
+            ),
         )
         .with_header("allow", allow),
     }
@@ -396,7 +406,11 @@ async fn dispatch(State(state): State<Shared>, method: Method, uri: Uri, headers
                     Pre::Done(
                         Reply::error(
                             StatusCode::UNAUTHORIZED,
-                            ApiError::new("INVALID_AUTHENTICATION", "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview", cid),
+                            ApiError::new(
+                                "INVALID_AUTHENTICATION",
+                                "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
+                                cid,
+                            ),
                         ),
                         HeaderMap::new(),
                     )
@@ -409,8 +423,10 @@ async fn dispatch(State(state): State<Shared>, method: Method, uri: Uri, headers
                         }
                         Ok(()) => Pre::Go {
                             fail: s.cfg.error_rate > 0.0 && s.rng.random::<f64>() < s.cfg.error_rate,
-                            locked: ep.is_write() && s.cfg.locked_rate > 0.0 && s.rng.random::<f64>() < s.cfg.locked_rate,
-                            stall: s.cfg.stall_every.is_some_and(|n| n > 0 && s.stats.requests % n == 0),
+                            locked: ep.is_write()
+                                && s.cfg.locked_rate > 0.0
+                                && s.rng.random::<f64>() < s.cfg.locked_rate,
+                            stall: s.cfg.stall_every.is_some_and(|n| n > 0 && s.stats.requests.is_multiple_of(n)),
                             latency: s.cfg.latency,
                             stall_for: s.cfg.stall,
                         },
@@ -483,9 +499,8 @@ fn sim_hook(state: &Shared, method: &Method, path: &str, uri: &Uri, body: &[u8])
     let s = &mut *s;
     let cid = correlation(&mut s.rng);
     let bad = |m: String, cid: String| Reply::error(StatusCode::BAD_REQUEST, ApiError::new("VALIDATION_ERROR", m, cid));
-    let contacts = |archived: bool, s: &Sim| {
-        Reply::ok(json!(sorted(s.store.records.values().filter(|c| c.archived == archived))))
-    };
+    let contacts =
+        |archived: bool, s: &Sim| Reply::ok(json!(sorted(s.store.records.values().filter(|c| c.archived == archived))));
     match (path.trim_end_matches('/'), method.clone()) {
         ("/_sim/contacts", Method::GET) => contacts(false, s),
         ("/_sim/archived", Method::GET) => contacts(true, s),

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::properties::{Catalog, DEFAULT_READ_PROPERTIES, PropertyDef, SYSTEM_PROPERTIES, check_value};
+use super::defs::{DEFAULT_READ_PROPERTIES, PropertyDef, SYSTEM_PROPERTIES};
+use super::properties::Catalog;
+use super::values::check_value;
 use super::wire::{ApiError, PORTAL_ID, Reply, now_iso, parse_body};
 use super::{Contact, Sim};
 
@@ -45,7 +47,9 @@ impl Store {
                 value.parse::<u64>().ok().and_then(|id| self.records.get(&id)).filter(|c| c.archived == archived)
             }
             Some(p) if !archived => self.find(p, value).and_then(|id| self.records.get(&id)),
-            Some(p) => self.records.values().find(|c| c.archived && c.properties.get(p).map(String::as_str) == Some(value)),
+            Some(p) => {
+                self.records.values().find(|c| c.archived && c.properties.get(p).map(String::as_str) == Some(value))
+            }
         }
     }
 
@@ -147,7 +151,9 @@ fn check_id_property(s: &Sim, id_property: Option<&str>, for_upsert: bool, cid: 
     if s.catalog.def(name).is_none() {
         return Err(missing_property(name, cid.to_string()));
     }
-    if !s.catalog.is_unique(name) && !(name == "hs_object_id" && !for_upsert) {
+    // Reads may name the record id; writes may not.
+    let record_id_read = name == "hs_object_id" && !for_upsert;
+    if !record_id_read && !s.catalog.is_unique(name) {
         return Err(invalid(
             format!("Unable to perform update/upsert by non-unique 0-1 property {name} in portal ID {PORTAL_ID}"),
             cid.to_string(),
@@ -245,8 +251,12 @@ pub fn upsert(s: &mut Sim, body: &[u8], cid: String) -> Reply {
     if !dups.is_empty() {
         return Reply::error(
             StatusCode::BAD_REQUEST,
-            ApiError::new("VALIDATION_ERROR", format!("Duplicate IDs found in batch input: {dups:?}. IDs must be unique"), cid)
-                .context(json!({ "ids": dups })),
+            ApiError::new(
+                "VALIDATION_ERROR",
+                format!("Duplicate IDs found in batch input: {dups:?}. IDs must be unique"),
+                cid,
+            )
+            .context(json!({ "ids": dups })),
         );
     }
     let uses_email = raw.iter().any(|i| i["idProperty"].as_str() == Some("email"));
@@ -294,7 +304,9 @@ pub fn upsert(s: &mut Sim, body: &[u8], cid: String) -> Reply {
         })
         .collect();
     if errors.is_empty() {
-        return Reply::ok(json!({ "status": "COMPLETE", "results": results, "startedAt": started, "completedAt": completed }));
+        return Reply::ok(
+            json!({ "status": "COMPLETE", "results": results, "startedAt": started, "completedAt": completed }),
+        );
     }
     Reply::json(
         StatusCode::MULTI_STATUS,
@@ -401,7 +413,11 @@ fn conflicts(s: &Sim, inputs: &[Input], problems: &mut [Vec<Problem>]) {
         let target = holder(&claims, &input.id_property, &input.id).unwrap_or(Holder::Input(n));
         let mut wanted = vec![(input.id_property.clone(), input.id.clone())];
         wanted.extend(
-            input.props.iter().filter(|(k, v)| !v.is_empty() && s.catalog.is_unique(k)).map(|(k, v)| (k.clone(), v.clone())),
+            input
+                .props
+                .iter()
+                .filter(|(k, v)| !v.is_empty() && s.catalog.is_unique(k))
+                .map(|(k, v)| (k.clone(), v.clone())),
         );
         for (p, v) in &wanted {
             match holder(&claims, p, v) {
@@ -413,9 +429,7 @@ fn conflicts(s: &Sim, inputs: &[Input], problems: &mut [Vec<Problem>]) {
                     problems[n].push(Problem {
                         category: "CONFLICT",
                         code: "CONFLICTING_UNIQUE_VALUE",
-                        message: format!(
-                            "Property \"{p}\" holds unique values: \"{v}\" already belongs to {whose}."
-                        ),
+                        message: format!("Property \"{p}\" holds unique values: \"{v}\" already belongs to {whose}."),
                         property: p.clone(),
                         value: Some(v.clone()),
                     });
@@ -524,7 +538,9 @@ pub fn batch_read(s: &mut Sim, body: &[u8], archived: bool, cid: String) -> Repl
     }
     let completed = now_iso();
     if missing.is_empty() {
-        return Reply::ok(json!({ "status": "COMPLETE", "results": results, "startedAt": started, "completedAt": completed }));
+        return Reply::ok(
+            json!({ "status": "COMPLETE", "results": results, "startedAt": started, "completedAt": completed }),
+        );
     }
     let error = json!({ "status": "error", "category": "OBJECT_NOT_FOUND",
         "message": "Could not get some CONTACT objects, they may be deleted or not exist. Check that ids are valid.",

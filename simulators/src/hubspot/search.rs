@@ -18,8 +18,9 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::Sim;
+use super::defs::PropertyType;
 use super::objects::{record_json, selection};
-use super::properties::{PropertyType, epoch_millis};
+use super::values::epoch_millis;
 use super::wire::{ApiError, Reply, parse_body};
 
 const MAX_GROUPS: usize = 5;
@@ -140,7 +141,11 @@ impl Filter {
         };
         let has_token = |s: &str| {
             let w = self.value.to_lowercase();
-            if w.contains('*') { glob(&w, &s.to_lowercase()) || tokens(s).any(|t| glob(&w, &t)) } else { tokens(s).any(|t| t == w) }
+            if w.contains('*') {
+                glob(&w, &s.to_lowercase()) || tokens(s).any(|t| glob(&w, &t))
+            } else {
+                tokens(s).any(|t| t == w)
+            }
         };
         match (self.op, stored) {
             (Op::HasProperty, s) => s.is_some(),
@@ -152,7 +157,9 @@ impl Filter {
             (Op::Lt, Some(s)) => compare(self.kind, s, &self.value) == Some(Ordering::Less),
             (Op::Lte, Some(s)) => matches!(compare(self.kind, s, &self.value), Some(Ordering::Less | Ordering::Equal)),
             (Op::Gt, Some(s)) => compare(self.kind, s, &self.value) == Some(Ordering::Greater),
-            (Op::Gte, Some(s)) => matches!(compare(self.kind, s, &self.value), Some(Ordering::Greater | Ordering::Equal)),
+            (Op::Gte, Some(s)) => {
+                matches!(compare(self.kind, s, &self.value), Some(Ordering::Greater | Ordering::Equal))
+            }
             (Op::Between, Some(s)) => {
                 matches!(compare(self.kind, s, &self.value), Some(Ordering::Greater | Ordering::Equal))
                     && matches!(compare(self.kind, s, &self.high), Some(Ordering::Less | Ordering::Equal))
@@ -183,8 +190,14 @@ fn parse_filter(s: &Sim, f: &Value, cid: &str) -> Result<Filter, Reply> {
     let value = f.get("value").filter(|v| !v.is_null());
     let values = f.get("values").filter(|v| !v.is_null());
     let high = f.get("highValue").filter(|v| !v.is_null());
-    let mut filter =
-        Filter { property: property.into(), kind: def.property_type, op, value: String::new(), high: String::new(), values: vec![] };
+    let mut filter = Filter {
+        property: property.into(),
+        kind: def.property_type,
+        op,
+        value: String::new(),
+        high: String::new(),
+        values: vec![],
+    };
     match op {
         Op::HasProperty | Op::NotHasProperty => {
             if value.is_some() || values.is_some() {
@@ -269,7 +282,10 @@ pub fn search(s: &mut Sim, body: &[u8], cid: String) -> Reply {
         Err(()) => return bad("after must be a paging cursor returned by a previous search", &cid),
     };
     if after + limit > MAX_RESULTS {
-        return bad(format!("Search results are limited to {MAX_RESULTS}: cannot page past result {MAX_RESULTS}"), &cid);
+        return bad(
+            format!("Search results are limited to {MAX_RESULTS}: cannot page past result {MAX_RESULTS}"),
+            &cid,
+        );
     }
     let sort = match v.get("sorts").and_then(Value::as_array) {
         None => None,
@@ -295,15 +311,16 @@ pub fn search(s: &mut Sim, body: &[u8], cid: String) -> Reply {
     let query = v.get("query").and_then(Value::as_str).map(str::to_lowercase).filter(|q| !q.trim().is_empty());
     let names = selection(
         &s.catalog,
-        v.get("properties").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()),
+        v.get("properties")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()),
     );
 
     let mut found: Vec<_> = s
         .store
         .active()
         .filter(|c| {
-            parsed.is_empty()
-                || parsed.iter().any(|g| g.iter().all(|f| f.matches(c.value(&f.property).as_deref())))
+            parsed.is_empty() || parsed.iter().any(|g| g.iter().all(|f| f.matches(c.value(&f.property).as_deref())))
         })
         .filter(|c| {
             query.as_ref().is_none_or(|q| {

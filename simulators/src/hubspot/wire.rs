@@ -20,32 +20,34 @@ pub struct Reply {
     pub status: StatusCode,
     /// `None` for an empty body (204).
     pub body: Option<Value>,
-    pub headers: HeaderMap,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
     pub fn json(status: StatusCode, body: Value) -> Reply {
-        Reply { status, body: Some(body), headers: HeaderMap::new() }
+        Reply { status, body: Some(body), headers: Vec::new() }
     }
     pub fn ok(body: Value) -> Reply {
         Reply::json(StatusCode::OK, body)
     }
     pub fn empty(status: StatusCode) -> Reply {
-        Reply { status, body: None, headers: HeaderMap::new() }
+        Reply { status, body: None, headers: Vec::new() }
     }
     /// A HubSpot error body.
     pub fn error(status: StatusCode, err: ApiError) -> Reply {
         Reply::json(status, err.into_body())
     }
     pub fn with_header(mut self, name: &'static str, value: &str) -> Reply {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            self.headers.insert(name, v);
-        }
+        self.headers.push((name, value.to_string()));
         self
     }
     pub fn into_response(self, extra: HeaderMap) -> Response {
         let mut headers = extra;
-        headers.extend(self.headers);
+        for (k, v) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                headers.insert(k, v);
+            }
+        }
         match self.body {
             Some(b) => (self.status, headers, axum::Json(b)).into_response(),
             None => (self.status, headers).into_response(),

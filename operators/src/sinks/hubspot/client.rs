@@ -654,6 +654,11 @@ mod tests {
         }
     }
 
+    /// A portal that already has the babynames properties.
+    fn portal() -> simulators::hubspot::Config {
+        simulators::hubspot::Config { properties: simulators::hubspot::babynames_properties(), ..Default::default() }
+    }
+
     fn one() -> Vec<Input> {
         vec![Input { id: "a".into(), properties: BTreeMap::new(), trace: "1".into(), line: Some(2) }]
     }
@@ -662,7 +667,7 @@ mod tests {
     /// half-open probe follows, and the request gives up after max_attempts.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn repeated_failures_open_the_circuit_and_attempts_are_bounded() {
-        let cfg = simulators::hubspot::Config { error_rate: 1.0, ..Default::default() };
+        let cfg = simulators::hubspot::Config { error_rate: 1.0, ..portal() };
         let sim = simulators::hubspot::serve(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
         let client = Client::new(settings(sim.base_url())).unwrap();
         let started = Instant::now();
@@ -675,9 +680,65 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
     }
 
+    /// A transport failure says what failed underneath, not only "error
+    /// sending request": refused connection, DNS, TLS.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transport_errors_carry_their_cause_chain() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let http = reqwest::Client::new();
+        let e = http.get(format!("http://{closed}/x")).send().await.expect_err("nothing listens");
+        let text = error_chain(e);
+        assert!(text.starts_with("connection failed") && text.to_lowercase().contains("refused"), "{text}");
+        let e = http.get("http://no-such-host.invalid/x").send().await.expect_err("no such host");
+        let text = error_chain(e);
+        assert!(text.contains("dns error"), "{text}");
+        // A plain-HTTP server spoken to over https: the TLS handshake fails.
+        let sim = simulators::hubspot::serve(portal(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let e = http.get(format!("https://{}/x", sim.addr)).send().await.expect_err("not TLS");
+        let text = error_chain(e);
+        assert!(text.to_lowercase().contains("tls") || text.contains("InvalidContentType"), "{text}");
+        assert!(!text.contains(&sim.addr.to_string()), "no URL in the message: {text}");
+    }
+
+    /// 423 Locked is waited out for at least 2 s per answer, and bounded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn locked_records_back_off_at_least_two_seconds() {
+        let cfg = simulators::hubspot::Config { locked_rate: 1.0, ..portal() };
+        let sim = simulators::hubspot::serve(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut s = settings(sim.base_url());
+        s.max_attempts = 2;
+        let client = Client::new(s).unwrap();
+        let started = Instant::now();
+        let err = client.send(one()).await.err().expect("gives up").to_string();
+        assert!(err.contains("423"), "{err}");
+        assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(sim.stats().by_status.get(&423), Some(&2));
+    }
+
+    /// `api_version` switches every path to HubSpot's date-versioned scheme.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn date_versions_change_the_paths() {
+        assert!(ApiVersion::parse("2026-13").is_err() && ApiVersion::parse("v4").is_err());
+        let sim = simulators::hubspot::serve(portal(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut s = settings(sim.base_url());
+        s.api_version = ApiVersion::parse("2026-03").unwrap();
+        let client = Client::new(s).unwrap();
+        let out = client.send(one()).await.unwrap();
+        assert_eq!((out.delivered, out.created, out.ids.len()), (1, 1, 1));
+        let (_, id) = out.ids[0].clone();
+        assert_eq!(client.lookup(&["a".into()]).await.unwrap(), [("a".to_string(), id)]);
+        client.archive(&[id]).await.unwrap();
+        assert!(client.lookup(&["a".into()]).await.unwrap().is_empty(), "archived");
+        assert_eq!(client.get_properties("/baby_key").await.unwrap().status, 200);
+        let mut s = settings(sim.base_url());
+        s.api_version = ApiVersion::parse("2025-01").unwrap();
+        let err = Client::new(s).unwrap().send(one()).await.err().expect("unknown version").to_string();
+        assert!(err.contains("404"), "{err}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_daily_budget_is_kept_client_side() {
-        let sim = simulators::hubspot::serve(Default::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let sim = simulators::hubspot::serve(portal(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
         let mut s = settings(sim.base_url());
         s.daily = Some(2);
         let client = Client::new(s).unwrap();

@@ -783,6 +783,11 @@ impl Operator for HubSpotSink {
         plan.basis.push_str(&format!("; includes {} record(s) HubSpot refused before, offered again", retry.len()));
     }
 
+    fn pending(&self) -> Option<String> {
+        let n = self.ledger.to_retry().len();
+        (n > 0).then(|| format!("{n} record(s) HubSpot refused before are to be offered again"))
+    }
+
     fn summary(&self) -> Option<String> {
         let c = &self.counts;
         let mut parts = match &self.mode {
@@ -833,18 +838,17 @@ mod tests {
     /// reports the input idle, not only at the end of the stream.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_part_filled_batch_is_sent_when_the_input_goes_idle() {
-        let sim = simulators::hubspot::serve(Default::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let portal = simulators::hubspot::Config {
+            properties: simulators::hubspot::babynames_properties(),
+            ..Default::default()
+        };
+        let sim = simulators::hubspot::serve(portal, "127.0.0.1:0".parse().unwrap()).await.unwrap();
         let cfg: HubSpotConfig = serde_json::from_value(json!({
             "base_url": sim.base_url(), "token": "sim-token", "id_property": "baby_key",
             "id": "{Name}", "properties": { "firstname": "{Name}" }, "linger_ms": 50
         }))
         .unwrap();
         let ctx = BuildContext { pipeline: "p".into(), id: "crm".into(), batch_size: 10, raw_options: Value::Null };
-        let sim_cfg = simulators::hubspot::Config {
-            properties: simulators::hubspot::babynames_properties(),
-            ..Default::default()
-        };
-        let _ = sim_cfg;
         let mut sink = build(&ctx, cfg).unwrap();
         let mut out = Collector::new("crm", vec![], Arc::new(OperatorStats::default()), Default::default());
         assert_eq!(sink.idle_after(), None, "nothing pending, nothing to linger for");
