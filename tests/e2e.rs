@@ -1,8 +1,8 @@
 //! Integration tests: the real `engine` binary on real files.
 
 mod crash;
-mod hubspot_sim;
 mod hubspot_golive;
+mod hubspot_sim;
 mod hubspot_sink;
 mod kaggle;
 mod resume;

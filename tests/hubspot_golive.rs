@@ -99,7 +99,8 @@ fn active_keys(crm: &Handle) -> BTreeSet<String> {
 }
 
 fn search_total(rt: &tokio::runtime::Runtime, crm: &Handle, key: &str) -> u64 {
-    let body = json!({ "filterGroups": [{ "filters": [{ "propertyName": "baby_key", "operator": "EQ", "value": key }] }] });
+    let body =
+        json!({ "filterGroups": [{ "filters": [{ "propertyName": "baby_key", "operator": "EQ", "value": key }] }] });
     let v: Value = rt.block_on(async {
         reqwest::Client::new()
             .post(format!("{}/crm/v3/objects/contacts/search", crm.base_url()))
@@ -240,13 +241,18 @@ fn vanished_names_are_archived_and_deleted_and_a_dry_run_predicts_it() {
     assert_eq!(db.scalar("SELECT COUNT(*) FROM baby_names WHERE name = 'N00003' AND year = 1907"), 0);
 
     // Version 3 drops half: refused before anything is written.
-    kaggle.publish_version("kaggle/us-baby-names", vec![("NationalNames.csv".into(), names(n, |i| gone(i) || i % 2 == 0, bump))]);
+    kaggle.publish_version(
+        "kaggle/us-baby-names",
+        vec![("NationalNames.csv".into(), names(n, |i| gone(i) || i % 2 == 0, bump))],
+    );
     let before = sim.stats();
     let o = run(&["run", "--no-progress", &p], &CREDS);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     let err = stderr(&o);
     assert!(
-        err.contains("sink `crm` would delete 2,000 of the 3,960 records it holds (50.5%), more than max_delete_ratio = 0.05"),
+        err.contains(
+            "sink `crm` would delete 2,000 of the 3,960 records it holds (50.5%), more than max_delete_ratio = 0.05"
+        ),
         "{err}"
     );
     assert!(err.contains("--allow-mass-delete"), "{err}");

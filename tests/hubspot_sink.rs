@@ -37,7 +37,8 @@ fn expected_contacts(csv: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
 }
 
 /// A pipeline in `dir`: a CSV with a string Count straight into a hubspot
-/// sink at `base_url` with `properties`, its rejects into `rejects.ndjson`.
+/// sink at `base_url` with `properties` (baby_count a number property),
+/// its rejects into `rejects.ndjson`.
 fn crm_pipeline(dir: &Path, csv: &Path, base_url: &str, properties: &str) -> String {
     let p = dir.join("p.toml");
     std::fs::write(
@@ -56,6 +57,7 @@ token = "sim-token"
 id_property = "baby_key"
 id = "{{Name}}|{{Gender}}|{{Year}}"
 properties = {properties}
+property_types = {{ baby_count = "number" }}
 [sinks.rejects]
 kind = "file"
 inputs = ["crm.rejects", "names.rejects"]
@@ -93,7 +95,8 @@ fn every_sample_contact_lands_once_with_its_properties_within_the_limit() {
     assert_eq!(got, expected);
     let st = sim.stats();
     assert_eq!(st.rate_limited_window + st.rate_limited_daily, 0, "{st:?}");
-    assert_eq!(st.requests, 31, "3004 contacts in full batches of 100");
+    assert_eq!(st.upsert_requests, 31, "3004 contacts in full batches of 100");
+    assert_eq!(st.requests, 31 + 4, "and the property check: list, list groups, create the group, batch create");
     assert!(sim.contacts().iter().all(|c| c.writes == 1));
 }
 
@@ -201,9 +204,12 @@ fn a_missing_or_refused_token_names_its_variable_never_its_value() {
     let o = run(&["run", p.to_str().unwrap()], &env2);
     assert_eq!(o.status.code(), Some(1));
     let all = format!("{}{}", stdout(&o), stderr(&o));
-    assert!(all.contains("operator `crm` failed: HubSpot refused the token from $HUBSPOT_TEST_TOKEN (401"), "{all}");
+    assert!(
+        all.contains("operator `crm` failed: HubSpot refused the token from $HUBSPOT_TEST_TOKEN (HTTP 401"),
+        "{all}"
+    );
     assert!(!all.contains(secret), "token leaked:\n{all}");
-    assert_eq!(sim.stats().requests, 1, "fails fast: one refused request, no retries");
+    assert_eq!(sim.stats().requests, 1, "fails fast: one refused request (the property check), no retries");
 }
 
 #[test]
@@ -258,5 +264,5 @@ fn a_batch_refused_whole_is_split_to_isolate_the_bad_record() {
     assert_eq!(r[0]["line"], 39);
     // 1 refused batch of 100, then halves: log2(100) levels, far fewer than 100 requests.
     let st = sim.stats();
-    assert!(st.requests <= 16, "{st:?}");
+    assert!(st.upsert_requests <= 16, "{st:?}");
 }

@@ -112,7 +112,8 @@ pub fn summary(r: &RunReport) -> String {
 pub fn plan(r: &RunReport) -> String {
     let mut out = String::new();
     if let Some(why) = &r.up_to_date {
-        let _ = writeln!(out, "dry run of pipeline {}: up to date ({why}); a run would read and write nothing", r.pipeline);
+        let _ =
+            writeln!(out, "dry run of pipeline {}: up to date ({why}); a run would read and write nothing", r.pipeline);
         return out;
     }
     if let Outcome::Failed { operator, error } = &r.outcome {
@@ -148,7 +149,9 @@ pub fn plan(r: &RunReport) -> String {
     for (id, p) in &r.plans {
         let kind = r.operators.iter().find(|o| &o.id == id).map(|o| o.kind).unwrap_or("sink");
         let mut parts = Vec::new();
-        for (n, what) in [(p.create, "to create"), (p.update, "to update"), (p.write, "to write"), (p.delete, "to delete")] {
+        for (n, what) in
+            [(p.create, "to create"), (p.update, "to update"), (p.write, "to write"), (p.delete, "to delete")]
+        {
             if n > 0 {
                 parts.push(format!("{} {what}", thousands(n)));
             }

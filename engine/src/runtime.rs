@@ -175,8 +175,9 @@ pub async fn plan(p: &Pipeline, control: Control, session: Option<Arc<Session>>)
     execute(p, control, session, Mode::Plan, |_| {}).await
 }
 
-/// The phases, in order: build → restore → carry over → open operators →
-/// wire → open sources → spawn → supervise → complete → publish → report.
+/// The phases, in order: build → restore → carry over → open sources (and
+/// the up-to-date decision) → open operators → wire → spawn → supervise →
+/// complete → publish → report.
 async fn execute(
     p: &Pipeline,
     control: Control,
@@ -202,18 +203,22 @@ async fn execute(
     if let Err(f) = run.carry_over(&mut built).await {
         return run.failed(f);
     }
-    if let Err(f) = run.open_operators(&mut built).await {
-        return run.failed(f);
-    }
     let pending = pending_work(p, &built);
-    let mut wiring = run.wire();
-    on_live(run.live.clone());
-    let tasks = match run.open_sources(built, &mut wiring, pending).await {
-        Ok(t) => t,
+    match run.open_sources(&mut built, pending).await {
+        Ok(()) => {}
         Err(Early::Failed(f)) => return run.failed(f),
         Err(Early::Interrupted) => return run.interrupted(),
         Err(Early::UpToDate(why)) => return run.up_to_date(why),
-    };
+    }
+    match run.open_operators(&mut built).await {
+        Ok(()) => {}
+        Err(Early::Interrupted) => return run.interrupted(),
+        Err(Early::Failed(f)) => return run.failed(f),
+        Err(Early::UpToDate(why)) => return run.up_to_date(why),
+    }
+    let mut wiring = run.wire();
+    on_live(run.live.clone());
+    let tasks = run.tasks(built, &mut wiring);
     let sampler = sample_channels(std::mem::take(&mut wiring.edges));
     // Senders held here would keep channels open forever.
     drop(wiring);
@@ -406,7 +411,7 @@ impl<'p> Runner<'p> {
 
     /// Operators check what they need from outside (a HubSpot portal's
     /// properties) before any row moves. A dry run asks nobody.
-    async fn open_operators(&self, built: &mut [(usize, Built)]) -> Result<(), Failure> {
+    async fn open_operators(&self, built: &mut [(usize, Built)]) -> Result<(), Early> {
         if self.mode == Mode::Plan {
             return Ok(());
         }
@@ -417,7 +422,11 @@ impl<'p> Runner<'p> {
                     _ = self.control.drain.cancelled() => Err(OperatorError::Cancelled),
                     _ = self.abort.cancelled() => Err(OperatorError::Cancelled),
                 };
-                opened.map_err(|e| (self.p.components[*i].id.clone(), e.to_string()))?;
+                match opened {
+                    Ok(()) => {}
+                    Err(OperatorError::Cancelled) => return Err(Early::Interrupted),
+                    Err(e) => return Err(Early::Failed((self.p.components[*i].id.clone(), e.to_string()))),
+                }
             }
         }
         Ok(())
@@ -477,16 +486,57 @@ impl<'p> Runner<'p> {
         Some(c)
     }
 
-    /// Opens sources (a missing file fails here, cleanly) and turns every
-    /// operator into its task.
-    async fn open_sources(
-        &mut self,
-        built: Vec<(usize, Built)>,
-        w: &mut Wiring,
-        pending: Vec<String>,
-    ) -> Result<Vec<(usize, BoxFuture<'static, TaskResult>)>, Early> {
+    /// Opens sources (a missing file fails here, cleanly) and decides
+    /// whether there is anything to do: when every source reads what the
+    /// last completed run read and no operator has work left, the run stops
+    /// here.
+    async fn open_sources(&self, built: &mut [(usize, Built)], pending: Vec<String>) -> Result<(), Early> {
         let p = self.p;
         let mut up_to_date: Vec<String> = Vec::new();
+        for (i, b) in built.iter_mut() {
+            let Built::Source(s) = b else { continue };
+            let c = &p.components[*i];
+            if let Some(prev) = self
+                .session
+                .as_ref()
+                .filter(|s| s.resume.is_none() || self.mode == Mode::Plan)
+                .and_then(|s| s.previous_states.get(&c.id))
+            {
+                s.previous_run(prev);
+            }
+            // Opening may wait on the network (S3, a Parquet footer): a
+            // signal must still stop the run here.
+            let opened = tokio::select! {
+                r = s.open().instrument(self.span(*i)) => r,
+                _ = self.control.drain.cancelled() => Err(OperatorError::Cancelled),
+                _ = self.abort.cancelled() => Err(OperatorError::Cancelled),
+            };
+            match opened {
+                Ok(()) => {}
+                Err(OperatorError::Cancelled) => return Err(Early::Interrupted),
+                Err(e) => return Err(Early::Failed((c.id.clone(), e.to_string()))),
+            }
+            if let Some(why) = s.up_to_date() {
+                up_to_date.push(why);
+            }
+        }
+        let sources = p.components.iter().filter(|c| c.role == Role::Source).count();
+        if sources > 0 && up_to_date.len() == sources {
+            if pending.is_empty() {
+                for why in &up_to_date {
+                    tracing::info!("{why}");
+                }
+                return Err(Early::UpToDate(up_to_date.join("; ")));
+            }
+            tracing::info!(pending = %pending.join("; "), "the input is unchanged but work is left from an earlier run: running");
+        }
+        Ok(())
+    }
+
+    /// Turns every operator into its task, joined to its channels, and
+    /// starts the coordinator.
+    fn tasks(&mut self, built: Vec<(usize, Built)>, w: &mut Wiring) -> Vec<(usize, BoxFuture<'static, TaskResult>)> {
+        let p = self.p;
         let mut tasks: Vec<(usize, BoxFuture<'static, TaskResult>)> = Vec::new();
         for (i, b) in built {
             let c = &p.components[i];
@@ -499,30 +549,7 @@ impl<'p> Runner<'p> {
                 .collect();
             let out = Collector::new(&c.id, ports, self.stats[i].clone(), self.abort.clone());
             let fut = match b {
-                Built::Source(mut s) => {
-                    if let Some(prev) = self
-                        .session
-                        .as_ref()
-                        .filter(|s| s.resume.is_none() || self.mode == Mode::Plan)
-                        .and_then(|s| s.previous_states.get(&c.id))
-                    {
-                        s.previous_run(prev);
-                    }
-                    // Opening may wait on the network (S3, a Parquet footer):
-                    // a signal must still stop the run here.
-                    let opened = tokio::select! {
-                        r = s.open().instrument(self.span(i)) => r,
-                        _ = self.control.drain.cancelled() => Err(OperatorError::Cancelled),
-                        _ = self.abort.cancelled() => Err(OperatorError::Cancelled),
-                    };
-                    match opened {
-                        Ok(()) => {}
-                        Err(OperatorError::Cancelled) => return Err(Early::Interrupted),
-                        Err(e) => return Err(Early::Failed((c.id.clone(), e.to_string()))),
-                    }
-                    if let Some(why) = s.up_to_date() {
-                        up_to_date.push(why);
-                    }
+                Built::Source(s) => {
                     let link = w.reports_tx.as_ref().map(|tx| SourceLink {
                         op: i,
                         requests: w.requests_rx.clone(),
@@ -554,23 +581,13 @@ impl<'p> Runner<'p> {
             tasks.push((i, fut));
         }
         self.live.ready.store(true, Ordering::Relaxed);
-        let sources = p.components.iter().filter(|c| c.role == Role::Source).count();
-        if sources > 0 && up_to_date.len() == sources {
-            if pending.is_empty() {
-                for why in &up_to_date {
-                    tracing::info!("{why}");
-                }
-                return Err(Early::UpToDate(up_to_date.join("; ")));
-            }
-            tracing::info!(pending = %pending.join("; "), "the input is unchanged but work is left from an earlier run: running");
-        }
         // The coordinator holds no report sender: when every task is done,
         // its channel closes and it returns what it committed.
         w.reports_tx = None;
         if let Some(c) = self.pending.take() {
             self.coordinator = Some(tokio::spawn(c.run().instrument(tracing::info_span!("checkpoint"))));
         }
-        Ok(tasks)
+        tasks
     }
 
     /// Spawns every task and waits for all of them; the first error cancels
@@ -615,10 +632,8 @@ impl<'p> Runner<'p> {
                 Err(join_err) => {
                     if failure.is_none() {
                         let who = task_ids.get(&join_err.id()).map(|&i| p.components[i].id.clone());
-                        failure = Some((
-                            who.unwrap_or_else(|| "<runtime>".into()),
-                            format!("the task panicked: {join_err}"),
-                        ));
+                        failure =
+                            Some((who.unwrap_or_else(|| "<runtime>".into()), format!("the task panicked: {join_err}")));
                     }
                     self.abort.cancel();
                 }
@@ -764,11 +779,8 @@ impl<'p> Runner<'p> {
             .iter()
             .filter_map(|(i, op)| op.summary().map(|n| (self.p.components[*i].id.clone(), n)))
             .collect();
-        let plans = self
-            .plans
-            .iter()
-            .map(|(id, pl)| (id.clone(), pl.lock().map(|p| p.clone()).unwrap_or_default()))
-            .collect();
+        let plans =
+            self.plans.iter().map(|(id, pl)| (id.clone(), pl.lock().map(|p| p.clone()).unwrap_or_default())).collect();
         RunReport {
             pipeline: self.p.name.clone(),
             outcome,
@@ -797,10 +809,8 @@ fn pending_work(p: &Pipeline, built: &[(usize, Built)]) -> Vec<String> {
 /// Channel fill gauges, sampled: reading a length is cheap, but not free
 /// enough to do on every send.
 fn sample_channels(edges: Vec<Edge>) -> CancellationToken {
-    let gauges: Vec<(metrics::Gauge, Sender<Message>)> = edges
-        .into_iter()
-        .map(|e| (metrics::gauge!("engine_channel_fill_ratio", "edge" => e.label), e.tx))
-        .collect();
+    let gauges: Vec<(metrics::Gauge, Sender<Message>)> =
+        edges.into_iter().map(|e| (metrics::gauge!("engine_channel_fill_ratio", "edge" => e.label), e.tx)).collect();
     let stop = CancellationToken::new();
     let s2 = stop.clone();
     tokio::spawn(async move {

@@ -511,7 +511,10 @@ impl Checker<'_> {
             match &it.value {
                 Value::String(s) => out.push((s.clone(), it.span.clone(), deletes)),
                 other => {
-                    self.err(format!("{key} of {where_} must be strings, found {}", other.type_name()), it.span.clone());
+                    self.err(
+                        format!("{key} of {where_} must be strings, found {}", other.type_name()),
+                        it.span.clone(),
+                    );
                 }
             }
         }

@@ -313,7 +313,12 @@ impl Client {
     /// transport errors, 429 and 423, behind the breaker. Returns 2xx and
     /// the 4xx that retrying cannot fix; 401/403 are errors naming the
     /// token's source.
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Answer, OperatorError> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, OperatorError> {
         let mut attempt = 0;
         loop {
             self.wait_turn().await;

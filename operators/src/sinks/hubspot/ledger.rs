@@ -304,10 +304,7 @@ mod tests {
         later.put("c", 3);
         resumed.restore(&[later.take_delta()]).unwrap();
         resumed.carry_over(std::slice::from_ref(&carried)).unwrap();
-        assert_eq!(
-            (resumed.record_id("a"), resumed.record_id("b"), resumed.record_id("c")),
-            (Some(1), None, Some(3))
-        );
+        assert_eq!((resumed.record_id("a"), resumed.record_id("b"), resumed.record_id("c")), (Some(1), None, Some(3)));
         assert!(resumed.take_delta().starts_with(&[BASE]), "the next delta carries everything");
     }
 

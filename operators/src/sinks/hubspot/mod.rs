@@ -201,7 +201,10 @@ enum Mode {
 enum Done {
     Upserted(Outcome),
     /// Keys whose records were archived, and keys HubSpot did not know.
-    Archived { keys: Vec<String>, absent: Vec<String> },
+    Archived {
+        keys: Vec<String>,
+        absent: Vec<String>,
+    },
 }
 
 /// What the sink did this run, for the summary and the log.
@@ -649,9 +652,7 @@ impl Operator for HubSpotSink {
         match &mut self.mode {
             Mode::Outbox { loc, parts, writer } => {
                 if let Some(mut w) = writer.take() {
-                    w.shutdown()
-                        .await
-                        .map_err(|e| OperatorError::Data(format!("completing {}: {e}", loc.display)))?;
+                    w.shutdown().await.map_err(|e| OperatorError::Data(format!("completing {}: {e}", loc.display)))?;
                 }
                 parts.sealed(barrier.epoch);
                 Ok(Snapshot::None)
@@ -748,7 +749,8 @@ impl Operator for HubSpotSink {
                 );
             }
             Mode::Outbox { loc, .. } => {
-                plan.basis = format!("no token: request bodies would go to {}; every row counts as created", loc.display)
+                plan.basis =
+                    format!("no token: request bodies would go to {}; every row counts as created", loc.display)
             }
         }
     }

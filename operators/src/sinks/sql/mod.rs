@@ -560,7 +560,10 @@ impl Operator for SqlSink {
 
     fn plan_start(&mut self, plan: &mut crate::plan::Plan) {
         plan.basis = match self.cfg.mode {
-            Mode::Upsert => "the sql sink upserts on its key: new and changed rows are not told apart without reading the table".into(),
+            Mode::Upsert => {
+                "the sql sink upserts on its key: new and changed rows are not told apart without reading the table"
+                    .into()
+            }
             Mode::Insert => "the sql sink inserts every row".into(),
         };
     }
