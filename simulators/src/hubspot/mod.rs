@@ -227,6 +227,16 @@ impl Handle {
     pub fn accept_all(&self) {
         lock(&self.state).refused.clear();
     }
+    /// A new rolling limit from now on, with the counters zeroed and the
+    /// records kept: a benchmark fills the portal fast, then measures a
+    /// sync at the real limit's pace.
+    pub fn set_window(&self, requests: u32, window: Duration) {
+        let mut s = lock(&self.state);
+        s.cfg.window_requests = requests;
+        s.cfg.window = window;
+        s.limits.clear(SystemTime::now());
+        s.stats = Stats::default();
+    }
     pub fn stop(self) {
         self.task.abort();
     }
