@@ -13,6 +13,14 @@
 //! 3. Restart latency: from starting the resumed process to the first row
 //!    flowing past validation (polled on /metrics; with a repeated input
 //!    the sink may get nothing new after a resume).
+//! 4. A slow sink: the full file to the HubSpot simulator at the real
+//!    Starter limit (100 requests / 10 s, ~1,000 rows/s), `interval = 5s`,
+//!    default batch size and channel capacity. Killed with SIGKILL after
+//!    `BENCH_SLOW_SECS` (default 40), resumed, stopped with SIGTERM after
+//!    as long again. Goals: every checkpoint commits within 2× the
+//!    interval; rows re-sent after the kill ≤ one interval of throughput
+//!    plus one batch per request in flight; the drain ends within 2× the
+//!    interval plus a round trip.
 //!
 //! ```text
 //! scripts/fetch-babynames
@@ -185,5 +193,93 @@ fn main() {
         None => println!("no row flowed after the restart"),
     }
     println!("resumed run exit: {}", o.status);
+    slow_sink(&csv, &dir);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `duration_ms` of every "checkpoint committed" line of a log.
+fn commit_times(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("checkpoint committed"))
+        .filter_map(|l| l.split("duration_ms=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn slow_sink(csv: &Path, dir: &Path) {
+    let secs: u64 = std::env::var("BENCH_SLOW_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let cfg = simulators::hubspot::Config {
+        daily: u64::MAX,
+        properties: simulators::hubspot::babynames_properties(),
+        ..Default::default()
+    };
+    let sim = rt.block_on(simulators::hubspot::serve(cfg, "127.0.0.1:0".parse().expect("addr"))).expect("simulator");
+    let p = dir.join("slow.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"[pipeline]
+name = "bench-slow-sink"
+[pipeline.checkpoint]
+interval = "5s"
+dir = "{dir}/slow-store"
+{fragment}
+[sinks.crm]
+kind = "hubspot"
+inputs = ["unique"]
+base_url = "{base}"
+token = "sim-token"
+id_property = "baby_key"
+id = "{{Name}}|{{Gender}}|{{Year}}"
+properties = {{ firstname = "{{Name}}", baby_gender = "{{Gender}}", baby_year = "{{Year}}", baby_count = "{{Count}}" }}
+rate_limit = {{ requests = 100, per = "10s" }}
+"#,
+            dir = dir.display(),
+            fragment = source_validate_dedupe(csv),
+            base = sim.base_url()
+        ),
+    )
+    .expect("write pipeline");
+    let spawn = || {
+        engine()
+            .args(["run", p.to_str().unwrap_or_default(), "--no-progress", "--log-level", "info"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let child = spawn();
+    std::thread::sleep(Duration::from_secs(secs));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let o = child.wait_with_output().expect("wait");
+    let mut times = commit_times(&String::from_utf8_lossy(&o.stderr));
+    let sent_before = sim.stats().inputs_received;
+
+    let child = spawn();
+    std::thread::sleep(Duration::from_secs(secs));
+    let asked = Instant::now();
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().expect("wait");
+    let drain = asked.elapsed();
+    times.extend(commit_times(&String::from_utf8_lossy(&o.stderr)));
+    let st = sim.stats();
+    let unique = sim.contacts().len() as u64;
+    let resent = st.inputs_received - unique;
+    let worst = times.iter().copied().max().unwrap_or(0);
+    let mean = times.iter().sum::<u64>() as f64 / times.len().max(1) as f64;
+    println!(
+        "slow sink (100 req/10 s, interval 5 s): {} checkpoints in 2 × {secs} s, commit time mean {mean:.0} ms, worst {worst} ms (goal ≤ 10,000 ms)",
+        times.len()
+    );
+    println!(
+        "slow sink: {sent_before} rows sent before the kill; {resent} re-sent after it (goal ≤ 5,000 + 4 × 100 = 5,400)"
+    );
+    println!(
+        "slow sink: SIGTERM drain took {:.2} s (goal ≤ 10 s + a round trip); exit {}",
+        drain.as_secs_f64(),
+        o.status
+    );
+    sim.stop();
 }

@@ -1,11 +1,16 @@
 //! Integration tests: the real `engine` binary on real files.
 
+mod config_limits;
 mod crash;
+mod csv_sink;
 mod hubspot_golive;
 mod hubspot_sim;
 mod hubspot_sink;
 mod kaggle;
+mod parquet_damage;
+mod rejects;
 mod resume;
+mod slow_sink;
 mod sql_sink;
 mod util;
 

@@ -266,3 +266,73 @@ fn a_batch_refused_whole_is_split_to_isolate_the_bad_record() {
     let st = sim.stats();
     assert!(st.upsert_requests <= 16, "{st:?}");
 }
+
+/// Regression: with repeated ids in different batches and 4 requests in
+/// flight, an older row's request could be answered after a newer one's,
+/// leaving the older value in HubSpot. A newer row now waits for the older
+/// request of its id.
+#[test]
+fn the_later_row_of_an_id_always_lands_last() {
+    let rt = runtime();
+    // Every third request stalls, so later requests overtake earlier ones.
+    let sim = start(
+        &rt,
+        Config {
+            properties: simulators::hubspot::babynames_properties(),
+            stall_every: Some(3),
+            stall: Duration::from_millis(150),
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("n.csv");
+    let mut text = String::from("Name,Year,Gender,Count\n");
+    for version in 1..=3 {
+        for i in 0..270 {
+            text.push_str(&format!("N{i},1990,F,{}\n", version * 1000 + i));
+        }
+    }
+    std::fs::write(&csv, text).unwrap();
+    let p = crm_pipeline(dir.path(), &csv, &sim.base_url(), r#"{ baby_count = "{Count}" }"#);
+    let o = run(&["run", &p], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let contacts = sim.contacts();
+    assert_eq!(contacts.len(), 270);
+    let stale: Vec<String> = contacts
+        .iter()
+        .filter(|c| !c.properties["baby_count"].starts_with('3'))
+        .map(|c| format!("{}={}", c.id_value, c.properties["baby_count"]))
+        .collect();
+    assert!(stale.is_empty(), "older values won: {stale:?}");
+}
+
+/// Regression: every run used to start a fresh daily budget, so three runs
+/// on one day could send three days' worth. The count now travels with the
+/// checkpoints and every run of the day shares it.
+#[test]
+fn runs_of_one_day_share_the_daily_budget() {
+    let rt = runtime();
+    let sim = start(&rt, Config { properties: simulators::hubspot::babynames_properties(), ..Default::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("n.csv");
+    let mut text = String::from("Name,Year,Gender,Count\n");
+    for i in 0..300 {
+        text.push_str(&format!("N{i},1990,F,{i}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let p = crm_pipeline(dir.path(), &csv, &sim.base_url(), r#"{ baby_count = "{Count}" }"#);
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "[sinks.rejects]",
+        "rate_limit = { requests = 100, per = \"1s\", daily = 6 }\non_daily_limit = \"fail\"\n[sinks.rejects]",
+    );
+    std::fs::write(&p, text).unwrap();
+    // A run: the property check and 3 upserts.
+    let o = run(&["run", &p], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sim.stats().requests, 4);
+    // The next run of the day has 2 requests left: it stops at the budget.
+    let o = run(&["run", &p], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the daily budget of 6 HubSpot requests is spent"), "{}", stderr(&o));
+    assert_eq!(sim.stats().requests, 6, "never more than the day's budget over both runs");
+}

@@ -139,6 +139,58 @@ fn a_changed_pipeline_or_input_is_refused_and_from_scratch_starts_over() {
     assert_eq!(ids(&out), (1..=40_001).collect::<Vec<_>>());
 }
 
+/// Size, ETag (inode, size, modification time) and version all match:
+/// only the checksum of the bytes read before the checkpoint can tell.
+#[test]
+fn an_input_rewritten_in_place_with_the_same_size_and_time_is_refused() {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, input, out) = slow_pipeline(dir.path(), 60_000, "\"Id\"");
+    let child = engine()
+        .args(["run", "--no-progress", &p])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    assert!(stdout(&o).contains("interrupted by SIGTERM at checkpoint"), "{}", stdout(&o));
+
+    // Every name changes, nothing else: same bytes count, same inode, and
+    // the modification time put back.
+    let before = std::fs::metadata(&input).unwrap();
+    let text = std::fs::read_to_string(&input).unwrap();
+    let rewritten = text.replace(",Name0", ",Nome0");
+    assert_eq!(rewritten.len(), text.len());
+    let mut f = std::fs::OpenOptions::new().write(true).open(&input).unwrap();
+    f.write_all(rewritten.as_bytes()).unwrap();
+    f.set_modified(before.modified().unwrap()).unwrap();
+    drop(f);
+    let after = std::fs::metadata(&input).unwrap();
+    assert_eq!(
+        (after.len(), after.ino(), after.modified().unwrap()),
+        (before.len(), before.ino(), before.modified().unwrap())
+    );
+
+    let o = run(&["run", "--no-progress", &p], &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "a rewritten input must not be resumed: {err}");
+    let said = format!(" bytes of {} changed since checkpoint ", input.display());
+    assert!(err.contains("the first ") && err.contains(&said), "{err}");
+    assert!(err.contains("(checksum xxh64 ") && err.contains("start over with --from-scratch"), "{err}");
+    assert!(!out.exists(), "nothing published");
+
+    let o = run(&["run", "--no-progress", "--from-scratch", &p], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(ids(&out), (1..=60_000).collect::<Vec<_>>());
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert!(!written.contains(",Name0"), "only the new input's rows");
+}
+
 #[test]
 fn checkpoints_list_show_and_reset() {
     let dir = tempfile::tempdir().unwrap();

@@ -351,7 +351,10 @@ pub fn begin(p: &Pipeline, store: Arc<dyn CheckpointStore>, from_scratch: bool) 
 pub enum Report {
     /// The operator passed the barrier of `epoch` with this state.
     Ack { op: usize, epoch: u64, snapshot: Snapshot, position: Option<String>, aligned_in: Duration },
-    /// A source sent its last row: no barrier will come from it again.
+    /// A source sent its last row (and `EndOfData`); it still injects the
+    /// barriers asked for, until the coordinator wants no more.
+    AtEnd { op: usize },
+    /// A source ended its stream: no barrier will come from it again.
     SourceEnded { op: usize, position: String, state: Option<Vec<u8>> },
 }
 
@@ -419,6 +422,34 @@ pub struct Coordinator {
     pub stop: CancellationToken,
 }
 
+/// One operator's acknowledgement: its state, a source's position, how long
+/// it waited to align its inputs.
+type Acked = (Snapshot, Option<String>, Duration);
+
+/// Where the coordinator is, between its phases.
+struct Progress {
+    done: Committed,
+    epoch: u64,
+    /// Sources that ended their stream, and sources past their last row.
+    ended: Vec<bool>,
+    at_end: Vec<bool>,
+    drain_seen: bool,
+    last_at: Instant,
+    last_rows: u64,
+}
+
+enum Trigger {
+    Epoch { final_one: bool },
+    WindDown,
+    Stop,
+}
+
+enum Collected {
+    All(Vec<Option<Acked>>),
+    Abandoned(Vec<Option<Acked>>),
+    Stop,
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -429,179 +460,211 @@ impl Coordinator {
     }
 
     /// Runs until `stop`: one checkpoint at a time, on the interval (or row
-    /// count), and one last one when a drain is requested.
+    /// count); one last one when a drain is requested, or once every source
+    /// sent its last row (that one covers the operators' end-of-input work,
+    /// which runs before it passes them). Phases: `trigger` →
+    /// `request` → `collect` → `commit`.
     pub async fn run(mut self) -> Committed {
-        let mut done = Committed::default();
-        let mut epoch = self.session.last_epoch();
-        let settings = self.session.settings.clone();
-        let n = self.ids.len();
-        let mut ended = vec![false; n];
-        let mut drain_seen = false;
-        let mut last_at = Instant::now();
-        let mut last_rows = 0u64;
-        let epoch_gauge = metrics::gauge!("engine_checkpoint_last_epoch");
-        let committed_at_gauge = metrics::gauge!("engine_checkpoint_last_commit_timestamp_seconds");
+        let mut p = Progress {
+            done: Committed::default(),
+            epoch: self.session.last_epoch(),
+            ended: vec![false; self.ids.len()],
+            at_end: vec![false; self.ids.len()],
+            drain_seen: false,
+            last_at: Instant::now(),
+            last_rows: 0,
+        };
         loop {
-            // Wait for the next trigger.
-            let final_one = loop {
-                if ended.iter().any(|e| *e) {
-                    // A source finished: barriers can no longer reach every
-                    // operator. The run ends soon; the final state is
-                    // written when it completes.
+            let final_one = match self.trigger(&mut p).await {
+                Trigger::Epoch { final_one } => final_one,
+                Trigger::WindDown => {
+                    // A source ended without us: barriers can no longer
+                    // reach every operator. The final state is written when
+                    // the run completes.
                     self.no_more.cancel();
-                    return self.wind_down(done).await;
+                    return self.wind_down(p.done).await;
                 }
-                tokio::select! {
-                    _ = self.stop.cancelled() => return done,
-                    _ = self.drain.cancelled(), if !drain_seen => { drain_seen = true; break true }
-                    r = self.reports.recv() => match r {
-                        Some(Report::SourceEnded { op, position, state }) => {
-                            ended[op] = true;
-                            done.source_ended(&self.ids[op], position, state);
-                        }
-                        Some(Report::Ack { .. }) => {}
-                        None => return done,
-                    },
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                        let by_time = settings.interval.is_some_and(|i| last_at.elapsed() >= i);
-                        let by_rows = settings.rows.is_some_and(|r| self.source_rows().saturating_sub(last_rows) >= r);
-                        if by_time || by_rows {
-                            break false;
-                        }
-                    }
-                }
+                Trigger::Stop => return p.done,
             };
-            epoch += 1;
+            p.epoch += 1;
             let started = Instant::now();
-            last_at = started;
-            last_rows = self.source_rows();
-            tracing::debug!(epoch, "checkpoint: injecting barriers");
-            self.requests.send_replace(epoch);
-            let mut acks: Vec<Option<(Snapshot, Option<String>, Duration)>> = (0..n).map(|_| None).collect();
-            let mut got = 0;
-            let mut abandoned = false;
-            while got < n {
-                tokio::select! {
-                    _ = self.stop.cancelled() => return done,
-                    r = self.reports.recv() => match r {
-                        Some(Report::Ack { op, epoch: e, snapshot, position, aligned_in }) if e == epoch => {
-                            if acks[op].is_none() {
-                                got += 1;
-                            }
-                            acks[op] = Some((snapshot, position, aligned_in));
+            p.last_at = started;
+            p.last_rows = self.source_rows();
+            tracing::debug!(epoch = p.epoch, "checkpoint: injecting barriers");
+            self.requests.send_replace(p.epoch);
+            let acks = match self.collect(&mut p).await {
+                Collected::All(acks) => acks,
+                Collected::Abandoned(acks) => {
+                    tracing::debug!(epoch = p.epoch, "checkpoint abandoned: a source ended before its barrier");
+                    // Operators still handed over what they added: keep it
+                    // for the run's last checkpoint, or it is lost to the
+                    // next run. Acks still on their way arrive in
+                    // `wind_down`.
+                    for (op, a) in acks.into_iter().enumerate() {
+                        if let Some((snap, ..)) = a {
+                            p.done.orphan(&self.ids[op], snap);
                         }
-                        Some(Report::Ack { .. }) => {}
-                        Some(Report::SourceEnded { op, position, state }) => {
-                            ended[op] = true;
-                            done.source_ended(&self.ids[op], position, state);
-                            if acks[op].is_none() {
-                                abandoned = true;
-                                break;
-                            }
-                        }
-                        None => return done,
-                    },
-                }
-            }
-            if abandoned {
-                tracing::debug!(epoch, "checkpoint abandoned: a source ended before its barrier");
-                // Operators still handed over what they added: keep it for
-                // the run's last checkpoint, or it is lost to the next run.
-                // Acks still on their way arrive in `wind_down`, next.
-                for (op, a) in acks.into_iter().enumerate() {
-                    if let Some((snap, ..)) = a {
-                        done.orphan(&self.ids[op], snap);
                     }
+                    continue;
                 }
-                continue;
-            }
-            // Every operator acknowledged: build and commit.
-            let mut meta = Meta {
-                pipeline: self.session.pipeline.clone(),
-                run_start: self.session.run_start,
-                graph: self.session.graph.clone(),
-                carried: self.session.carried,
-                ..Default::default()
+                Collected::Stop => return p.done,
             };
-            let mut state = BTreeMap::new();
-            let mut deltas = BTreeMap::new();
-            for (i, a) in acks.into_iter().enumerate() {
-                let Some((snap, position, aligned)) = a else { continue };
-                let id = &self.ids[i];
-                meta.alignment_ms = meta.alignment_ms.max(aligned.as_millis() as u64);
-                if let (Some(p), Role::Source) = (position, self.roles[i]) {
-                    meta.positions.insert(id.clone(), p);
-                }
-                match snap {
-                    Snapshot::None => {}
-                    Snapshot::Full(b) => {
-                        meta.sizes.insert(id.clone(), b.len() as u64);
-                        state.insert(state_key(id), b);
-                    }
-                    Snapshot::Delta(b) => {
-                        meta.sizes.insert(id.clone(), b.len() as u64);
-                        deltas.insert(id.clone(), b);
-                    }
-                }
+            if let Err(e) = self.commit(p.epoch, acks, started).await {
+                p.done.error = Some(e);
+                self.stop.cancel();
+                return p.done;
             }
-            meta.duration_ms = started.elapsed().as_millis() as u64;
-            let size: u64 = meta.sizes.values().sum();
-            match serde_json::to_vec(&meta) {
-                Ok(m) => {
-                    state.insert(META.to_string(), m);
-                }
-                Err(e) => {
-                    done.error = Some(format!("encoding checkpoint {epoch}: {e}"));
-                    return done;
-                }
-            }
-            let cp = Checkpoint { epoch, committed_at_ms: now_ms(), complete: false, state, deltas };
-            let store = self.session.store.clone();
-            let keep = settings.keep;
-            // sled's flush is blocking disk I/O: off the async workers.
-            checkpoints::fault::hit("before-store-commit");
-            let acked_in = started.elapsed();
-            let committed = tokio::task::spawn_blocking(move || {
-                store.commit(&cp)?;
-                checkpoints::fault::hit("after-store-commit");
-                store.prune(keep)
-            })
-            .await;
-            match committed {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(epoch, error = %e, "checkpoint commit failed; stopping the run");
-                    done.error = Some(format!("committing checkpoint {epoch}: {e}"));
-                    self.stop.cancel();
-                    return done;
-                }
-                Err(e) => {
-                    done.error = Some(format!("committing checkpoint {epoch}: {e}"));
-                    self.stop.cancel();
-                    return done;
-                }
-            }
-            let took = started.elapsed();
-            metrics::counter!("engine_checkpoints_total").increment(1);
-            metrics::histogram!("engine_checkpoint_duration_seconds").record(took.as_secs_f64());
-            metrics::histogram!("engine_checkpoint_size_bytes").record(size as f64);
-            metrics::histogram!("engine_checkpoint_alignment_seconds").record(meta.alignment_ms as f64 / 1000.0);
-            epoch_gauge.set(epoch as f64);
-            committed_at_gauge.set(now_ms() as f64 / 1000.0);
-            tracing::info!(
-                epoch,
-                duration_ms = took.as_millis() as u64,
-                acknowledged_ms = acked_in.as_millis() as u64,
-                state_bytes = size,
-                "checkpoint committed"
-            );
-            done.last = Some(epoch);
-            done.count += 1;
+            p.done.last = Some(p.epoch);
+            p.done.count += 1;
             if final_one {
                 self.no_more.cancel();
-                return self.wind_down(done).await;
+                return self.wind_down(p.done).await;
             }
         }
+    }
+
+    fn all_sources_at_end(&self, p: &Progress) -> bool {
+        self.roles.iter().zip(&p.at_end).all(|(r, e)| *r != Role::Source || *e)
+    }
+
+    /// Waits for the next checkpoint to be due.
+    async fn trigger(&mut self, p: &mut Progress) -> Trigger {
+        let settings = self.session.settings.clone();
+        loop {
+            if p.ended.iter().any(|e| *e) {
+                return Trigger::WindDown;
+            }
+            if self.all_sources_at_end(p) {
+                // Everything was read: one more checkpoint, behind every
+                // operator's end-of-input work, and the run may end.
+                return Trigger::Epoch { final_one: true };
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return Trigger::Stop,
+                _ = self.drain.cancelled(), if !p.drain_seen => {
+                    p.drain_seen = true;
+                    return Trigger::Epoch { final_one: true };
+                }
+                r = self.reports.recv() => match r {
+                    Some(Report::SourceEnded { op, position, state }) => {
+                        p.ended[op] = true;
+                        p.done.source_ended(&self.ids[op], position, state);
+                    }
+                    Some(Report::AtEnd { op }) => p.at_end[op] = true,
+                    Some(Report::Ack { .. }) => {}
+                    None => return Trigger::Stop,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    let by_time = settings.interval.is_some_and(|i| p.last_at.elapsed() >= i);
+                    let by_rows = settings.rows.is_some_and(|r| self.source_rows().saturating_sub(p.last_rows) >= r);
+                    if by_time || by_rows {
+                        return Trigger::Epoch { final_one: false };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for every operator's acknowledgement of `p.epoch`.
+    async fn collect(&mut self, p: &mut Progress) -> Collected {
+        let n = self.ids.len();
+        let mut acks: Vec<Option<Acked>> = (0..n).map(|_| None).collect();
+        let mut got = 0;
+        while got < n {
+            tokio::select! {
+                _ = self.stop.cancelled() => return Collected::Stop,
+                r = self.reports.recv() => match r {
+                    Some(Report::Ack { op, epoch: e, snapshot, position, aligned_in }) if e == p.epoch => {
+                        if acks[op].is_none() {
+                            got += 1;
+                        }
+                        acks[op] = Some((snapshot, position, aligned_in));
+                    }
+                    Some(Report::Ack { .. }) => {}
+                    Some(Report::AtEnd { op }) => p.at_end[op] = true,
+                    Some(Report::SourceEnded { op, position, state }) => {
+                        p.ended[op] = true;
+                        p.done.source_ended(&self.ids[op], position, state);
+                        if acks[op].is_none() {
+                            return Collected::Abandoned(acks);
+                        }
+                    }
+                    None => return Collected::Stop,
+                },
+            }
+        }
+        Collected::All(acks)
+    }
+
+    /// Every operator acknowledged: builds the checkpoint and commits it.
+    async fn commit(&self, epoch: u64, acks: Vec<Option<Acked>>, started: Instant) -> Result<(), String> {
+        let mut meta = Meta {
+            pipeline: self.session.pipeline.clone(),
+            run_start: self.session.run_start,
+            graph: self.session.graph.clone(),
+            carried: self.session.carried,
+            ..Default::default()
+        };
+        let mut state = BTreeMap::new();
+        let mut deltas = BTreeMap::new();
+        for (i, a) in acks.into_iter().enumerate() {
+            let Some((snap, position, aligned)) = a else { continue };
+            let id = &self.ids[i];
+            meta.alignment_ms = meta.alignment_ms.max(aligned.as_millis() as u64);
+            if let (Some(p), Role::Source) = (position, self.roles[i]) {
+                meta.positions.insert(id.clone(), p);
+            }
+            match snap {
+                Snapshot::None => {}
+                Snapshot::Full(b) => {
+                    meta.sizes.insert(id.clone(), b.len() as u64);
+                    state.insert(state_key(id), b);
+                }
+                Snapshot::Delta(b) => {
+                    meta.sizes.insert(id.clone(), b.len() as u64);
+                    deltas.insert(id.clone(), b);
+                }
+            }
+        }
+        meta.duration_ms = started.elapsed().as_millis() as u64;
+        let size: u64 = meta.sizes.values().sum();
+        let m = serde_json::to_vec(&meta).map_err(|e| format!("encoding checkpoint {epoch}: {e}"))?;
+        state.insert(META.to_string(), m);
+        let cp = Checkpoint { epoch, committed_at_ms: now_ms(), complete: false, state, deltas };
+        let store = self.session.store.clone();
+        let keep = self.session.settings.keep;
+        // sled's flush is blocking disk I/O: off the async workers.
+        checkpoints::fault::hit("before-store-commit");
+        let acked_in = started.elapsed();
+        let committed = tokio::task::spawn_blocking(move || {
+            store.commit(&cp)?;
+            checkpoints::fault::hit("after-store-commit");
+            store.prune(keep)
+        })
+        .await;
+        match committed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(epoch, error = %e, "checkpoint commit failed; stopping the run");
+                return Err(format!("committing checkpoint {epoch}: {e}"));
+            }
+            Err(e) => return Err(format!("committing checkpoint {epoch}: {e}")),
+        }
+        let took = started.elapsed();
+        metrics::counter!("engine_checkpoints_total").increment(1);
+        metrics::histogram!("engine_checkpoint_duration_seconds").record(took.as_secs_f64());
+        metrics::histogram!("engine_checkpoint_size_bytes").record(size as f64);
+        metrics::histogram!("engine_checkpoint_alignment_seconds").record(meta.alignment_ms as f64 / 1000.0);
+        metrics::gauge!("engine_checkpoint_last_epoch").set(epoch as f64);
+        metrics::gauge!("engine_checkpoint_last_commit_timestamp_seconds").set(now_ms() as f64 / 1000.0);
+        tracing::info!(
+            epoch,
+            duration_ms = took.as_millis() as u64,
+            acknowledged_ms = acked_in.as_millis() as u64,
+            state_bytes = size,
+            "checkpoint committed"
+        );
+        Ok(())
     }
 
     /// No more checkpoints: wait for the tasks to finish (their report
@@ -616,6 +679,7 @@ impl Coordinator {
                         done.source_ended(&self.ids[op], position, state)
                     }
                     Some(Report::Ack { op, snapshot, .. }) => done.orphan(&self.ids[op], snapshot),
+                    Some(Report::AtEnd { .. }) => {}
                     None => return done,
                 },
             }

@@ -44,10 +44,10 @@ enum Command {
         /// Ignore (and erase) the checkpoint store: start from the first row.
         #[arg(long)]
         from_scratch: bool,
-        /// Time between checkpoints (`5s`, `500ms`) or `off`; overrides
-        /// `[pipeline.checkpoint] interval`.
-        #[arg(long)]
-        checkpoint_interval: Option<String>,
+        /// Time between checkpoints (`5s`, `500ms`; 1ms to 24h) or `off`;
+        /// overrides `[pipeline.checkpoint] interval`.
+        #[arg(long, value_parser = checkpoint_interval)]
+        checkpoint_interval: Option<Interval>,
         /// Checkpoint store folder; overrides `[pipeline.checkpoint] dir`.
         #[arg(long)]
         checkpoint_dir: Option<PathBuf>,
@@ -223,6 +223,15 @@ enum MigrateAction {
     },
 }
 
+/// `--checkpoint-interval`, read by clap so that a bad value is a usage
+/// error (exit 2, like a bad pipeline file) before anything starts.
+#[derive(Clone, Debug)]
+struct Interval(Option<std::time::Duration>);
+
+fn checkpoint_interval(s: &str) -> Result<Interval, String> {
+    config::parse_interval(s).map(Interval)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     observe::init_logging(cli.log_format, &cli.log_level);
@@ -370,9 +379,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     c.options["force_download"] = serde_json::Value::Bool(true);
                 }
             }
-            if let Some(i) = checkpoint_interval {
-                pipeline.checkpoint.interval =
-                    config::parse_interval(&i).map_err(anyhow::Error::msg).context("--checkpoint-interval")?;
+            if let Some(Interval(i)) = checkpoint_interval {
+                pipeline.checkpoint.interval = i;
                 if pipeline.checkpoint.interval.is_none() {
                     pipeline.checkpoint.rows = None;
                 }

@@ -19,6 +19,14 @@
 //! between two steps, after emitting every row before its offset; operators
 //! align barriers across inputs and acknowledge to the coordinator
 //! ([`crate::checkpoint`]).
+//!
+//! **Invariant:** after its last row a source sends `EndOfData` and goes on
+//! injecting barriers until the coordinator wants no more; operators run
+//! `finish` on `EndOfData`, so the end-of-input work is checkpointed too.
+//!
+//! **Invariant:** with timed checkpoints every edge is also bounded by rows
+//! (`operators::flow`): its consumer sets the budget from its measured
+//! throughput, so a barrier never queues behind minutes of rows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +36,7 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender};
 use futures::FutureExt;
 use futures::future::{BoxFuture, select_all};
+use operators::flow::{Credit, Meter};
 use operators::registry::{Built, Role};
 use operators::{
     BuildContext, Collector, Message, Operator, OperatorError, OperatorStats, OutPort, Source, SourceState,
@@ -247,8 +256,8 @@ enum Early {
 /// The channels between operators and the checkpoint plumbing, before tasks
 /// take their ends.
 struct Wiring {
-    senders: HashMap<(String, usize), Vec<Sender<Message>>>,
-    receivers: HashMap<String, Vec<Receiver<Message>>>,
+    senders: HashMap<(String, usize), Vec<(Sender<Message>, Arc<Credit>)>>,
+    receivers: HashMap<String, Vec<(Receiver<Message>, Arc<Credit>)>>,
     edges: Vec<Edge>,
     requests_rx: tokio::sync::watch::Receiver<u64>,
     reports_tx: Option<tokio::sync::mpsc::UnboundedSender<Report>>,
@@ -315,6 +324,20 @@ impl<'p> Runner<'p> {
     /// Checkpoints are taken only in a real run with a store.
     fn checkpointing(&self) -> bool {
         self.mode == Mode::Run && self.session.is_some()
+    }
+
+    /// With timed checkpoints, each edge holds about `target` of its
+    /// consumer's throughput (at most `max` rows): a barrier crosses the
+    /// longest path (and the sink's requests in flight) in about half the
+    /// interval however slow a sink is.
+    fn debloat(&self) -> Option<(Duration, usize)> {
+        if !self.checkpointing() {
+            return None;
+        }
+        let interval = self.session.as_ref()?.settings.interval?;
+        let depth = longest_path(self.p).max(1) as u32;
+        let target = (interval / (2 * (depth + 1))).clamp(Duration::from_millis(20), Duration::from_secs(2));
+        Some((target, self.p.channel_capacity.max(1) * self.p.batch_size.max(1)))
     }
 
     fn span(&self, i: usize) -> tracing::Span {
@@ -435,14 +458,21 @@ impl<'p> Runner<'p> {
     /// Channels: one per edge, sized by the consumer's channel_capacity;
     /// barrier requests to sources, reports back.
     fn wire(&mut self) -> Wiring {
-        let mut senders: HashMap<(String, usize), Vec<Sender<Message>>> = HashMap::new();
-        let mut receivers: HashMap<String, Vec<Receiver<Message>>> = HashMap::new();
+        let mut senders: HashMap<(String, usize), Vec<(Sender<Message>, Arc<Credit>)>> = HashMap::new();
+        let mut receivers: HashMap<String, Vec<(Receiver<Message>, Arc<Credit>)>> = HashMap::new();
         let mut edges = Vec::new();
         for c in &self.p.components {
             for inp in &c.inputs {
                 let (tx, rx) = async_channel::bounded(c.channel_capacity);
-                senders.entry((inp.from.clone(), inp.port)).or_default().push(tx.clone());
-                receivers.entry(c.id.clone()).or_default().push(rx);
+                // With checkpoints, edges start small and follow their
+                // consumer's throughput (see `debloat`); without, the
+                // message bound alone applies, as it always did.
+                let credit = match self.debloat() {
+                    Some(_) => Credit::new(operators::flow::INITIAL_BUDGET),
+                    None => Credit::unlimited(),
+                };
+                senders.entry((inp.from.clone(), inp.port)).or_default().push((tx.clone(), credit.clone()));
+                receivers.entry(c.id.clone()).or_default().push((rx, credit));
                 edges.push(Edge { label: format!("{}.{}->{}", inp.from, inp.port_name, c.id), tx });
             }
         }
@@ -545,7 +575,11 @@ impl<'p> Runner<'p> {
                 .ports
                 .iter()
                 .enumerate()
-                .map(|(pi, name)| OutPort::new(&c.id, name, w.senders.remove(&(c.id.clone(), pi)).unwrap_or_default()))
+                .map(|(pi, name)| {
+                    let (txs, credits): (Vec<_>, Vec<_>) =
+                        w.senders.remove(&(c.id.clone(), pi)).unwrap_or_default().into_iter().unzip();
+                    OutPort::new(&c.id, name, txs).with_credits(credits)
+                })
                 .collect();
             let out = Collector::new(&c.id, ports, self.stats[i].clone(), self.abort.clone());
             let fut = match b {
@@ -574,8 +608,16 @@ impl<'p> Runner<'p> {
                     let link = w.reports_tx.as_ref().map(|tx| OperatorLink { op: i, reports: tx.clone() });
                     let stop = self.checkpointing().then(|| self.control.drain.clone());
                     let inputs = Inputs::new(inputs, deletes);
-                    operator_task(c.id.clone(), op, inputs, out, self.stats[i].clone(), self.abort.clone(), link, stop)
-                        .boxed()
+                    let meter = self.debloat().map(|(target, max)| Meter::new(target, max));
+                    let task = OperatorTask {
+                        id: c.id.clone(),
+                        stats: self.stats[i].clone(),
+                        abort: self.abort.clone(),
+                        link,
+                        stop_at_checkpoint: stop,
+                        meter,
+                    };
+                    task.run(op, inputs, out).boxed()
                 }
             };
             tasks.push((i, fut));
@@ -795,6 +837,17 @@ impl<'p> Runner<'p> {
     }
 }
 
+/// Edges on the longest path from a source to a sink: how many channels a
+/// barrier crosses.
+fn longest_path(p: &Pipeline) -> usize {
+    let mut depth: HashMap<&str, usize> = HashMap::new();
+    for c in crate::graph::topo_order(&p.components) {
+        let d = c.inputs.iter().map(|i| depth.get(i.from.as_str()).copied().unwrap_or(0) + 1).max().unwrap_or(0);
+        depth.insert(c.id.as_str(), d);
+    }
+    depth.values().copied().max().unwrap_or(0)
+}
+
 /// Work operators carried from an earlier run, as "id: what".
 fn pending_work(p: &Pipeline, built: &[(usize, Built)]) -> Vec<String> {
     built
@@ -879,7 +932,7 @@ async fn source_task(
     mut link: Option<SourceLink>,
 ) -> Result<(), OperatorError> {
     let mut injected = link.as_ref().map(|l| *l.requests.borrow()).unwrap_or(0);
-    loop {
+    let complete = loop {
         // Checked between steps, never mid-step, so a batch is either sent to
         // every edge of its port or to none, and a barrier never splits one.
         if let Some(l) = &mut link {
@@ -894,21 +947,9 @@ async fn source_task(
             // With checkpoints: wait for the last barrier, so the run stops
             // exactly at a checkpoint.
             if let Some(l) = &mut link {
-                let after = injected;
-                loop {
-                    let want = *l.requests.borrow_and_update();
-                    if want > after {
-                        inject(&mut source, &mut out, l, want).await?;
-                        break;
-                    }
-                    tokio::select! {
-                        _ = abort.cancelled() => return Err(OperatorError::Cancelled),
-                        _ = l.no_more.cancelled() => break,
-                        r = l.requests.changed() => if r.is_err() { break },
-                    }
-                }
+                serve_barriers(&mut source, &mut out, l, &abort, injected, true).await?;
             }
-            break;
+            break false;
         }
         let step = tokio::select! {
             biased;
@@ -916,7 +957,18 @@ async fn source_task(
             r = source.next(&mut out) => r?,
         };
         if step == SourceState::Done {
-            break;
+            break true;
+        }
+    };
+    if complete {
+        // Operators do their end-of-input work now. With checkpoints, this
+        // source keeps injecting barriers until the coordinator has
+        // committed one that followed every source's last row, so that work
+        // is durable too; then the run may end.
+        out.broadcast(Message::EndOfData).await?;
+        if let Some(l) = &mut link {
+            let _ = l.reports.send(Report::AtEnd { op: l.op });
+            serve_barriers(&mut source, &mut out, l, &abort, injected, false).await?;
         }
     }
     if let Some(l) = &link {
@@ -935,11 +987,43 @@ async fn source_task(
     out.broadcast(Message::End).await
 }
 
+/// Injects the barriers the coordinator asks for (after `injected`) until
+/// it wants no more; with `one`, stops after the first.
+async fn serve_barriers(
+    source: &mut Box<dyn Source>,
+    out: &mut Collector,
+    l: &mut SourceLink,
+    abort: &CancellationToken,
+    mut injected: u64,
+    one: bool,
+) -> Result<(), OperatorError> {
+    loop {
+        let want = *l.requests.borrow_and_update();
+        if want > injected {
+            inject(source, out, l, want).await?;
+            injected = want;
+            if one {
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            _ = abort.cancelled() => return Err(OperatorError::Cancelled),
+            _ = l.no_more.cancelled() => return Ok(()),
+            r = l.requests.changed() => if r.is_err() { return Ok(()) },
+        }
+    }
+}
+
 /// The inputs of one operator, merged. Ended inputs are no longer polled.
 struct Inputs {
     rxs: Vec<Receiver<Message>>,
+    /// Each input's row budget: released as rows are processed, set from
+    /// this operator's throughput.
+    credits: Vec<Arc<Credit>>,
     /// Which inputs carry keys to delete (a sink's `deletes`).
     deletes: Vec<bool>,
+    /// Inputs that sent `EndOfData`: their data is complete.
+    data_ended: Vec<bool>,
     open: Vec<bool>,
     /// Inputs that delivered the barrier of the epoch being aligned.
     barrier_seen: Vec<bool>,
@@ -954,9 +1038,10 @@ enum Next {
 }
 
 impl Inputs {
-    fn new(rxs: Vec<Receiver<Message>>, deletes: Vec<bool>) -> Self {
-        let n = rxs.len();
-        Inputs { rxs, deletes, open: vec![true; n], barrier_seen: vec![false; n] }
+    fn new(inputs: Vec<(Receiver<Message>, Arc<Credit>)>, deletes: Vec<bool>) -> Self {
+        let n = inputs.len();
+        let (rxs, credits) = inputs.into_iter().unzip();
+        Inputs { rxs, credits, deletes, data_ended: vec![false; n], open: vec![true; n], barrier_seen: vec![false; n] }
     }
 
     async fn recv(&mut self) -> Next {
@@ -989,52 +1074,93 @@ impl Inputs {
 /// committed or aborted once the run's outcome is known.
 type TaskResult = Result<Option<Box<dyn Operator>>, OperatorError>;
 
-async fn operator_task(
+/// One transform or sink task: what it needs besides the operator, its
+/// inputs and its collector.
+struct OperatorTask {
     id: String,
-    op: Box<dyn Operator>,
-    mut inputs: Inputs,
-    out: Collector,
     stats: Arc<OperatorStats>,
     abort: CancellationToken,
     link: Option<OperatorLink>,
+    /// Set when a drain with checkpoints stops the run at its last barrier.
     stop_at_checkpoint: Option<CancellationToken>,
-) -> TaskResult {
-    let rows_in = metrics::counter!("engine_rows_in_total", "operator" => id.clone());
-    let batches_in = metrics::counter!("engine_batches_in_total", "operator" => id.clone());
-    let n = inputs.rxs.len();
-    let mut op = op;
-    let mut out = out;
-    let mut pending: Option<(operators::Barrier, Instant)> = None;
-    let result = async {
+    /// Measures throughput to size the input edges (checkpoints on).
+    meter: Option<Meter>,
+}
+
+impl OperatorTask {
+    async fn run(mut self, mut op: Box<dyn Operator>, mut inputs: Inputs, mut out: Collector) -> TaskResult {
+        let result = self.run_loop(&mut op, &mut inputs, &mut out).await;
+        match result {
+            Ok(()) => Ok(Some(op)),
+            Err(e) => {
+                op.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop_at_checkpoint.as_ref().is_some_and(|t| t.is_cancelled())
+    }
+
+    async fn run_loop(
+        &mut self,
+        op: &mut Box<dyn Operator>,
+        inputs: &mut Inputs,
+        out: &mut Collector,
+    ) -> Result<(), OperatorError> {
+        let rows_in = metrics::counter!("engine_rows_in_total", "operator" => self.id.clone());
+        let batches_in = metrics::counter!("engine_batches_in_total", "operator" => self.id.clone());
+        let n = inputs.rxs.len();
+        let mut pending: Option<(operators::Barrier, Instant)> = None;
+        let mut finished = false;
+        // Busy time for the meter: everything but waiting for input
+        // (processing, waiting to emit, barriers), so a consumer slowed by
+        // its requests in flight is measured as slow.
+        let mut busy_since = Instant::now();
+        let mut waited = Duration::ZERO;
         loop {
             let idle = op.idle_after();
+            let wait_started = Instant::now();
             let next = tokio::select! {
                 biased;
-                _ = abort.cancelled() => return Err(OperatorError::Cancelled),
+                _ = self.abort.cancelled() => return Err(OperatorError::Cancelled),
                 m = inputs.recv() => m,
                 _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
-                    op.on_idle(&mut out).await?;
+                    op.on_idle(out).await?;
                     continue;
                 }
             };
             match next {
                 Next::Msg(i, Message::Data(b)) => {
-                    let rows = b.num_rows() as u64;
-                    stats.rows_in.fetch_add(rows, Ordering::Relaxed);
-                    stats.batches_in.fetch_add(1, Ordering::Relaxed);
-                    rows_in.increment(rows);
+                    waited += wait_started.elapsed();
+                    let rows = b.num_rows();
+                    self.stats.rows_in.fetch_add(rows as u64, Ordering::Relaxed);
+                    self.stats.batches_in.fetch_add(1, Ordering::Relaxed);
+                    rows_in.increment(rows as u64);
                     batches_in.increment(1);
                     // Not raced with abort: a call dropped halfway (a file
                     // write on the blocking pool) could leave a stray temp
                     // file that abort() no longer knows about. A call ends
                     // within one batch, or the third signal exits.
                     if inputs.deletes[i] {
-                        op.delete(b, &mut out).await?;
+                        op.delete(b, out).await?;
                     } else {
-                        op.process(b, &mut out).await?;
+                        op.process(b, out).await?;
+                    }
+                    inputs.credits[i].release(rows);
+                    if let Some(m) = self.meter.as_mut() {
+                        let busy = busy_since.elapsed().saturating_sub(waited);
+                        busy_since = Instant::now();
+                        waited = Duration::ZERO;
+                        if let Some(budget) = m.observe(rows, busy) {
+                            tracing::trace!(budget, "input budget");
+                            inputs.credits.iter().for_each(|c| c.set_budget(budget));
+                        }
                     }
                 }
                 Next::Msg(i, Message::Barrier(b)) => {
+                    waited += wait_started.elapsed();
                     // Alignment: hold this input until every open input has
                     // delivered the same barrier, then act on it once.
                     inputs.barrier_seen[i] = true;
@@ -1043,6 +1169,16 @@ async fn operator_task(
                     }
                 }
                 Next::Msg(_, Message::End) => {}
+                Next::Msg(i, Message::EndOfData) => {
+                    inputs.data_ended[i] = true;
+                    if !finished && inputs.data_ended.iter().all(|e| *e) {
+                        // Every input is complete: the end-of-input work
+                        // runs now, and barriers that follow cover it.
+                        finished = true;
+                        op.finish(out).await?;
+                        out.broadcast(Message::EndOfData).await?;
+                    }
+                }
                 Next::AllEnded => break,
                 Next::Broken => return Err(OperatorError::Cancelled),
             }
@@ -1050,33 +1186,36 @@ async fn operator_task(
                 && (0..n).all(|k| !inputs.open[k] || inputs.barrier_seen[k])
             {
                 pending = None;
-                let aligned_in = since.elapsed();
-                let snapshot = op.on_barrier(b, &mut out).await?;
-                // A sink has committed its side of the epoch; the store has not.
-                checkpoints::fault::hit_for("after-barrier", &id);
-                if let Some(l) = &link {
-                    let _ =
-                        l.reports.send(Report::Ack { op: l.op, epoch: b.epoch, snapshot, position: None, aligned_in });
-                }
-                out.broadcast(Message::Barrier(b)).await?;
+                self.barrier(op, b, since.elapsed(), out).await?;
                 inputs.barrier_seen.iter_mut().for_each(|s| *s = false);
             }
         }
-        // A drain with checkpoints stops at the last barrier: the next run
-        // resumes there, so nothing after it is flushed, and end-of-input
-        // work (e.g. `changes` naming deleted keys) must not happen on a
-        // partial input.
-        if !stop_at_checkpoint.as_ref().is_some_and(|t| t.is_cancelled()) {
-            op.finish(&mut out).await?;
+        // Inputs that ended without `EndOfData` (a source stopped by a
+        // drain): with checkpoints the run stops at the last barrier and the
+        // next run resumes there, so nothing after it is flushed, and
+        // end-of-input work (e.g. `changes` naming deleted keys) must not
+        // happen on a partial input.
+        if !finished && !self.stopped() {
+            op.finish(out).await?;
         }
         out.broadcast(Message::End).await
     }
-    .await;
-    match result {
-        Ok(()) => Ok(Some(op)),
-        Err(e) => {
-            op.abort().await;
-            Err(e)
+
+    /// Every open input delivered barrier `b`: snapshot, acknowledge,
+    /// forward.
+    async fn barrier(
+        &self,
+        op: &mut Box<dyn Operator>,
+        b: operators::Barrier,
+        aligned_in: Duration,
+        out: &mut Collector,
+    ) -> Result<(), OperatorError> {
+        let snapshot = op.on_barrier(b, out).await?;
+        // A sink has committed its side of the epoch; the store has not.
+        checkpoints::fault::hit_for("after-barrier", &self.id);
+        if let Some(l) = &self.link {
+            let _ = l.reports.send(Report::Ack { op: l.op, epoch: b.epoch, snapshot, position: None, aligned_in });
         }
+        out.broadcast(Message::Barrier(b)).await
     }
 }

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Barrier, Batch, Message};
+use crate::flow::Credit;
 use crate::plan::Plan;
 
 /// Index of the default output port, the one an input reference names when
@@ -114,12 +115,16 @@ pub struct OutPort {
     /// One sender per downstream edge; a batch is cloned (Arc'd arrays, no
     /// copy of the data) into each.
     pub senders: Vec<async_channel::Sender<Message>>,
+    /// Each edge's row budget (see [`crate::flow`]).
+    credits: Vec<Arc<Credit>>,
     rows: metrics::Counter,
     is_rejects: bool,
     /// A port that carries rows the operator removed (dedupe's
     /// `duplicates`): already counted as dropped, not as output.
     is_side: bool,
     warned_unconnected: bool,
+    /// A batch went out on this port (see [`Collector::emit`]).
+    sent: bool,
 }
 
 impl OutPort {
@@ -131,12 +136,25 @@ impl OutPort {
         );
         OutPort {
             name: name.to_string(),
+            credits: senders.iter().map(|_| Credit::unlimited()).collect(),
             senders,
             rows,
             is_rejects: name == "rejects",
             is_side: name == "duplicates",
             warned_unconnected: false,
+            sent: false,
         }
+    }
+}
+
+impl OutPort {
+    /// Bounds each edge by rows too, with the consumer's budgets (one per
+    /// sender, in order).
+    pub fn with_credits(mut self, credits: Vec<Arc<Credit>>) -> Self {
+        if credits.len() == self.senders.len() {
+            self.credits = credits;
+        }
+        self
     }
 }
 
@@ -172,15 +190,30 @@ impl Collector {
         self.ports.get(port).is_some_and(|p| !p.senders.is_empty())
     }
 
-    /// Sends `batch` to every edge of `port`. Empty batches are not sent.
+    /// The most rows one batch on `port` should hold: the smallest budget of
+    /// its edges ([`crate::flow`]). A source cuts its batches to it, so a
+    /// barrier never waits behind one large batch crawling to a slow sink.
+    pub fn preferred_rows(&self, port: usize) -> usize {
+        self.ports.get(port).and_then(|p| p.credits.iter().map(|c| c.budget()).min()).unwrap_or(usize::MAX)
+    }
+
+    /// Sends `batch` to every edge of `port`. An empty batch is sent only
+    /// as the first of a data port: it announces the schema when no row
+    /// comes (a CSV sink writes its header from it), and every operator
+    /// passes it on through this same rule. Otherwise empty batches are
+    /// dropped, and rejects and side ports never carry one.
     pub async fn emit(&mut self, port: usize, batch: Batch) -> Result<(), OperatorError> {
         let n = batch.num_rows() as u64;
-        if n == 0 {
-            return Ok(());
-        }
         let Some(p) = self.ports.get_mut(port) else {
+            if n == 0 {
+                return Ok(());
+            }
             return Err(OperatorError::Config(format!("operator emitted on undeclared port {port}")));
         };
+        if n == 0 && (p.sent || p.is_rejects || p.is_side) {
+            return Ok(());
+        }
+        p.sent = true;
         p.rows.increment(n);
         if p.is_rejects {
             self.stats.rows_rejected.fetch_add(n, Ordering::Relaxed);
@@ -200,12 +233,28 @@ impl Collector {
         }
         self.stats.batches_out.fetch_add(1, Ordering::Relaxed);
         self.batches.increment(1);
-        let last = p.senders.len() - 1;
-        let mut batch = Some(batch);
-        for (i, tx) in p.senders.iter().enumerate() {
-            let b = if i == last { batch.take() } else { batch.clone() };
-            let Some(b) = b else { break };
-            send(tx, Message::Data(b), &self.cancel).await?;
+        let rows = batch.num_rows();
+        for (tx, credit) in p.senders.iter().zip(&p.credits) {
+            // A batch larger than the edge's budget goes in slices: a slow
+            // consumer then never has more than its budget queued.
+            let budget = credit.budget().max(1);
+            let mut offset = 0;
+            // At least once: an empty batch (a schema announcement) goes too.
+            loop {
+                let len = budget.min(rows - offset);
+                let part =
+                    if offset == 0 && len == rows { batch.clone() } else { crate::flow::slice(&batch, offset, len) };
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => return Err(OperatorError::Cancelled),
+                    _ = credit.acquire(len) => {}
+                }
+                send(tx, Message::Data(part), &self.cancel).await?;
+                offset += len;
+                if offset >= rows {
+                    break;
+                }
+            }
         }
         Ok(())
     }
@@ -394,4 +443,29 @@ pub trait Operator: Send {
     }
     /// The run failed: discard partial or staged output (temp files).
     async fn abort(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+
+    /// An empty batch goes out once, first, on a data port (it carries the
+    /// schema of an input with no rows); never again, never on rejects.
+    #[tokio::test]
+    async fn an_empty_batch_is_sent_only_to_announce_the_schema() {
+        let (tx, rx) = async_channel::unbounded();
+        let (rtx, rrx) = async_channel::unbounded();
+        let ports = vec![OutPort::new("op", "out", vec![tx]), OutPort::new("op", "rejects", vec![rtx])];
+        let mut out = Collector::new("op", ports, Arc::new(OperatorStats::default()), Default::default());
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Utf8, true)]));
+        let empty = || Batch::new(RecordBatch::new_empty(schema.clone()));
+        out.emit(OUT, empty()).await.unwrap();
+        out.emit(OUT, empty()).await.unwrap();
+        out.emit(1, empty()).await.unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Message::Data(b)) if b.num_rows() == 0 && b.records.schema() == schema));
+        assert!(rx.try_recv().is_err(), "a second empty batch is dropped");
+        assert!(rrx.try_recv().is_err(), "rejects never carry an empty batch");
+    }
 }

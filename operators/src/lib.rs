@@ -16,6 +16,8 @@
 pub mod api;
 pub mod backoff;
 pub mod batch;
+pub mod duration;
+pub mod flow;
 pub mod plan;
 pub mod registry;
 pub mod rejects;

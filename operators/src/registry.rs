@@ -158,7 +158,7 @@ pub static KINDS: &[KindSpec] = &[
         name: "file",
         role: Role::Sink,
         ports: &[],
-        state_options: &["path", "format", "header", "delimiter"],
+        state_options: &["path", "format", "header", "delimiter", "formula_guard"],
         deletes: false,
         about: "CSV, Parquet or NDJSON to a path, file:// or s3:// URL",
         check: check::<sinks::file::FileSinkConfig>,

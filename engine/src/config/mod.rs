@@ -3,6 +3,7 @@
 //! and points at `file:line:column`. Nothing here starts a task or opens a
 //! connection: validating a file has no side effects.
 
+pub mod derive;
 pub mod diagnostic;
 pub mod interpolate;
 pub mod value;
@@ -61,13 +62,14 @@ impl CheckpointSettings {
     }
 }
 
-/// Reads `5s`, `500ms`, `1m`; `off` (or `0`) is `None`.
+/// Reads `5s`, `500ms`, `1m` (1ms to 24h, see [`operators::duration`]);
+/// `off` (or `0`) is `None`.
 pub fn parse_interval(s: &str) -> Result<Option<std::time::Duration>, String> {
     let t = s.trim();
     if t.eq_ignore_ascii_case("off") || t == "0" || t.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    operators::sinks::hubspot::parse_duration(t).map(Some)
+    operators::duration::parse_duration(t).map(Some)
 }
 
 /// A validated pipeline.
@@ -149,7 +151,10 @@ pub fn load_str(path: &Path, source: &str, lookup: &dyn Fn(&str) -> Option<Strin
     let result = checker.check(path, source);
     let errors = checker.diags.iter().any(|d| d.severity == Severity::Error);
     match result {
-        Some(p) if !errors => Ok(Pipeline { warnings: checker.diags, ..p }),
+        Some(mut p) if !errors => {
+            derive::hubspot_enumerations(&mut p.components);
+            Ok(Pipeline { warnings: checker.diags, ..p })
+        }
         _ => Err(ConfigErrors {
             file: path.display().to_string(),
             source: source.to_string(),
@@ -359,7 +364,9 @@ impl Checker<'_> {
                     raw_options: raw_table(&raw_root, r.role, &r.id.name),
                 };
                 if let Err(e) = (kind.build)(&ctx, options.clone()) {
-                    self.err(format!("[{}.{}]: {e}", r.role.table(), r.id.name), r.id.span.clone());
+                    let message = e.to_string();
+                    let span = quoted_value(r.node, &message).unwrap_or_else(|| r.id.span.clone());
+                    self.err(format!("[{}.{}]: {message}", r.role.table(), r.id.name), span);
                 }
             }
             components.push(Component {
@@ -545,6 +552,7 @@ impl Checker<'_> {
         }
         let mut value = serde_json::Value::Object(options);
         let mut seen = Vec::new();
+        let mut removed = Vec::new();
         for _ in 0..32 {
             let Err(OptionError { path, message }) = (kind.check)(&value) else { break };
             let removable = !path.is_empty() && !message.starts_with("missing field");
@@ -553,10 +561,21 @@ impl Checker<'_> {
                 break;
             }
             seen.push(key);
+            // A required option set aside after its own error is not also
+            // "missing": that error was already reported.
+            let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next());
+            if let Some(field) = missing {
+                let mut full = path.clone();
+                full.push(PathSegment::Key(field.to_string()));
+                if removed.contains(&full) {
+                    break;
+                }
+            }
             self.option_error(r, kind, &path, &message);
             if !removable || !remove_path(&mut value, &path) {
                 break;
             }
+            removed.push(path);
         }
         (value, batch_size, capacity)
     }
@@ -601,6 +620,8 @@ impl Checker<'_> {
         } else if message.starts_with("missing field") {
             let at = if dotted.is_empty() { String::new() } else { format!(".{dotted}") };
             self.err(format!("{where_}{at}: {message}"), if path.is_empty() { r.id.span.clone() } else { value_span });
+        } else if let Some(problem) = node_at(r.node, path).and_then(|n| number_problem(&n.value, message)) {
+            self.err(format!("`{dotted}` in {where_} {problem}"), value_span);
         } else {
             self.err(format!("wrong type or value for `{dotted}` in {where_}: {message}"), value_span);
         }
@@ -624,7 +645,10 @@ impl Checker<'_> {
                             Ok(d) => out.interval = d,
                             Err(e) => {
                                 self.err(format!("`pipeline.checkpoint.interval`: {e}"), v.span.clone()).help =
-                                    Some("write a duration like \"5s\" or \"500ms\", or \"off\"".into());
+                                    Some(format!(
+                                        "write a duration like \"5s\" or \"500ms\" ({}), or \"off\"",
+                                        operators::duration::RANGE
+                                    ));
                             }
                         }
                     }
@@ -646,8 +670,18 @@ impl Checker<'_> {
     }
 
     fn positive_u64(&mut self, v: &Node, what: &str) -> Option<u64> {
+        // Any count a run could reach; TOML integers stop at i64::MAX anyway.
+        const MAX: i64 = i64::MAX;
         match &v.value {
             Value::Integer(i) if *i > 0 => Some(*i as u64),
+            Value::Integer(i) => {
+                self.err(format!("`{what}` is out of range: must be between 1 and {MAX}, found {i}"), v.span.clone());
+                None
+            }
+            Value::HugeInteger(s) => {
+                self.err(format!("`{what}` is out of range: must be between 1 and {MAX}, found {s}"), v.span.clone());
+                None
+            }
             other => {
                 self.err(format!("`{what}` must be a positive integer, found {}", other.type_name()), v.span.clone());
                 None
@@ -670,13 +704,13 @@ impl Checker<'_> {
         // is a typo that would exhaust memory, not a setting.
         const MAX: i64 = 1 << 20;
         match &v.value {
-            Value::Integer(i) if *i > MAX => {
-                self.err(format!("`{what}` must be at most {MAX}, found {i}"), v.span.clone());
+            Value::Integer(i) if *i > 0 && *i <= MAX => Some(*i as usize),
+            Value::Integer(i) => {
+                self.err(format!("`{what}` is out of range: must be between 1 and {MAX}, found {i}"), v.span.clone());
                 None
             }
-            Value::Integer(i) if *i > 0 => Some(*i as usize),
-            Value::Integer(i) => {
-                self.err(format!("`{what}` must be at least 1, found {i}"), v.span.clone());
+            Value::HugeInteger(s) => {
+                self.err(format!("`{what}` is out of range: must be between 1 and {MAX}, found {s}"), v.span.clone());
                 None
             }
             other => {
@@ -766,6 +800,95 @@ fn locate(node: &Node, path: &[PathSegment]) -> Option<(Option<Range<usize>>, Ra
     Some((last_key.map(|k| k.span.clone()), cur.span.clone()))
 }
 
+/// Where an error found while building a component points: the one
+/// option it names in backticks (its key), else the one string value it
+/// quotes. `None` when nothing, or more than one, matches.
+fn quoted_value(node: &Node, message: &str) -> Option<Range<usize>> {
+    fn walk<'n>(node: &'n Node, keys: &mut Vec<&'n Key>, strings: &mut Vec<&'n Node>) {
+        match &node.value {
+            Value::String(_) => strings.push(node),
+            Value::Array(items) => items.iter().for_each(|n| walk(n, keys, strings)),
+            Value::Table(entries) => entries.iter().for_each(|(k, n)| {
+                keys.push(k);
+                walk(n, keys, strings)
+            }),
+            _ => {}
+        }
+    }
+    fn one<T>(mut it: impl Iterator<Item = T>) -> Option<T> {
+        match (it.next(), it.next()) {
+            (Some(x), None) => Some(x),
+            _ => None,
+        }
+    }
+    let quoted: Vec<&str> = message.split('`').skip(1).step_by(2).filter(|q| !q.is_empty()).collect();
+    let (mut keys, mut strings) = (Vec::new(), Vec::new());
+    walk(node, &mut keys, &mut strings);
+    let key = one(keys.into_iter().filter(|k| k.name != "kind" && quoted.contains(&k.name.as_str())));
+    let value = || one(strings.iter().filter(|n| matches!(&n.value, Value::String(s) if quoted.contains(&s.as_str()))));
+    key.map(|k| k.span.clone()).or_else(|| value().map(|n| n.span.clone()))
+}
+
+/// The node at `path` under `node`, if it is there.
+fn node_at<'n>(node: &'n Node, path: &[PathSegment]) -> Option<&'n Node> {
+    let mut cur = node;
+    for seg in path {
+        cur = match (seg, &cur.value) {
+            (PathSegment::Key(k), Value::Table(entries)) => &entries.iter().find(|(kk, _)| &kk.name == k)?.1,
+            (PathSegment::Index(i), Value::Array(items)) => items.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// The range of an integer type as serde names it ("expected u32").
+fn integer_range(ty: &str) -> Option<(i128, i128)> {
+    Some(match ty {
+        "u8" => (0, u8::MAX.into()),
+        "u16" => (0, u16::MAX.into()),
+        "u32" => (0, u32::MAX.into()),
+        "u64" => (0, u64::MAX.into()),
+        "usize" => (0, usize::MAX as i128),
+        "i8" => (i8::MIN.into(), i8::MAX.into()),
+        "i16" => (i16::MIN.into(), i16::MAX.into()),
+        "i32" => (i32::MIN.into(), i32::MAX.into()),
+        "i64" => (i64::MIN.into(), i64::MAX.into()),
+        "isize" => (isize::MIN as i128, isize::MAX as i128),
+        _ => return None,
+    })
+}
+
+/// What is wrong with a number serde refused, said in the user's terms:
+/// serde sees a huge integer as a float (JSON has no bigger integers), a
+/// negative one as "invalid value", and NaN as a string (see
+/// `Value::to_json`). `None` when the problem is not about a number.
+fn number_problem(v: &Value, message: &str) -> Option<String> {
+    let expected = message.rsplit_once("expected ")?.1.trim();
+    let found = match v {
+        Value::Integer(i) => i.to_string(),
+        Value::HugeInteger(s) => s.clone(),
+        // As TOML writes it (Rust would say "NaN").
+        Value::Float(f) if f.is_nan() => "nan".to_string(),
+        Value::Float(f) if !f.is_finite() => f.to_string(),
+        _ => return None,
+    };
+    if let Some((lo, hi)) = integer_range(expected) {
+        if matches!(v, Value::Integer(i) if (lo..=hi).contains(&i128::from(*i))) {
+            return None;
+        }
+        return Some(match v {
+            Value::Float(_) => format!("must be an integer between {lo} and {hi}, found {found}"),
+            _ => format!("is out of range: must be between {lo} and {hi}, found {found}"),
+        });
+    }
+    match (v, expected) {
+        (Value::Float(_), "f64" | "f32") => Some(format!("must be a finite number, found {found}")),
+        (Value::Float(_), _) => Some(format!("must be {expected}, found {found}")),
+        _ => None,
+    }
+}
+
 /// Names in backticks after `word` in a serde message: the alternatives of
 /// "unknown field `x`, expected one of `a`, `b`".
 fn backticked_after(message: &str, word: &str) -> Vec<String> {
@@ -796,5 +919,53 @@ fn remove_path(v: &mut serde_json::Value, path: &[PathSegment]) -> bool {
             true
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages of the first error `text` gets.
+    fn first_error(text: &str) -> String {
+        let e = load_str(Path::new("p.toml"), text, &|_| None).expect_err("invalid");
+        e.diagnostics.iter().find(|d| d.severity == Severity::Error).expect("an error").message.clone()
+    }
+
+    const BASE: &str =
+        "[sources.a]\nkind = \"file\"\npath = \"in.csv\"\n[sinks.b]\nkind = \"blackhole\"\ninputs = [\"a\"]\n";
+
+    #[test]
+    fn out_of_range_numbers_say_so_with_the_range() {
+        let m = first_error(&format!("[pipeline]\nbatch_size = 99999999999999999999\n{BASE}"));
+        assert_eq!(
+            m,
+            "`pipeline.batch_size` is out of range: must be between 1 and 1048576, found 99999999999999999999"
+        );
+        let m = first_error(&format!("[pipeline.checkpoint]\nrows = -3\n{BASE}"));
+        assert!(m.contains("is out of range: must be between 1 and 9223372036854775807, found -3"), "{m}");
+        // Operator options: serde saw a float (too big) or an invalid value (negative).
+        let m = first_error(&BASE.replace("path = \"in.csv\"", "path = \"in.csv\"\ninfer_rows = 99999999999999999999"));
+        assert!(
+            m.contains("`infer_rows` in [sources.a] is out of range: must be between 0 and 18446744073709551615"),
+            "{m}"
+        );
+        let m = first_error(&format!("{BASE}delay_ms = -1\n"));
+        assert!(
+            m.contains("`delay_ms` in [sinks.b] is out of range: must be between 0 and 18446744073709551615, found -1"),
+            "{m}"
+        );
+        let m = first_error(&format!("{BASE}delay_ms = nan\n"));
+        assert!(m.contains("must be an integer between 0 and 18446744073709551615, found nan"), "{m}");
+    }
+
+    #[test]
+    fn absurd_checkpoint_intervals_are_errors_not_panics() {
+        for v in ["99999999999999999999s", "-1s", "nan", "", "1e400s", "25h"] {
+            let m = first_error(&format!("[pipeline.checkpoint]\ninterval = \"{v}\"\n{BASE}"));
+            assert!(m.starts_with("`pipeline.checkpoint.interval`: "), "{v}: {m}");
+        }
+        let m = first_error(&format!("[pipeline.checkpoint]\ninterval = \"99999999999999999999s\"\n{BASE}"));
+        assert!(m.contains("out of range") && m.contains("between 1ms and 24h"), "{m}");
     }
 }

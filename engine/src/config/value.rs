@@ -21,6 +21,10 @@ pub struct Key {
 pub enum Value {
     String(String),
     Integer(i64),
+    /// An integer literal beyond `i64` (TOML's range), as written. Kept
+    /// apart from floats so a typo such as `99999999999999999999` is
+    /// reported as an integer out of range, not as "a float".
+    HugeInteger(String),
     Float(f64),
     Boolean(bool),
     Datetime(String),
@@ -33,7 +37,7 @@ impl Value {
     pub fn type_name(&self) -> &'static str {
         match self {
             Value::String(_) => "a string",
-            Value::Integer(_) => "an integer",
+            Value::Integer(_) | Value::HugeInteger(_) => "an integer",
             Value::Float(_) => "a float",
             Value::Boolean(_) => "a boolean",
             Value::Datetime(_) => "a datetime",
@@ -55,6 +59,24 @@ impl Value {
         match self {
             Value::String(s) | Value::Datetime(s) => J::String(s.clone()),
             Value::Integer(i) => J::from(*i),
+            // Up to u64::MAX it still fits an unsigned option; beyond, a float
+            // that no integer option accepts (the checker then says "out of
+            // range" from the node, see `out_of_range`).
+            Value::HugeInteger(s) => match s.parse::<u64>() {
+                Ok(u) => J::from(u),
+                Err(_) => {
+                    let f = s.parse::<f64>().ok().filter(|f| f.is_finite()).unwrap_or(f64::MAX);
+                    let f = if s.starts_with('-') { -f.abs() } else { f };
+                    serde_json::Number::from_f64(f).map(J::Number).unwrap_or(J::Null)
+                }
+            },
+            // JSON has no NaN or infinity, and `null` would read as an absent
+            // option (its default): they travel as a map, which no number or
+            // string option accepts (the checker then words the error from
+            // the node).
+            Value::Float(f) if !f.is_finite() => {
+                J::Object(std::iter::once(("non-finite number".to_string(), J::String(f.to_string()))).collect())
+            }
             Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
             Value::Boolean(b) => J::Bool(*b),
             Value::Array(a) => J::Array(a.iter().map(|n| n.value.to_json()).collect()),
@@ -90,7 +112,13 @@ fn convert(v: &DeValue<'_>, span: Range<usize>) -> Node {
         DeValue::String(s) => Value::String(s.to_string()),
         DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
             Ok(n) => Value::Integer(n),
-            Err(_) => Value::Float(i.as_str().parse().unwrap_or(f64::NAN)),
+            Err(_) => Value::HugeInteger(match i128::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => n.to_string(),
+                // Decimal digits are kept as they are; a longer hex, octal
+                // or binary literal only needs to read as "huge".
+                Err(_) if i.radix() == 10 => i.as_str().to_string(),
+                Err(_) => format!("{}{}", if i.as_str().starts_with('-') { "-" } else { "" }, u128::MAX),
+            }),
         },
         DeValue::Float(f) => Value::Float(parse_float(f.as_str())),
         DeValue::Boolean(b) => Value::Boolean(*b),
@@ -127,6 +155,22 @@ mod tests {
         assert_eq!(&src[kind.span.clone()], "\"file\"");
         let (_, a) = sources.get("a").unwrap();
         assert!(matches!(a.get("n").unwrap().1.value, Value::Integer(16)));
+    }
+
+    #[test]
+    fn integers_beyond_i64_stay_integers() {
+        let root =
+            parse("a = 99999999999999999999\nb = -99999999999999999999\nc = 18446744073709551615\nd = nan\n").unwrap();
+        let v = |k: &str| root.get(k).unwrap().1.value.clone();
+        assert!(matches!(v("a"), Value::HugeInteger(s) if s == "99999999999999999999"));
+        assert!(matches!(v("b"), Value::HugeInteger(s) if s == "-99999999999999999999"));
+        assert_eq!(v("a").type_name(), "an integer");
+        // Still fits an unsigned option; beyond u64 no integer option accepts it.
+        assert_eq!(v("c").to_json(), serde_json::json!(u64::MAX));
+        assert!(v("a").to_json().is_f64());
+        // NaN must not become `null`, which an optional option reads as
+        // absent, nor a string, which a string option would take.
+        assert!(v("d").to_json().is_object());
     }
 
     #[test]

@@ -5,8 +5,19 @@
 //! `commit`, which the runtime calls once every operator of the run
 //! succeeded. A part is closed at each barrier, so a resumed run keeps the
 //! parts its checkpoint covers and rewrites the rest.
+//!
+//! Also owns how rows become bytes: the CSV header (written even when no
+//! row comes, from the batch that announces the schema), the optional
+//! formula guard for CSV files opened in spreadsheets, and NDJSON lines
+//! that name every column, null ones included.
 
-use arrow::datatypes::SchemaRef;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use bytes::Bytes;
 use object_store::buffered::BufWriter;
@@ -26,6 +37,19 @@ pub enum SinkFormat {
     Parquet,
     #[serde(alias = "jsonl", alias = "json")]
     Ndjson,
+}
+
+/// What a CSV sink does with cells a spreadsheet would run as a formula.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FormulaGuard {
+    /// Cells are written as they are (byte-exact output).
+    #[default]
+    Off,
+    /// A text cell (or header name) starting with `=`, `+`, `-`, `@`, tab
+    /// or carriage return gets a `'` in front, as OWASP advises against CSV
+    /// injection; the spreadsheet then shows it as text.
+    Quote,
 }
 
 fn yes() -> bool {
@@ -48,6 +72,15 @@ pub struct FileSinkConfig {
     /// CSV only.
     #[serde(default = "comma")]
     pub delimiter: String,
+    /// CSV only: `"quote"` prefixes `'` to every text cell and header name
+    /// starting with `=`, `+`, `-`, `@`, tab or carriage return, so that a
+    /// spreadsheet opening the file shows it instead of running it as a
+    /// formula (OWASP's advice on CSV injection). Number, boolean and other
+    /// typed columns are left alone: a negative number stays a number. The
+    /// output then differs from the input, which is why the default is
+    /// `"off"` (cells written byte for byte).
+    #[serde(default)]
+    pub formula_guard: FormulaGuard,
 }
 
 enum Writer {
@@ -157,14 +190,22 @@ impl FileSink {
         let ctx = |e| OperatorError::arrow(format!("encoding rows for {}", self.loc.display), e);
         match self.format {
             SinkFormat::Csv => {
+                let records = match self.cfg.formula_guard {
+                    FormulaGuard::Off => Cow::Borrowed(&batch.records),
+                    FormulaGuard::Quote => Cow::Owned(guard_formulas(&batch.records).map_err(ctx)?),
+                };
                 let mut w = arrow::csv::WriterBuilder::new()
                     .with_header(first && self.cfg.header)
                     .with_delimiter(self.delimiter)
                     .build(&mut buf);
-                w.write(&batch.records).map_err(ctx)?;
+                w.write(&records).map_err(ctx)?;
             }
             SinkFormat::Ndjson => {
-                let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+                // Every line names every column: a null is written as null,
+                // not left out, so each line has the same keys.
+                let mut w = arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
                 w.write(&batch.records).map_err(ctx)?;
                 w.finish().map_err(ctx)?;
             }
@@ -172,6 +213,47 @@ impl FileSink {
         }
         Ok(buf)
     }
+}
+
+/// Whether a spreadsheet would take a cell starting like this for a formula
+/// (or, for tab and CR, strip them and look again).
+fn risky(cell: &str) -> bool {
+    cell.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
+fn guarded(cell: &str) -> Cow<'_, str> {
+    if risky(cell) { Cow::Owned(format!("'{cell}")) } else { Cow::Borrowed(cell) }
+}
+
+/// The batch with every risky text cell and column name prefixed by `'`
+/// (see [`FormulaGuard::Quote`]); columns with nothing to guard are shared,
+/// not copied.
+fn guard_formulas(records: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    let schema = records.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(records.num_columns());
+    for (field, column) in schema.fields().iter().zip(records.columns()) {
+        let name = guarded(field.name());
+        let text = match column.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+            DataType::Dictionary(_, v) => matches!(**v, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
+            _ => false,
+        };
+        let utf8 = if text { Some(arrow::compute::cast(column, &DataType::Utf8)?) } else { None };
+        match utf8.as_ref().map(|c| c.as_string::<i32>()).filter(|s| s.iter().flatten().any(risky)) {
+            Some(cells) => {
+                let cells: StringArray = cells.iter().map(|c| c.map(guarded)).collect();
+                fields.push(Field::new(name, DataType::Utf8, field.is_nullable()));
+                columns.push(Arc::new(cells));
+            }
+            None => {
+                fields.push(field.as_ref().clone().with_name(name));
+                columns.push(column.clone());
+            }
+        }
+    }
+    let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(records.num_rows()));
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)
 }
 
 #[async_trait]
@@ -259,5 +341,73 @@ impl Operator for FileSink {
         if !self.resumable {
             self.parts.discard().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+
+    fn sink(path: &str, extra: serde_json::Value) -> FileSink {
+        let mut cfg = serde_json::json!({ "path": path });
+        if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        let ctx =
+            BuildContext { pipeline: "p".into(), id: "out".into(), batch_size: 10, raw_options: Default::default() };
+        build(&ctx, serde_json::from_value(cfg).unwrap()).unwrap()
+    }
+
+    fn batch() -> Batch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("=Name", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let names = StringArray::from(vec![
+            Some("=HYPERLINK(\"http://x\")"),
+            Some("+1"),
+            Some("-2"),
+            Some("@SUM(A1)"),
+            Some("\tx"),
+            Some("\rx"),
+            Some("Ann"),
+            None,
+            Some("a=b"),
+        ]);
+        let n = Int64Array::from(vec![-1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        Batch::new(RecordBatch::try_new(schema, vec![Arc::new(names), Arc::new(n)]).unwrap())
+    }
+
+    #[test]
+    fn the_formula_guard_prefixes_risky_text_cells_and_leaves_numbers_alone() {
+        let out = sink("out.csv", serde_json::json!({ "formula_guard": "quote" })).encode(&batch(), true).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "'=Name,n\n\"'=HYPERLINK(\"\"http://x\"\")\",-1\n'+1,2\n'-2,3\n'@SUM(A1),4\n'\tx,5\n\"'\rx\",6\nAnn,7\n,8\na=b,9\n"
+        );
+    }
+
+    #[test]
+    fn without_the_guard_cells_are_written_as_they_are() {
+        let out = sink("out.csv", serde_json::json!({})).encode(&batch(), true).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("=Name,n\n\"=HYPERLINK(\"\"http://x\"\")\",-1\n+1,2\n-2,3\n"), "{text}");
+    }
+
+    /// The batch that announces the schema of an input with no rows gives
+    /// a CSV file its header.
+    #[test]
+    fn an_empty_batch_writes_the_header() {
+        let empty = Batch::new(RecordBatch::new_empty(batch().records.schema()));
+        let out = sink("out.csv", serde_json::json!({})).encode(&empty, true).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "=Name,n\n");
+    }
+
+    #[test]
+    fn ndjson_lines_name_every_column_null_ones_included() {
+        let out = sink("out.ndjson", serde_json::json!({})).encode(&batch(), true).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().nth(7), Some(r#"{"=Name":null,"n":8}"#));
     }
 }

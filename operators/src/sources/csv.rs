@@ -6,12 +6,20 @@
 //! A record is all-or-nothing: it is appended to the builders only after
 //! every field parsed, so a bad line becomes one reject and never a
 //! half-filled row.
+//!
+//! A record longer than `max_record_bytes` is skipped to its end as the CSV
+//! grammar defines it (a newline inside quotes does not end it) and becomes
+//! one reject at the line where it starts; nothing of it is kept but an
+//! excerpt, and line numbers after it stay the file's. Each accepted row's
+//! source text travels beside its batch ([`Batch::raw`]) so that a reject
+//! raised further down still hands back the row as it was read.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, UInt64Builder,
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -20,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::OperatorError;
 use crate::batch::Batch;
-use crate::rejects::{Reject, RejectsBuilder};
+use crate::rejects::{EXCERPT_BYTES, Reject, RejectsBuilder, excerpt, excerpt_of_prefix};
+use crate::sources::file::thousands;
 
 /// A column type a pipeline file can declare.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -87,9 +96,9 @@ pub struct CsvOptions {
     pub schema: Option<Vec<ColumnDecl>>,
     pub infer_rows: usize,
     pub batch_size: usize,
-    /// A record longer than this is rejected and reading resumes at the
-    /// line after its start: an unterminated quote must not swallow (and
-    /// buffer) the rest of the file.
+    /// A record longer than this is rejected, whole, without being buffered:
+    /// reading resumes after its end (an unterminated quote therefore runs
+    /// to the next quote or the end of the input, and the reject says so).
     pub max_record_bytes: usize,
 }
 
@@ -139,6 +148,9 @@ struct Plan {
     /// Per output column: (field index in the record, type).
     columns: Vec<(usize, ColumnType)>,
     expected_fields: usize,
+    /// Name of each field of a record, by position (the header's, else the
+    /// schema's), for rejects about a missing field.
+    field_names: Vec<String>,
 }
 
 /// A record kept aside while the first rows are read to infer types.
@@ -148,6 +160,23 @@ struct Held {
     ends: Vec<usize>,
     raw: Vec<u8>,
 }
+
+/// A record over `max_record_bytes` being read past: only its start is kept.
+struct Skip {
+    /// Line where the record starts.
+    line: u64,
+    /// Bytes of the record read so far (its trailing terminator included).
+    bytes: u64,
+    /// Its first bytes, for the reject.
+    start: Vec<u8>,
+    /// Its last byte so far: tells whether a newline ended it.
+    last: u8,
+}
+
+/// A batch is also cut once the source text of its rows passes this: the
+/// arrays of a batch use 32-bit offsets, which a few thousand long records
+/// would otherwise overflow.
+const BATCH_TEXT_BYTES: usize = 64 << 20;
 
 pub struct CsvDecoder {
     opts: CsvOptions,
@@ -159,13 +188,16 @@ pub struct CsvDecoder {
     ends: Vec<usize>,
     ends_len: usize,
     /// Bytes of the record being read, terminators before it included, for
-    /// the `raw` column of a reject.
+    /// the `raw` column of rows and rejects. At most about
+    /// `max_record_bytes`: past that the record is skipped instead.
     raw: Vec<u8>,
     /// Absolute line where `raw` starts (the line after the last record).
     line_at_raw_start: u64,
-    /// Added to `reader.line()`, which restarts at 1 when the reader is
-    /// reset after an over-long record.
+    /// Added to `reader.line()`, which starts at 1 where this decoder
+    /// started reading (a resumed decoder starts mid-object).
     line_base: u64,
+    /// Set while an over-long record is read past.
+    skip: Option<Skip>,
     bom_checked: bool,
     bom_prefix: Vec<u8>,
     header: Option<Vec<String>>,
@@ -174,6 +206,8 @@ pub struct CsvDecoder {
     cols: Vec<Col>,
     cells: Vec<Cell>,
     lines: UInt64Builder,
+    /// Source text of each accepted row of the batch in progress.
+    texts: BinaryBuilder,
     ready: VecDeque<Batch>,
     rejects: RejectsBuilder,
     /// Data rows accepted so far (for the summary and tests).
@@ -196,6 +230,7 @@ impl CsvDecoder {
             raw: Vec::with_capacity(1024),
             line_at_raw_start: 1,
             line_base: 0,
+            skip: None,
             bom_checked: false,
             bom_prefix: Vec::new(),
             header: None,
@@ -204,6 +239,7 @@ impl CsvDecoder {
             cols: Vec::new(),
             cells: Vec::new(),
             lines: UInt64Builder::with_capacity(opts.batch_size),
+            texts: BinaryBuilder::with_capacity(opts.batch_size, opts.batch_size * 32),
             ready: VecDeque::new(),
             rejects: RejectsBuilder::new(operator),
             rows_accepted: 0,
@@ -246,6 +282,7 @@ impl CsvDecoder {
                 schema: Arc::new(Schema::new(fields)),
                 columns: pos.types.iter().copied().enumerate().collect(),
                 expected_fields: names.len(),
+                field_names: names,
             };
             d.cols = plan.columns.iter().map(|&(_, ty)| Col::new(ty, d.opts.batch_size)).collect();
             d.plan = Some(plan);
@@ -258,6 +295,10 @@ impl CsvDecoder {
     /// far belong to the record not yet complete, plus the position to
     /// resume at. `None` while the schema is not settled: nothing was
     /// emitted yet, and a resumed run starts from the beginning.
+    ///
+    /// While an over-long record is being skipped the position is its
+    /// start: its reject is raised only at its end, so a resumed decoder
+    /// reads it again and rejects it once.
     pub fn checkpoint(&mut self) -> Result<Option<(u64, DecoderPosition)>, OperatorError> {
         let Some(plan) = &self.plan else { return Ok(None) };
         if !self.bom_checked {
@@ -266,7 +307,11 @@ impl CsvDecoder {
         let types = plan.columns.iter().map(|&(_, t)| t).collect();
         let pos = DecoderPosition { line: self.line_at_raw_start, header: self.header.clone(), types };
         self.flush_batch()?;
-        Ok(Some((self.raw.len() as u64, pos)))
+        let pending = match &self.skip {
+            Some(skip) => skip.bytes,
+            None => self.raw.len() as u64,
+        };
+        Ok(Some((pending, pos)))
     }
 
     /// The schema of the batches, once the header (and inference) settled it.
@@ -282,7 +327,12 @@ impl CsvDecoder {
         self.ready.pop_front()
     }
 
+    /// Rejects so far. None before the schema settled: a checkpoint taken
+    /// then restarts the object, which would raise them a second time.
     pub fn take_rejects(&mut self) -> Option<Batch> {
+        if self.plan.is_none() && !self.done {
+            return None;
+        }
         self.rejects.finish()
     }
 
@@ -332,21 +382,58 @@ impl CsvDecoder {
             self.settle_plan()?;
         }
         self.flush_batch()?;
+        if self.rows_accepted == 0 {
+            self.announce_schema()?;
+        }
         self.done = true;
+        Ok(())
+    }
+
+    /// No row at all (a header-only file): one empty batch carries the
+    /// schema, so that sinks can still write a header.
+    fn announce_schema(&mut self) -> Result<(), OperatorError> {
+        let Some(plan) = &self.plan else { return Ok(()) };
+        if plan.schema.fields().is_empty() {
+            return Ok(());
+        }
+        self.ready.push_back(Batch::new(RecordBatch::new_empty(plan.schema.clone())));
         Ok(())
     }
 
     fn decode(&mut self, mut input: &[u8]) -> Result<(), OperatorError> {
         let at_eof = input.is_empty();
         loop {
+            if let Some(skip) = &mut self.skip {
+                // An empty slice would tell the parser the input ended.
+                if input.is_empty() && !at_eof {
+                    return Ok(());
+                }
+                // The record is read to its end by the same parser, so that
+                // quotes decide where it ends; its fields are written over
+                // the same buffers again and again, never kept.
+                let (res, nin, _, _) = self.reader.read_record(input, &mut self.out, &mut self.ends);
+                if nin > 0 {
+                    skip.bytes += nin as u64;
+                    skip.last = input[nin - 1];
+                }
+                let terminated = !input.is_empty();
+                input = &input[nin..];
+                match res {
+                    ReadRecordResult::InputEmpty if !at_eof => return Ok(()),
+                    ReadRecordResult::Record => self.end_skip(terminated)?,
+                    ReadRecordResult::End => return Ok(()),
+                    _ => {}
+                }
+                continue;
+            }
+            let terminated = !input.is_empty();
             let (res, nin, nout, nend) =
                 self.reader.read_record(input, &mut self.out[self.out_len..], &mut self.ends[self.ends_len..]);
             self.raw.extend_from_slice(&input[..nin]);
             input = &input[nin..];
             self.out_len += nout;
             self.ends_len += nend;
-            if res != ReadRecordResult::Record && self.raw.len() > self.opts.max_record_bytes {
-                self.resync()?;
+            if res != ReadRecordResult::Record && self.raw.len() > self.opts.max_record_bytes && self.start_skip() {
                 continue;
             }
             match res {
@@ -364,7 +451,17 @@ impl CsvDecoder {
                     self.ends.resize(n, 0);
                 }
                 ReadRecordResult::Record => {
-                    self.on_record()?;
+                    // A record that arrived whole in one read is held to
+                    // the same bound as one that had to be skipped.
+                    let (line, start, _) = self.record_position();
+                    let bytes = (self.raw.len() - start) as u64;
+                    if bytes - u64::from(terminated) > self.opts.max_record_bytes as u64 {
+                        let head = self.raw[start..self.raw.len().min(start + EXCERPT_BYTES)].to_vec();
+                        let last = self.raw.last().copied().unwrap_or_default();
+                        self.too_long(line, &head, bytes, last, terminated)?;
+                    } else {
+                        self.on_record()?;
+                    }
                     self.out_len = 0;
                     self.ends_len = 0;
                     self.raw.clear();
@@ -375,40 +472,95 @@ impl CsvDecoder {
         }
     }
 
-    /// The record being read passed `max_record_bytes`: reject its first
-    /// line, restart the parser on the line after it, and replay what was
-    /// read past that line.
-    fn resync(&mut self) -> Result<(), OperatorError> {
-        let (line, lead, _) = self.record_position();
-        let body = &self.raw[lead..];
-        let (bad, replay) = match body.iter().position(|&b| b == b'\n') {
-            Some(i) => (&body[..i], body[i + 1..].to_vec()),
-            None => (body, Vec::new()),
+    /// `raw` passed `max_record_bytes` before its record ended: drop the
+    /// blank lines before the record (they are not part of it), and if the
+    /// record itself is still too long, switch to skipping it. Returns
+    /// whether it did.
+    fn start_skip(&mut self) -> bool {
+        let lead = self.raw.iter().take_while(|&&b| b == b'\n' || b == b'\r').count();
+        if lead > 0 {
+            // The record starts after them: the position a checkpoint
+            // records moves there too (`raw` is what a resume re-reads).
+            self.line_at_raw_start += self.raw[..lead].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.raw.drain(..lead);
+        }
+        if self.raw.len() <= self.opts.max_record_bytes {
+            return false;
+        }
+        self.skip = Some(Skip {
+            line: self.line_at_raw_start,
+            bytes: self.raw.len() as u64,
+            start: self.raw[..self.raw.len().min(EXCERPT_BYTES)].to_vec(),
+            last: self.raw.last().copied().unwrap_or_default(),
+        });
+        self.raw = Vec::with_capacity(1024);
+        self.out_len = 0;
+        self.ends_len = 0;
+        self.out.truncate(64 * 1024);
+        self.out.shrink_to_fit();
+        true
+    }
+
+    /// The over-long record being skipped ended (`terminated`: by a line
+    /// terminator, not by the end of the input).
+    fn end_skip(&mut self, terminated: bool) -> Result<(), OperatorError> {
+        let Some(skip) = self.skip.take() else { return Ok(()) };
+        self.line_at_raw_start = self.line_base + self.reader.line();
+        self.too_long(skip.line, &skip.start, skip.bytes, skip.last, terminated)
+    }
+
+    /// A record of `bytes` bytes (its terminator included when
+    /// `terminated`), over `max_record_bytes`, just ended at the reader's
+    /// position: one reject at the line where it starts, or an error if it
+    /// was the header. `start` is its first bytes, `last` its last one.
+    fn too_long(
+        &mut self,
+        line: u64,
+        start: &[u8],
+        bytes: u64,
+        last: u8,
+        terminated: bool,
+    ) -> Result<(), OperatorError> {
+        // A `\n` that ended the record (or ended the input inside quotes) was
+        // counted by the reader already; a `\r` of a CRLF ends a record
+        // before its `\n` is read.
+        let last_line = self.line_base + self.reader.line() - u64::from(last == b'\n');
+        let len = bytes - u64::from(terminated);
+        let lines = if last_line > line {
+            format!("lines {}–{}", thousands(line), thousands(last_line))
+        } else {
+            format!("line {}", thousands(line))
         };
-        let bad = bad.strip_suffix(b"\r").unwrap_or(bad);
-        let shown = String::from_utf8_lossy(&bad[..bad.len().min(4096)]).into_owned();
+        let unterminated = if !terminated && last_line > line {
+            "; it runs to the end of the input, most likely from an unterminated quote"
+        } else {
+            ""
+        };
+        let shown = excerpt_of_prefix(start, len);
+        if self.opts.header && self.header.is_none() {
+            return Err(OperatorError::Data(format!(
+                "the header of {} ({lines}) is {} bytes long, more than max_record_bytes ({}){unterminated}; it starts with: {shown}",
+                self.object,
+                thousands(len),
+                thousands(self.opts.max_record_bytes as u64),
+            )));
+        }
         let reason = format!(
-            "record starting at line {line} is longer than max_record_bytes ({}): most likely an unterminated quote; reading resumes at line {}",
-            self.opts.max_record_bytes,
-            line + 1
+            "the record at {lines} is {} bytes long, more than max_record_bytes ({}): skipped whole{unterminated}",
+            thousands(len),
+            thousands(self.opts.max_record_bytes as u64),
         );
+        // No `raw`: the record is over the bound the rejects keep, and a
+        // cut record replayed would be a different row.
         self.rejects.push(Reject {
             line: Some(line),
             column: None,
             rule: "record_too_long",
-            value: None,
+            value: Some(&shown),
             reason: &reason,
-            raw: Some(&shown),
+            raw: None,
         });
-        self.reader.reset();
-        self.line_base = line;
-        self.line_at_raw_start = line + 1;
-        self.out_len = 0;
-        self.ends_len = 0;
-        self.raw.clear();
-        self.out.truncate(64 * 1024);
-        self.out.shrink_to_fit();
-        if replay.is_empty() { Ok(()) } else { self.decode(&replay) }
+        Ok(())
     }
 
     /// Line number where the record now in `raw` starts, and its text.
@@ -500,8 +652,12 @@ impl CsvDecoder {
             }
             None => (decl.iter().enumerate().map(|(i, d)| (i, d.ty)).collect(), decl.len()),
         };
+        let field_names = match &self.header {
+            Some(names) => names.clone(),
+            None => decl.iter().map(|d| d.name.clone()).collect(),
+        };
         let fields = decl.iter().map(|d| Field::new(&d.name, d.ty.data_type(), true)).collect::<Vec<_>>();
-        Ok(Plan { schema: Arc::new(Schema::new(fields)), columns, expected_fields })
+        Ok(Plan { schema: Arc::new(Schema::new(fields)), columns, expected_fields, field_names })
     }
 
     fn plan_inferred(&self, held: &[Held]) -> Plan {
@@ -526,6 +682,7 @@ impl CsvDecoder {
             schema: Arc::new(Schema::new(fields)),
             columns: types.into_iter().enumerate().collect(),
             expected_fields: width,
+            field_names: names,
         }
     }
 
@@ -533,13 +690,36 @@ impl CsvDecoder {
     fn append(&mut self, line: u64, data: &[u8], ends: &[usize], raw: &[u8]) -> Result<(), OperatorError> {
         let Some(plan) = &self.plan else { return Ok(()) };
         if ends.len() != plan.expected_fields {
-            let reason = format!("expected {} fields, found {}", plan.expected_fields, ends.len());
+            let (expected, found) = (plan.expected_fields, ends.len());
+            let field = |i: usize| &data[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+            let (column, value, reason) = if found < expected {
+                // The first field with nothing for it; no value to show.
+                let missing = &plan.field_names[found.min(plan.field_names.len())..];
+                let column = missing.first().cloned().unwrap_or_else(|| format!("field {}", found + 1));
+                let reason = format!("expected {expected} fields, found {found}: no value for {}", missing.join(", "));
+                (column, None, reason)
+            } else {
+                // The first field past the last column, and what is there
+                // from it on (fields joined by the delimiter, unquoted).
+                let column = format!("field {}", expected + 1);
+                let mut extra = Vec::new();
+                for i in expected..found {
+                    if i > expected {
+                        extra.push(self.opts.delimiter);
+                    }
+                    extra.extend_from_slice(field(i));
+                }
+                let extra = String::from_utf8_lossy(&extra).into_owned();
+                let reason =
+                    format!("expected {expected} fields, found {found}: `{}` is past the last column", excerpt(&extra));
+                (column, Some(extra), reason)
+            };
             let raw = String::from_utf8_lossy(raw);
             self.rejects.push(Reject {
                 line: Some(line),
-                column: None,
+                column: Some(&column),
                 rule: "columns",
-                value: None,
+                value: value.as_deref(),
                 reason: &reason,
                 raw: Some(&raw),
             });
@@ -557,7 +737,7 @@ impl CsvDecoder {
                     let (rule, reason) = match why {
                         ParseFail::Utf8 => ("utf8", format!("column {column} is not valid UTF-8")),
                         ParseFail::Type => {
-                            ("parse", format!("`{value}` is not a valid {} for column {column}", ty.name()))
+                            ("parse", format!("`{}` is not a valid {} for column {column}", excerpt(&value), ty.name()))
                         }
                     };
                     let raw = String::from_utf8_lossy(raw);
@@ -592,11 +772,18 @@ impl CsvDecoder {
             }
         }
         self.lines.append_value(line);
+        self.texts.append_value(raw);
         self.rows_accepted += 1;
-        if self.lines.len() >= self.opts.batch_size {
+        if self.lines.len() >= self.opts.batch_size || self.texts.values_slice().len() >= BATCH_TEXT_BYTES {
             self.flush_batch()?;
         }
         Ok(())
+    }
+
+    /// Rows per batch from now on (at least 1): a source follows what its
+    /// consumers can take in a checkpoint interval.
+    pub fn set_batch_size(&mut self, rows: usize) {
+        self.opts.batch_size = rows.max(1);
     }
 
     fn flush_batch(&mut self) -> Result<(), OperatorError> {
@@ -606,6 +793,11 @@ impl CsvDecoder {
         }
         let arrays = self.cols.iter_mut().map(Col::finish).collect::<Vec<_>>();
         let lines = self.lines.finish();
+        // The next batch's text will be about as long: one allocation, not
+        // a dozen doublings and copies per batch.
+        let size = self.texts.values_slice().len();
+        let texts =
+            std::mem::replace(&mut self.texts, BinaryBuilder::with_capacity(self.opts.batch_size, size)).finish();
         let n = lines.len();
         let records = RecordBatch::try_new_with_options(
             plan.schema.clone(),
@@ -613,7 +805,7 @@ impl CsvDecoder {
             &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
         )
         .map_err(|e| OperatorError::arrow(format!("building a batch from {}", self.object), e))?;
-        self.ready.push_back(Batch::with_lines(records, lines));
+        self.ready.push_back(Batch::with_lines(records, lines).with_raw(texts));
         Ok(())
     }
 }
@@ -727,61 +919,110 @@ mod tests {
         out
     }
 
+    /// Feeds `input` in chunks of `chunk` bytes, takes a checkpoint after
+    /// `stop_after` chunks, and continues with a decoder resumed at the
+    /// recorded offset; returns what both emitted (data, rejects).
+    fn run_with_checkpoint(input: &[u8], o: &CsvOptions, chunk: usize, stop_after: usize) -> (Vec<Batch>, Vec<Batch>) {
+        let mut d = CsvDecoder::new("src", "t.csv", o.clone());
+        let mut fed = 0u64;
+        for c in input.chunks(chunk).take(stop_after) {
+            d.feed(c).unwrap();
+            fed += c.len() as u64;
+        }
+        let cp = d.checkpoint().unwrap();
+        let (mut data, mut rej) = (vec![], vec![]);
+        while let Some(b) = d.take_ready() {
+            data.push(b);
+        }
+        rej.extend(d.take_rejects());
+        let (offset, mut d2) = match &cp {
+            Some((pending, pos)) => (fed - pending, CsvDecoder::resume("src", "t.csv", o.clone(), pos).unwrap()),
+            None => {
+                // Nothing emitted yet: a resumed run starts over.
+                assert!(data.is_empty(), "rows emitted without a position");
+                assert!(rej.is_empty(), "rejects emitted without a position");
+                (0, CsvDecoder::new("src", "t.csv", o.clone()))
+            }
+        };
+        for c in input[offset as usize..].chunks(chunk) {
+            d2.feed(c).unwrap();
+        }
+        d2.finish().unwrap();
+        while let Some(b) = d2.take_ready() {
+            data.push(b);
+        }
+        rej.extend(d2.take_rejects());
+        (data, rej)
+    }
+
     /// A checkpoint taken after any chunk, then a decoder resumed at the
     /// recorded offset, together read exactly what one uninterrupted decoder
-    /// reads: same rows, same line numbers, same rejects, inferred types kept.
+    /// reads (chunked 1, 3 and 7 bytes): same rows, same line numbers, same
+    /// rejects. Returns the uninterrupted result.
+    fn assert_resumes_exactly(input: &[u8], o: &CsvOptions) -> (Vec<Batch>, Vec<Batch>) {
+        let (whole, whole_rej) = run(input, o.clone(), 1000);
+        let want = (rows_of(&whole), rows_of(&whole_rej), texts_of(&whole));
+        for chunk in [1, 3, 7] {
+            for stop_after in 1..input.len().div_ceil(chunk) {
+                let (data, rej) = run_with_checkpoint(input, o, chunk, stop_after);
+                assert_eq!(
+                    (rows_of(&data), rows_of(&rej), texts_of(&data)),
+                    want,
+                    "chunk {chunk}, checkpoint after {stop_after} chunks"
+                );
+                if o.schema.is_none() {
+                    assert_eq!(data[0].records.schema(), whole[0].records.schema(), "inferred types kept");
+                }
+            }
+        }
+        (whole, whole_rej)
+    }
+
+    /// The source text beside every row.
+    fn texts_of(batches: &[Batch]) -> Vec<String> {
+        batches
+            .iter()
+            .flat_map(|b| (0..b.num_rows()).map(move |i| String::from_utf8_lossy(b.raw(i).unwrap()).into_owned()))
+            .collect()
+    }
+
     #[test]
     fn resuming_at_the_checkpoint_offset_reads_every_row_once() {
         let input = "\u{feff}a,b\r\n1,x\r\n2,\"multi\nline\"\r\n\r\nbad\r\n3,\"q,\"\"z\"\r\n4,w\n5,v";
-        let input = input.as_bytes();
         for schema in [None, decl(&[("a", ColumnType::Int64), ("b", ColumnType::String)])] {
             let o = CsvOptions { infer_rows: 1, batch_size: 2, ..opts(schema.clone()) };
-            let (whole, whole_rej) = run(input, o.clone(), 1000);
-            let want = (rows_of(&whole), rows_of(&whole_rej));
-            assert_eq!(want.0.len(), 5);
-            for chunk in [1, 3, 7] {
-                for stop_after in 1..input.len().div_ceil(chunk) {
-                    let mut d = CsvDecoder::new("src", "t.csv", o.clone());
-                    let mut fed = 0u64;
-                    for c in input.chunks(chunk).take(stop_after) {
-                        d.feed(c).unwrap();
-                        fed += c.len() as u64;
-                    }
-                    let cp = d.checkpoint().unwrap();
-                    let (mut data, mut rej) = (vec![], vec![]);
-                    while let Some(b) = d.take_ready() {
-                        data.push(b);
-                    }
-                    rej.extend(d.take_rejects());
-                    let (offset, mut d2) = match &cp {
-                        Some((pending, pos)) => {
-                            (fed - pending, CsvDecoder::resume("src", "t.csv", o.clone(), pos).unwrap())
-                        }
-                        None => {
-                            // Nothing emitted yet: a resumed run starts over.
-                            assert!(data.is_empty(), "rows emitted without a position");
-                            rej.clear();
-                            (0, CsvDecoder::new("src", "t.csv", o.clone()))
-                        }
-                    };
-                    for c in input[offset as usize..].chunks(chunk) {
-                        d2.feed(c).unwrap();
-                    }
-                    d2.finish().unwrap();
-                    while let Some(b) = d2.take_ready() {
-                        data.push(b);
-                    }
-                    rej.extend(d2.take_rejects());
-                    assert_eq!(
-                        (rows_of(&data), rows_of(&rej)),
-                        want,
-                        "chunk {chunk}, checkpoint after {stop_after} chunks"
-                    );
-                    if schema.is_none() {
-                        assert_eq!(data[0].records.schema().field(0).data_type(), &DataType::Int64);
-                    }
-                }
-            }
+            let (whole, _) = assert_resumes_exactly(input.as_bytes(), &o);
+            assert_eq!(rows_of(&whole).len(), 5);
+            assert_eq!(whole[0].records.schema().field(0).data_type(), &DataType::Int64);
+        }
+    }
+
+    /// Over-long records (one plain line, one quoted across lines, one at
+    /// the very end without a terminator) with a checkpoint at every
+    /// position, while one is being skipped included: each is rejected
+    /// once, at its first line, and every other row and line number is
+    /// what an uninterrupted read gives.
+    #[test]
+    fn a_checkpoint_while_an_over_long_record_is_skipped_resumes_exactly() {
+        let long = "x,".repeat(20);
+        let input = format!(
+            "a,b\r\n1,x\r\n2,{long}y\r\n\r\n3,\"{long}\r\n{long}\"\r\nbad\r\n4,w\n5,\"{long}\"z\n6,v\n7,{long}"
+        );
+        for schema in [None, decl(&[("a", ColumnType::Int64), ("b", ColumnType::String)])] {
+            let o = CsvOptions { infer_rows: 1, batch_size: 2, max_record_bytes: 16, ..opts(schema.clone()) };
+            let (whole, rejects) = assert_resumes_exactly(input.as_bytes(), &o);
+            let rows: Vec<u64> = rows_of(&whole).iter().map(|r| r.0).collect();
+            assert_eq!(rows, [2, 8, 10], "rows at lines 2 (1,x), 8 (4,w) and 10 (6,v)");
+            assert_eq!(texts_of(&whole), ["1,x", "4,w", "6,v"]);
+            let r = &rejects[0].records;
+            let lines = (0..r.num_rows()).map(|i| rejects[0].line(i).unwrap()).collect::<Vec<_>>();
+            let rule = r.column(3).as_string::<i32>();
+            assert_eq!(lines, [3, 5, 7, 9, 11]);
+            let rules = (0..r.num_rows()).map(|i| rule.value(i)).collect::<Vec<_>>();
+            assert_eq!(rules, ["record_too_long", "record_too_long", "columns", "record_too_long", "record_too_long"]);
+            let reason = r.column(5).as_string::<i32>();
+            assert!(reason.value(1).starts_with("the record at lines 5–6 is 86 bytes long"), "{}", reason.value(1));
+            assert!(r.column(6).is_null(0), "no raw for a record over the bound");
         }
     }
 
@@ -801,6 +1042,8 @@ mod tests {
             assert_eq!(names.value(2), "Zoë");
             let lines: Vec<u64> = (0..3).map(|i| b.line(i).unwrap()).collect();
             assert_eq!(lines, vec![2, 3, 6], "chunk size {chunk}");
+            // Each row's source text, as read: quotes and all, no terminator.
+            assert_eq!(texts_of(&data), ["1,\"O\"\"Brien, Jr\"", "2,\"two\nlines\"", "3,Zoë"]);
         }
     }
 
@@ -820,14 +1063,77 @@ mod tests {
         assert_eq!(rule.value(2), "columns");
         assert_eq!(rule.value(3), "utf8");
         let reason = r.column(5).as_string::<i32>();
+        assert_eq!(reason.value(0), "expected 2 fields, found 1: no value for Year");
         assert_eq!(reason.value(1), "`abc` is not a valid int64 for column Year");
+        assert_eq!(reason.value(2), "expected 2 fields, found 3: `x` is past the last column");
         let raw = r.column(6).as_string::<i32>();
         assert_eq!(raw.value(0), "2");
         assert_eq!(raw.value(1), "3,abc");
+        assert_eq!(raw.value(2), "4,1881,x");
+        // Field-count rejects name a column too: the first missing one, or
+        // the first field past the last column with what is there.
+        let column = r.column(2).as_string::<i32>();
+        let value = r.column(4).as_string::<i32>();
+        assert_eq!((column.value(0), value.is_null(0)), ("Year", true));
+        assert_eq!((column.value(2), value.value(2)), ("field 3", "x"));
     }
 
+    /// A value over the excerpt bound is cut in `value` and `reason` with
+    /// its length; `raw` keeps the record whole.
     #[test]
-    fn an_unterminated_quote_costs_one_line_not_the_rest_of_the_file() {
+    fn a_long_bad_value_is_cut_in_value_and_reason_but_raw_is_whole() {
+        let long = "9".repeat(4990) + "x";
+        let input = format!("Id,Year\n1,{long}\n");
+        let (_, rejects) =
+            run(input.as_bytes(), opts(decl(&[("Id", ColumnType::Int64), ("Year", ColumnType::Int64)])), 64);
+        let r = &rejects[0].records;
+        let cut = format!("{}…(4,991 bytes)", "9".repeat(200));
+        assert_eq!(r.column(4).as_string::<i32>().value(0), cut);
+        assert_eq!(r.column(5).as_string::<i32>().value(0), format!("`{cut}` is not a valid int64 for column Year"));
+        assert_eq!(r.column(6).as_string::<i32>().value(0), format!("1,{long}"));
+    }
+
+    /// A line of several KB without a newline inside the limit: one reject
+    /// at its line (not one per slice of `max_record_bytes`, no slice of it
+    /// taken for a row), and every line number after it is the file's.
+    #[test]
+    fn an_over_long_line_is_one_reject_and_later_lines_keep_their_numbers() {
+        let mut input = b"Id,Name\n1,Ann\n2,".to_vec();
+        // Slices of this line look like rows of their own (`7,Bob`).
+        for _ in 0..1000 {
+            input.extend_from_slice(b"7,Bob,");
+        }
+        input.extend_from_slice(b"end\n3,Cy\nx,bad\n4,Di\n");
+        let mut o = opts(decl(&[("Id", ColumnType::Int64), ("Name", ColumnType::String)]));
+        o.max_record_bytes = 256;
+        for chunk in [1, 3, 7, 100, 1 << 16] {
+            let (data, rejects) = run(&input, o.clone(), chunk);
+            assert_eq!(
+                rows_of(&data),
+                [(2, "1".to_string()), (4, "3".to_string()), (6, "4".to_string())],
+                "chunk {chunk}"
+            );
+            let r = &rejects[0].records;
+            assert_eq!(r.num_rows(), 2, "chunk {chunk}");
+            assert_eq!((rejects[0].line(0), rejects[0].line(1)), (Some(3), Some(5)));
+            assert_eq!(r.column(3).as_string::<i32>().value(0), "record_too_long");
+            assert_eq!(r.column(3).as_string::<i32>().value(1), "parse");
+            let value = r.column(4).as_string::<i32>().value(0);
+            assert!(value.starts_with("2,7,Bob,7,Bob") && value.ends_with("…(6,005 bytes)"), "{value}");
+            assert!(value.len() < 300);
+            assert_eq!(
+                r.column(5).as_string::<i32>().value(0),
+                "the record at line 3 is 6,005 bytes long, more than max_record_bytes (256): skipped whole"
+            );
+        }
+    }
+
+    /// A newline inside quotes does not end a record, over-long or not: an
+    /// unterminated quote makes the rest of the input one record, which is
+    /// rejected once and named as the likely cause. (Cutting it at a line
+    /// instead would split a legitimate long quoted field into rows.)
+    #[test]
+    fn an_unterminated_quote_is_one_reject_that_says_so() {
         let mut input = b"Id,Name\n1,\"Ann\n".to_vec();
         for i in 2..2000 {
             input.extend_from_slice(format!("{i},Name{i}\n").as_bytes());
@@ -836,16 +1142,55 @@ mod tests {
         o.max_record_bytes = 256;
         for chunk in [7, 100, 1 << 16] {
             let (data, rejects) = run(&input, o.clone(), chunk);
-            let rows: usize = data.iter().map(|b| b.num_rows()).sum();
-            // Lines 3..=2000 all survive; only line 2 is lost.
-            assert_eq!(rows, 1998, "chunk {chunk}");
+            assert!(data.iter().all(|b| b.num_rows() == 0), "chunk {chunk}");
             let r = &rejects[0].records;
-            assert_eq!(r.column(0).as_primitive::<arrow::datatypes::UInt64Type>().value(0), 2);
+            assert_eq!(r.num_rows(), 1);
+            assert_eq!(rejects[0].line(0), Some(2));
             assert_eq!(r.column(3).as_string::<i32>().value(0), "record_too_long");
-            assert_eq!(r.column(6).as_string::<i32>().value(0), "1,\"Ann");
-            // Line numbers after the resync are still the file's.
-            let last = data.last().unwrap();
-            assert_eq!(last.line(last.num_rows() - 1), Some(2000));
+            let reason = r.column(5).as_string::<i32>().value(0);
+            assert!(reason.starts_with("the record at lines 2–2,000 is "), "{reason}");
+            assert!(reason.ends_with("most likely from an unterminated quote"), "{reason}");
+        }
+    }
+
+    /// A header over `max_record_bytes` is an error that shows its start
+    /// and its length, not megabytes of it.
+    #[test]
+    fn an_over_long_header_is_one_error_with_an_excerpt_and_the_length() {
+        let mut input = "Id,".repeat(100_000).into_bytes();
+        input.extend_from_slice(b"Name\n1,Ann\n");
+        let mut o = opts(None);
+        o.max_record_bytes = 1000;
+        for chunk in [7, 4096, 1 << 20] {
+            let mut d = CsvDecoder::new("src", "h.csv", o.clone());
+            let err = input
+                .chunks(chunk)
+                .map(|c| d.feed(c))
+                .find_map(Result::err)
+                .or_else(|| d.finish().err())
+                .expect("an over-long header fails")
+                .to_string();
+            assert!(
+                err.starts_with(
+                    "the header of h.csv (line 1) is 300,004 bytes long, more than max_record_bytes (1,000); it starts with: Id,Id,"
+                ),
+                "{err}"
+            );
+            assert!(err.ends_with("…(300,004 bytes)") && err.len() < 400, "{err}");
+        }
+    }
+
+    /// No data row: one empty batch with the schema, for sinks that write a
+    /// header anyway.
+    #[test]
+    fn a_header_only_file_yields_the_schema_in_an_empty_batch() {
+        for input in [&b"Id,Name\n"[..], b"Id,Name"] {
+            let (data, rejects) = run(input, opts(None), 3);
+            assert!(rejects.is_empty());
+            assert_eq!(data.len(), 1);
+            assert_eq!(data[0].num_rows(), 0);
+            let names: Vec<_> = data[0].records.schema().fields().iter().map(|f| f.name().clone()).collect();
+            assert_eq!(names, ["Id", "Name"]);
         }
     }
 

@@ -1,6 +1,11 @@
 //! `kind = "file"`: CSV or Parquet read as a stream from local disk or S3.
-//! Owns opening the object and pulling its bytes in bounded chunks; the CSV
-//! dialect lives in [`super::csv`], Parquet decoding in the parquet crate.
+//! Owns opening the object and pulling its bytes in bounded chunks, and
+//! making sure a resumed run reads the same bytes the checkpoint was taken
+//! on (size, ETag, version, and a checksum of the prefix already read); the
+//! CSV dialect lives in [`super::csv`], Parquet decoding in the parquet
+//! crate (which also verifies page checksums).
+
+use std::hash::Hasher as _;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -14,6 +19,7 @@ use parquet::arrow::arrow_reader::ArrowReaderOptions;
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use serde::{Deserialize, Serialize};
+use twox_hash::XxHash64;
 
 use super::csv::{ColumnDecl, CsvDecoder, CsvOptions, DecoderPosition};
 use crate::api::{BuildContext, Collector, OUT, OperatorError, Resume, Snapshot, Source, SourceState};
@@ -28,6 +34,9 @@ pub const REJECTS: usize = 1;
 const CHUNK: u64 = 1 << 20;
 /// Bytes fed to the CSV decoder per step (a few thousand rows).
 const FEED: usize = 64 << 10;
+/// Bytes asked of the store per read when hashing a prefix again: a
+/// resume re-reads up to the whole object, so fewer, larger requests.
+const REHASH_CHUNK: u64 = 8 << 20;
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -125,12 +134,20 @@ enum Reading {
         fetched: u64,
         /// Read, not yet fed.
         buf: bytes::Bytes,
+        /// Checksum of the `offset` bytes fed so far.
+        prefix: Prefix,
         stream: Option<BoxStream<'static, object_store::Result<bytes::Bytes>>>,
     },
     Parquet {
         stream: parquet::arrow::async_reader::ParquetRecordBatchStream<ParquetObjectReader>,
         next_row: u64,
         meta: ObjectMeta,
+        /// Per row group: rows up to its end, and the byte where the row
+        /// groups so far end (what reading up to its rows consumed).
+        groups: Vec<(u64, u64)>,
+        /// Hashed lazily, at a checkpoint, up to the row group in progress:
+        /// without checkpoints nothing is read twice.
+        prefix: Prefix,
     },
     Done,
 }
@@ -142,8 +159,9 @@ pub struct FileSource {
     csv: CsvOptions,
     loc: Location,
     state: Reading,
-    /// Set by `restore`: where to continue, checked against the object at `open`.
-    resume: Option<FileSourceState>,
+    /// Set by `restore`: where to continue, checked against the object at
+    /// `open`, and the checkpoint it came from.
+    resume: Option<(u64, FileSourceState)>,
     /// Rows emitted by this source (and the run it resumes), for `position`.
     rows: u64,
     last: Option<FileSourceState>,
@@ -165,6 +183,69 @@ pub struct FileSourceState {
     /// Rows emitted (good rows plus rejects) up to the offset.
     pub rows: u64,
     pub done: bool,
+    /// Checksum of the bytes read before this checkpoint; a resume reads
+    /// them again and compares, so an input rewritten with the same size
+    /// and modification time is still noticed. Absent in checkpoints taken
+    /// before it existed (they resume on the other checks alone).
+    #[serde(default)]
+    pub checksum: Option<PrefixChecksum>,
+}
+
+/// A checksum of an object's first `bytes` bytes. CSV: every byte fed to
+/// the decoder (the checkpoint's offset plus the start of a record not yet
+/// complete); Parquet: up to the end of the row group in progress, or the
+/// whole file once read.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PrefixChecksum {
+    pub bytes: u64,
+    /// xxHash64 (seed 0) of those bytes, 16 hex digits: a specified hash,
+    /// so a checkpoint stays comparable across versions of the engine.
+    pub xxh64: String,
+}
+
+/// A running xxHash64 of an object's first `bytes` bytes.
+#[derive(Clone)]
+struct Prefix {
+    hasher: XxHash64,
+    bytes: u64,
+}
+
+impl Prefix {
+    fn new() -> Prefix {
+        Prefix { hasher: XxHash64::with_seed(0), bytes: 0 }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.hasher.write(data);
+        self.bytes += data.len() as u64;
+    }
+
+    fn checksum(&self) -> PrefixChecksum {
+        PrefixChecksum { bytes: self.bytes, xxh64: format!("{:016x}", self.hasher.finish()) }
+    }
+
+    /// Reads the object's bytes from `self.bytes` up to `to` and hashes them.
+    async fn extend(&mut self, loc: &Location, to: u64) -> Result<(), OperatorError> {
+        while self.bytes < to {
+            let end = (self.bytes + REHASH_CHUNK).min(to);
+            let bytes = loc
+                .store
+                .get_range(&loc.path, self.bytes..end)
+                .await
+                .map_err(|e| OperatorError::storage(format!("reading {}", loc.display), e))?;
+            if bytes.is_empty() {
+                // Never loop on a store that returns nothing.
+                return Err(OperatorError::Data(format!(
+                    "{} ended at byte {} while reading it up to byte {}",
+                    loc.display,
+                    thousands(self.bytes),
+                    thousands(to)
+                )));
+            }
+            self.update(&bytes);
+        }
+        Ok(())
+    }
 }
 
 /// `1234567` → `1,234,567`, for people.
@@ -269,7 +350,8 @@ impl Source for FileSource {
             .map_err(|e| OperatorError::storage(format!("cannot open {object}"), e))?;
         tracing::info!(object = %object, size = meta.size, format = ?self.format, "reading");
         let resume = self.resume.take();
-        if let Some(r) = &resume {
+        let mut prefix = Prefix::new();
+        if let Some((epoch, r)) = &resume {
             let mut changed = Vec::new();
             if r.object != object {
                 changed.push(format!("object {} → {}", r.object, object));
@@ -295,12 +377,15 @@ impl Source for FileSource {
                     thousands(r.offset)
                 )));
             }
+            let resume_at = (self.format == Format::Csv && !r.done).then_some(r.offset);
+            prefix = verify_prefix(&self.loc, &self.ctx.id, *epoch, r, resume_at).await?;
             self.rows = r.rows;
             if r.done {
                 self.state = Reading::Done;
                 return Ok(());
             }
         }
+        let resume = resume.map(|(_, r)| r);
         let start = resume.as_ref().map(|r| r.offset).unwrap_or(0);
         self.state = match self.format {
             Format::Csv => {
@@ -325,7 +410,7 @@ impl Source for FileSource {
                         .map_err(|e| OperatorError::storage(format!("cannot read {object}"), e))?;
                     Some(r.into_stream())
                 };
-                Reading::Csv { decoder, meta, offset: start, fetched: start, buf: bytes::Bytes::new(), stream }
+                Reading::Csv { decoder, meta, offset: start, fetched: start, buf: bytes::Bytes::new(), stream, prefix }
             }
             Format::Parquet => {
                 let reader = || {
@@ -344,12 +429,22 @@ impl Source for FileSource {
                         })?
                     }
                 };
+                let mut groups = Vec::new();
+                let (mut rows, mut end) = (0u64, 0u64);
+                for g in builder.metadata().row_groups() {
+                    rows += u64::try_from(g.num_rows()).unwrap_or(0);
+                    for c in g.columns() {
+                        let (from, len) = c.byte_range();
+                        end = end.max(from.saturating_add(len));
+                    }
+                    groups.push((rows, end.min(meta.size)));
+                }
                 let stream = builder
                     .with_batch_size(self.ctx.batch_size)
                     .with_offset(start as usize)
                     .build()
                     .map_err(|e| OperatorError::parquet(format!("cannot read {object}"), e))?;
-                Reading::Parquet { stream, next_row: start + 1, meta }
+                Reading::Parquet { stream, next_row: start + 1, meta, groups, prefix }
             }
         };
         Ok(())
@@ -364,7 +459,7 @@ impl Source for FileSource {
                 self.drain(out, 1).await?;
                 Ok(SourceState::More)
             }
-            Reading::Csv { decoder, meta, offset, fetched, buf, stream } => {
+            Reading::Csv { decoder, meta, offset, fetched, buf, stream, prefix } => {
                 // Bytes are fed to the decoder a slice at a time, so that at
                 // a barrier little is decoded but not yet sent: the barrier
                 // waits for at most a batch or two.
@@ -396,20 +491,26 @@ impl Source for FileSource {
                             decoder.finish()?;
                             let meta = meta.clone();
                             let size = *offset;
+                            let checksum = prefix.checksum();
                             self.drain(out, usize::MAX).await?;
-                            self.last = Some(self.state_at(&meta, size, None, true));
+                            self.last = Some(FileSourceState {
+                                checksum: Some(checksum),
+                                ..self.state_at(&meta, size, None, true)
+                            });
                             self.state = Reading::Done;
                             return Ok(SourceState::Done);
                         }
                     }
                 }
+                decoder.set_batch_size(self.ctx.batch_size.min(out.preferred_rows(OUT)));
                 let piece = buf.split_to(FEED.min(buf.len()));
                 *offset += piece.len() as u64;
+                prefix.update(&piece);
                 decoder.feed(&piece)?;
                 self.drain(out, 1).await?;
                 Ok(SourceState::More)
             }
-            Reading::Parquet { stream, next_row, meta } => match stream.next().await {
+            Reading::Parquet { stream, next_row, meta, groups, prefix } => match stream.next().await {
                 Some(Ok(records)) => {
                     let n = records.num_rows() as u64;
                     let lines = arrow::array::UInt64Array::from_iter_values(*next_row..*next_row + n);
@@ -418,10 +519,13 @@ impl Source for FileSource {
                     out.emit(OUT, Batch::with_lines(records, lines)).await?;
                     Ok(SourceState::More)
                 }
-                Some(Err(e)) => Err(OperatorError::parquet(format!("reading {object}"), e)),
+                Some(Err(e)) => Err(parquet_error(&object, groups, *next_row - 1, e)),
                 None => {
-                    let (meta, read) = (meta.clone(), *next_row - 1);
-                    self.last = Some(self.state_at(&meta, read, None, true));
+                    // All of it was read, footer included.
+                    prefix.extend(&self.loc, meta.size).await?;
+                    let (meta, read, checksum) = (meta.clone(), *next_row - 1, prefix.checksum());
+                    self.last =
+                        Some(FileSourceState { checksum: Some(checksum), ..self.state_at(&meta, read, None, true) });
                     self.state = Reading::Done;
                     Ok(SourceState::Done)
                 }
@@ -439,7 +543,7 @@ impl Source for FileSource {
         let state: FileSourceState = serde_json::from_slice(bytes).map_err(|e| {
             OperatorError::Resume(format!("checkpoint {} of source `{}` is unreadable: {e}", resume.epoch, self.ctx.id))
         })?;
-        self.resume = Some(state);
+        self.resume = Some((resume.epoch, state));
         Ok(())
     }
 
@@ -450,22 +554,36 @@ impl Source for FileSource {
                 Some(s) => s.clone(),
                 None => return Err(OperatorError::Data("snapshot of a finished source without a position".into())),
             },
-            Reading::Csv { decoder, meta, offset, .. } => {
+            Reading::Csv { decoder, meta, offset, prefix, .. } => {
                 let meta = meta.clone();
                 let fed = *offset;
+                // Covers the bytes of a record not yet complete too: they
+                // were read, and the resumed run reads them again.
+                let checksum = prefix.checksum();
                 match decoder.checkpoint()? {
                     // Emit the completed batch first: the offset must point
                     // after the last row sent.
                     Some((pending, pos)) => {
                         self.drain(out, usize::MAX).await?;
-                        self.state_at(&meta, fed - pending, Some(pos), false)
+                        FileSourceState {
+                            checksum: Some(checksum),
+                            ..self.state_at(&meta, fed - pending, Some(pos), false)
+                        }
                     }
                     None => FileSourceState { rows: 0, ..self.state_at(&meta, 0, None, false) },
                 }
             }
-            Reading::Parquet { next_row, meta, .. } => {
-                let (meta, read) = (meta.clone(), *next_row - 1);
-                self.state_at(&meta, read, None, false)
+            Reading::Parquet { next_row, meta, groups, prefix, .. } => {
+                let read = *next_row - 1;
+                // Everything up to the end of the row group in progress was
+                // read to produce these rows; hashed now, once.
+                let consumed = match read {
+                    0 => 0,
+                    _ => groups.iter().find(|(rows, _)| *rows >= read).map_or(meta.size, |(_, end)| *end),
+                };
+                prefix.extend(&self.loc, consumed).await?;
+                let (meta, checksum) = (meta.clone(), prefix.checksum());
+                FileSourceState { checksum: Some(checksum), ..self.state_at(&meta, read, None, false) }
             }
         };
         let bytes = serde_json::to_vec(&state).map_err(|e| OperatorError::Data(format!("encoding a position: {e}")))?;
@@ -502,6 +620,190 @@ impl FileSource {
             csv,
             rows: self.rows,
             done,
+            checksum: None,
         }
+    }
+}
+
+/// Reads again the prefix the checkpoint's checksum covers and compares.
+/// Returns the running checksum to go on with: at `resume_at` when given
+/// (CSV: where reading resumes), else after the checked prefix (Parquet).
+/// Takes the parts it needs, not the source: its future must be `Send`.
+async fn verify_prefix(
+    loc: &Location,
+    source: &str,
+    epoch: u64,
+    r: &FileSourceState,
+    resume_at: Option<u64>,
+) -> Result<Prefix, OperatorError> {
+    let mut stops: Vec<u64> = resume_at.into_iter().chain(r.checksum.as_ref().map(|c| c.bytes)).collect();
+    stops.sort_unstable();
+    stops.dedup();
+    let started = std::time::Instant::now();
+    let mut prefix = Prefix::new();
+    let mut kept = None;
+    for stop in stops {
+        prefix.extend(&loc, stop).await?;
+        if Some(stop) == resume_at {
+            kept = Some(prefix.clone());
+        }
+        let Some(then) = r.checksum.as_ref().filter(|c| c.bytes == stop) else { continue };
+        let now = prefix.checksum();
+        if now.xxh64 != then.xxh64 {
+            return Err(OperatorError::InputChanged(format!(
+                "the first {} bytes of {} changed since checkpoint {epoch} (checksum xxh64 {} then, {} now): \
+                     resuming source `{}` there would mix rows of two versions of the input; start over with --from-scratch",
+                thousands(then.bytes),
+                loc.display,
+                then.xxh64,
+                now.xxh64,
+                source
+            )));
+        }
+        tracing::info!(
+            object = %loc.display,
+            bytes = then.bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "input unchanged since the checkpoint (checksum verified)"
+        );
+    }
+    Ok(kept.unwrap_or(prefix))
+}
+
+/// A Parquet read error, said with the row group it came from: a page
+/// that fails its checksum is damage, not garbage rows to pass on.
+fn parquet_error(object: &str, groups: &[(u64, u64)], row: u64, e: parquet::errors::ParquetError) -> OperatorError {
+    let group = groups.iter().position(|(rows, _)| *rows > row);
+    let which = match group {
+        Some(i) => {
+            let first = if i == 0 { 0 } else { groups[i - 1].0 };
+            format!(
+                "row group {} of {} (rows {} to {})",
+                i + 1,
+                groups.len(),
+                thousands(first + 1),
+                thousands(groups[i].0)
+            )
+        }
+        None => format!("row {}", thousands(row + 1)),
+    };
+    // The parquet crate says only "Page CRC checksum mismatch".
+    let context = if e.to_string().contains("CRC checksum mismatch") {
+        format!("{object} is damaged: a page of {which} does not match its checksum")
+    } else {
+        format!("reading {which} of {object}")
+    };
+    OperatorError::parquet(context, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint taken before checksums existed still resumes.
+    #[test]
+    fn a_state_without_a_checksum_still_reads() {
+        let old = r#"{"object":"/d/in.csv","size":10,"e_tag":"1-2-a","version":null,"offset":4,"csv":null,"rows":0,"done":false}"#;
+        let state: FileSourceState = serde_json::from_str(old).expect("old state");
+        assert_eq!(state.checksum, None);
+        assert_eq!(state.offset, 4);
+    }
+
+    /// The hash is xxHash64 with seed 0, whatever the chunking: a
+    /// checkpoint written by one version is checked by the next.
+    #[test]
+    fn the_prefix_checksum_is_stable_and_independent_of_chunking() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut whole = Prefix::new();
+        whole.update(&data);
+        let mut pieces = Prefix::new();
+        for c in data.chunks(7_777) {
+            pieces.update(c);
+        }
+        assert_eq!(whole.checksum(), pieces.checksum());
+        assert_eq!(whole.checksum().bytes, 100_000);
+        let mut empty = Prefix::new();
+        empty.update(b"");
+        // The published xxh64 of the empty input, seed 0.
+        assert_eq!(empty.checksum().xxh64, "ef46db3751d8e999");
+    }
+
+    fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("file-source-{}-{name}", std::process::id()));
+        std::fs::write(&p, bytes).expect("write temp file");
+        p
+    }
+
+    #[tokio::test]
+    async fn a_resume_rereads_the_prefix_and_refuses_changed_bytes() {
+        let text = b"a,b\n1,2\n3,4\n5,6\n".repeat(1000);
+        let path = temp_file("verify.csv", &text);
+        let loc = resolve(path.to_str().expect("utf-8 path")).expect("local path");
+        let mut read = Prefix::new();
+        read.update(&text[..9_000]);
+        let state = FileSourceState {
+            object: loc.display.clone(),
+            size: text.len() as u64,
+            e_tag: None,
+            version: None,
+            offset: 8_992,
+            csv: None,
+            rows: 0,
+            done: false,
+            checksum: Some(read.checksum()),
+        };
+        // Unchanged: the running checksum comes back at the resume offset.
+        let at = verify_prefix(&loc, "src", 7, &state, Some(8_992)).await.expect("unchanged");
+        let mut expected = Prefix::new();
+        expected.update(&text[..8_992]);
+        assert_eq!(at.checksum(), expected.checksum());
+        // Without a resume offset (Parquet), it goes on after the prefix.
+        let after = verify_prefix(&loc, "src", 7, &state, None).await.expect("unchanged");
+        assert_eq!(after.checksum(), read.checksum());
+
+        // One byte inside the prefix: refused, saying what and since when.
+        let mut changed = text.clone();
+        changed[100] = b'9';
+        std::fs::write(&path, &changed).expect("rewrite");
+        let err = verify_prefix(&loc, "src", 7, &state, Some(8_992)).await.err().expect("refused");
+        let msg = err.to_string();
+        assert!(matches!(err, OperatorError::InputChanged(_)), "{msg}");
+        assert!(
+            msg.starts_with(&format!("the first 9,000 bytes of {} changed since checkpoint 7", loc.display)),
+            "{msg}"
+        );
+        assert!(msg.contains("start over with --from-scratch"), "{msg}");
+
+        // After the prefix: not this check's business (the rows there were
+        // never read).
+        let mut tail = text.clone();
+        tail[9_500] = b'9';
+        std::fs::write(&path, &tail).expect("rewrite");
+        assert!(verify_prefix(&loc, "src", 7, &state, Some(8_992)).await.is_ok());
+
+        // An old state without a checksum is not checked, and still gives
+        // the running checksum at the offset for the checkpoints to come.
+        let old = FileSourceState { checksum: None, ..state };
+        let at = verify_prefix(&loc, "src", 7, &old, Some(8_992)).await.expect("nothing to check");
+        let mut expected = Prefix::new();
+        expected.update(&tail[..8_992]);
+        assert_eq!(at.checksum(), expected.checksum());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_parquet_error_names_the_row_group() {
+        let groups = [(1_000, 10), (2_000, 20), (3_000, 30)];
+        let crc = parquet::errors::ParquetError::General("Page CRC checksum mismatch".into());
+        let e = parquet_error("/d/x.parquet", &groups, 1_000, crc).to_string();
+        assert!(
+            e.starts_with(
+                "/d/x.parquet is damaged: a page of row group 2 of 3 (rows 1,001 to 2,000) does not match its checksum"
+            ),
+            "{e}"
+        );
+        let other = parquet::errors::ParquetError::General("unsupported encoding".into());
+        let e = parquet_error("/d/x.parquet", &groups, 2_500, other).to_string();
+        assert!(e.starts_with("reading row group 3 of 3 (rows 2,001 to 3,000) of /d/x.parquet"), "{e}");
     }
 }

@@ -75,7 +75,7 @@ impl Operator for Select {
         }
         let records = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
             .map_err(|e| OperatorError::arrow("building the selected batch", e))?;
-        out.emit(OUT, Batch { records, lines: batch.lines }).await
+        out.emit(OUT, Batch { records, lines: batch.lines, raw: batch.raw }).await
     }
 
     async fn on_barrier(&mut self, _barrier: Barrier, _out: &mut Collector) -> Result<Snapshot, OperatorError> {

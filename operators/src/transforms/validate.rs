@@ -1,6 +1,7 @@
 //! `kind = "validate"`: per-column rules checked on whole Arrow arrays.
 //! Rows that break a rule go to the `rejects` port naming the column, the
-//! rule and the value; the rest pass on untouched (the batch itself when
+//! rule and the value, with the row's source text as `raw` (kept beside the
+//! batch by the source); the rest pass on untouched (the batch itself when
 //! every row passes, so the common case copies nothing).
 //!
 //! Rules are compiled against the schema of the first batch, since an
@@ -19,7 +20,7 @@ use serde::Deserialize;
 
 use crate::api::{BuildContext, Collector, OUT, Operator, OperatorError};
 use crate::batch::Batch;
-use crate::rejects::{Reject, RejectsBuilder, row_as_json};
+use crate::rejects::{Reject, RejectsBuilder, excerpt, raw_of};
 
 pub const REJECTS: usize = 1;
 
@@ -249,10 +250,10 @@ impl Operator for Validate {
             let shown = match value.as_deref() {
                 None => "null".to_string(),
                 Some("") => "(empty)".to_string(),
-                Some(v) => format!("`{v}`"),
+                Some(v) => format!("`{}`", excerpt(v)),
             };
             let reason = format!("{} {} {}", c.name, shown, c.describe);
-            let raw = row_as_json(&batch.records, i);
+            let raw = raw_of(&batch, i);
             rejects.push(Reject {
                 line: batch.line(i),
                 column: Some(&c.name),
@@ -301,6 +302,48 @@ mod tests {
         assert_eq!(check(rules, col.clone()), vec![true, false, true]);
         let rules = ColumnRules { max: Some(-1.0), required: true, ..Default::default() };
         assert_eq!(check(rules, col), vec![true, true, true]);
+    }
+
+    /// A 5,000-byte name: `value` and `reason` show an excerpt and the
+    /// length, `raw` is the row's source text as the source read it (not a
+    /// JSON rendering), whole.
+    #[tokio::test]
+    async fn a_reject_is_bounded_and_hands_back_the_source_text() {
+        use crate::api::{OperatorStats, OutPort};
+        use arrow::array::{AsArray, BinaryArray, UInt64Array};
+        let long = "N".repeat(5000);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("Id", DataType::Int32, true),
+            Field::new("Name", DataType::Utf8, true),
+        ]));
+        let rb = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int32Array::from(vec![1, 2])), Arc::new(StringArray::from(vec!["Ann", long.as_str()]))],
+        )
+        .unwrap();
+        let texts = ["1,Ann".to_string(), format!("2, \"{long}\"")];
+        let batch = Batch::with_lines(rb, UInt64Array::from(vec![2, 3]))
+            .with_raw(BinaryArray::from_iter_values(texts.iter().map(|t| t.as_bytes())));
+        let rules = ColumnRules { max_len: Some(64), ..Default::default() };
+        let cfg = ValidateConfig { rules: [("Name".to_string(), rules)].into_iter().collect() };
+        let ctx =
+            BuildContext { pipeline: "p".into(), id: "valid".into(), batch_size: 10, raw_options: Default::default() };
+        let mut v = build(&ctx, cfg).unwrap();
+        let (tx, rx) = async_channel::unbounded();
+        let (rtx, rrx) = async_channel::unbounded();
+        let ports = vec![OutPort::new("valid", "out", vec![tx]), OutPort::new("valid", "rejects", vec![rtx])];
+        let mut out = Collector::new("valid", ports, Arc::new(OperatorStats::default()), Default::default());
+        v.process(batch, &mut out).await.unwrap();
+        let Ok(crate::batch::Message::Data(kept)) = rx.try_recv() else { panic!("no output") };
+        assert_eq!(kept.num_rows(), 1);
+        assert_eq!(kept.raw(0), Some(&b"1,Ann"[..]), "the source text follows the rows it belongs to");
+        let Ok(crate::batch::Message::Data(r)) = rrx.try_recv() else { panic!("no reject") };
+        let col = |name: &str| r.records.column_by_name(name).unwrap().as_string::<i32>().value(0).to_string();
+        assert_eq!(col("raw"), texts[1]);
+        assert_eq!(col("value"), format!("{}…(5,000 bytes)", "N".repeat(200)));
+        assert_eq!(col("reason"), format!("Name `{}…(5,000 bytes)` is longer than 64 characters", "N".repeat(200)));
+        assert_eq!(col("column"), "Name");
+        assert_eq!(r.line(0), Some(3));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Value, json};
 
 use super::OnDailyLimit;
+use super::headers;
 use crate::api::OperatorError;
 
 /// One record to upsert.
@@ -133,6 +134,9 @@ pub struct Settings {
     pub concurrency: usize,
     pub max_attempts: u32,
     pub on_daily_limit: OnDailyLimit,
+    /// Where the daily budget's day starts and ends (HubSpot resets it at
+    /// midnight in the account's time zone).
+    pub daily_tz: jiff::tz::TimeZone,
     pub circuit_failures: u32,
     pub circuit_open: Duration,
     pub timeout: Duration,
@@ -154,6 +158,11 @@ pub struct Client {
     pause_until: Mutex<Option<Instant>>,
     circuit: Mutex<Circuit>,
     requests: AtomicU64,
+    /// The daily budget: the day (in `daily_tz`) and requests made in it,
+    /// this run and (restored from the checkpoint store) earlier runs.
+    day: Mutex<(String, u64)>,
+    /// Absurd rate-limit headers are reported once, not per request.
+    warned_headers: std::sync::atomic::AtomicBool,
 }
 
 /// Why a single attempt did not produce a final answer.
@@ -196,6 +205,8 @@ impl Client {
             pause_until: Mutex::new(None),
             circuit: Mutex::new(Circuit::Closed { failures: 0 }),
             requests: AtomicU64::new(0),
+            day: Mutex::new((String::new(), 0)),
+            warned_headers: Default::default(),
         })
     }
 
@@ -402,19 +413,45 @@ impl Client {
     /// quota resets or fail, as configured.
     async fn daily_budget(&self) -> Result<(), OperatorError> {
         let Some(daily) = self.s.daily else { return Ok(()) };
-        if self.requests.load(Ordering::Relaxed) < daily {
-            return Ok(());
+        loop {
+            let today = self.today();
+            {
+                let mut day = self.day.lock().unwrap_or_else(|p| p.into_inner());
+                if day.0 != today {
+                    *day = (today, 0);
+                }
+                if day.1 < daily {
+                    day.1 += 1;
+                    return Ok(());
+                }
+            }
+            if self.s.on_daily_limit == OnDailyLimit::Fail {
+                return Err(OperatorError::Data(format!(
+                    "the daily budget of {daily} HubSpot requests is spent (rate_limit.daily, counted over every run of the day); on_daily_limit = \"fail\""
+                )));
+            }
+            let wait = until_midnight(&self.s.daily_tz);
+            tracing::warn!(daily, wait_s = wait.as_secs(), "daily request budget spent: pausing until it resets");
+            tokio::time::sleep(wait).await;
         }
-        if self.s.on_daily_limit == OnDailyLimit::Fail {
-            return Err(OperatorError::Data(format!(
-                "the daily budget of {daily} HubSpot requests is spent (rate_limit.daily); on_daily_limit = \"fail\""
-            )));
+    }
+
+    /// Today's date where the daily budget is counted.
+    fn today(&self) -> String {
+        jiff::Timestamp::now().to_zoned_datetime(self.s.daily_tz.clone()).date().to_string()
+    }
+
+    /// The day and the requests counted against its budget.
+    pub fn day_used(&self) -> (String, u64) {
+        let day = self.day.lock().unwrap_or_else(|p| p.into_inner());
+        if day.0.is_empty() { (self.today(), 0) } else { day.clone() }
+    }
+
+    /// Requests earlier runs made on `date`: they count when it is today.
+    pub fn restore_day(&self, date: &str, used: u64) {
+        if date == self.today() {
+            *self.day.lock().unwrap_or_else(|p| p.into_inner()) = (date.to_string(), used);
         }
-        let wait = until_utc_midnight();
-        tracing::warn!(daily, wait_s = wait.as_secs(), "daily request budget spent: pausing until it resets");
-        tokio::time::sleep(wait).await;
-        self.requests.store(0, Ordering::Relaxed);
-        Ok(())
     }
 
     fn pause(&self, d: Duration) {
@@ -484,14 +521,8 @@ impl Client {
         let status = resp.status().as_u16();
         metrics::counter!("engine_hubspot_requests_total", "operator" => self.s.operator.clone(), "status" => status.to_string()).increment(1);
         self.read_limit_headers(resp.headers());
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(Duration::from_secs_f64);
-        let interval =
-            header_u64(resp.headers(), "x-hubspot-ratelimit-interval-milliseconds").map(Duration::from_millis);
+        let retry_after = headers::retry_after(header(resp.headers(), "retry-after"));
+        let interval = headers::interval(header(resp.headers(), "x-hubspot-ratelimit-interval-milliseconds"));
         let body: Value = match resp.text().await {
             Ok(t) if t.trim().is_empty() => Value::Null,
             Ok(t) => serde_json::from_str(&t).unwrap_or(Value::String(t.chars().take(300).collect())),
@@ -517,7 +548,7 @@ impl Client {
                                 .into(),
                         ));
                     }
-                    let wait = retry_after.unwrap_or_else(until_utc_midnight);
+                    let wait = retry_after.unwrap_or_else(|| until_midnight(&self.s.daily_tz));
                     tracing::warn!(wait_s = wait.as_secs(), "HubSpot daily limit reached: pausing until it resets");
                     return Attempt::RateLimited(wait);
                 }
@@ -542,6 +573,11 @@ impl Client {
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
             for t in traces {
+                // A trace named twice (two errors about one input) is one
+                // rejected record, not two.
+                if rejected.iter().any(|r: &Rejected| r.input.trace == t) {
+                    continue;
+                }
                 if let Some(input) = batch.iter().find(|i| i.trace == t) {
                     rejected.push(Rejected {
                         input: input.clone(),
@@ -568,31 +604,37 @@ impl Client {
                 ids.push((key.to_string(), id));
             }
         }
-        Outcome { delivered: (batch.len() - rejected.len()) as u64, created, ids, rejected }
+        Outcome { delivered: batch.len().saturating_sub(rejected.len()) as u64, created, ids, rejected }
     }
 
     /// Other clients share the account's limit: when HubSpot says little is
     /// left, everyone here waits for the window to roll.
     fn read_limit_headers(&self, h: &reqwest::header::HeaderMap) {
-        let (Some(remaining), Some(max)) =
-            (header_u64(h, "x-hubspot-ratelimit-remaining"), header_u64(h, "x-hubspot-ratelimit-max"))
-        else {
+        let remaining = header(h, "x-hubspot-ratelimit-remaining");
+        let max = header(h, "x-hubspot-ratelimit-max");
+        let Some(w) = headers::window(remaining, max, header(h, "x-hubspot-ratelimit-interval-milliseconds")) else {
+            if (remaining.is_some() || max.is_some()) && !self.warned_headers.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    remaining = remaining.unwrap_or_default(),
+                    max = max.unwrap_or_default(),
+                    "HubSpot's rate-limit headers make no sense; ignoring them (the client-side limiter still paces)"
+                );
+            }
             return;
         };
-        metrics::gauge!("engine_hubspot_quota_remaining", "operator" => self.s.operator.clone()).set(remaining as f64);
-        let interval = header_u64(h, "x-hubspot-ratelimit-interval-milliseconds").unwrap_or(10_000);
-        if remaining == 0 {
-            // Our own pacing keeps the window just short of full, so an empty
-            // window means someone else spends it too: let it roll by the
-            // share our in-flight requests need before sending more.
-            let per_request = Duration::from_millis(interval) / (max.max(1) as u32);
-            self.pause(per_request * (self.s.concurrency as u32 + 1));
+        metrics::gauge!("engine_hubspot_quota_remaining", "operator" => self.s.operator.clone())
+            .set(w.remaining as f64);
+        // Our own pacing keeps the window just short of full, so an empty
+        // window means someone else spends it too: let it roll by the share
+        // our in-flight requests need before sending more.
+        if let Some(d) = headers::pause_when_spent(w, self.s.concurrency) {
+            self.pause(d);
         }
     }
 }
 
-fn header_u64(h: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
-    h.get(name)?.to_str().ok()?.trim().parse().ok()
+fn header<'h>(h: &'h reqwest::header::HeaderMap, name: &str) -> Option<&'h str> {
+    h.get(name)?.to_str().ok()
 }
 
 /// A HubSpot record id (a decimal string).
@@ -630,9 +672,17 @@ pub fn error_chain(e: reqwest::Error) -> String {
     parts.join(": ")
 }
 
-fn until_utc_midnight() -> Duration {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    Duration::from_secs(86_400 - now % 86_400)
+/// Time to the next midnight in `tz` (at least a second).
+fn until_midnight(tz: &jiff::tz::TimeZone) -> Duration {
+    let now = jiff::Timestamp::now();
+    let next = now
+        .to_zoned_datetime(tz.clone())
+        .tomorrow()
+        .and_then(|d| d.start_of_day())
+        .map(|d| d.timestamp())
+        .unwrap_or(now + jiff::SignedDuration::from_hours(24));
+    let secs = (next.as_second() - now.as_second()).clamp(1, 90_000);
+    Duration::from_secs(secs as u64)
 }
 
 #[cfg(test)]
@@ -652,6 +702,7 @@ mod tests {
             concurrency: 1,
             max_attempts: 6,
             on_daily_limit: OnDailyLimit::Fail,
+            daily_tz: jiff::tz::TimeZone::UTC,
             circuit_failures: 3,
             circuit_open: Duration::from_millis(150),
             timeout: Duration::from_secs(5),
@@ -703,6 +754,39 @@ mod tests {
         let text = error_chain(e);
         assert!(text.to_lowercase().contains("tls") || text.contains("InvalidContentType"), "{text}");
         assert!(!text.contains(&sim.addr.to_string()), "no URL in the message: {text}");
+    }
+
+    proptest::proptest! {
+        /// Whatever a 200/207 body holds (errors naming unknown, repeated
+        /// or missing traces; results without ids; wrong types), reading it
+        /// never panics and never counts more rejects than inputs.
+        #[test]
+        fn no_response_body_panics(
+            traces in proptest::collection::vec("[0-9]{1,2}", 0..6),
+            ids in proptest::collection::vec(proptest::option::of(any_id()), 0..6),
+            junk in ".{0,40}",
+        ) {
+            let client = Client::new(settings("http://127.0.0.1:9".into())).unwrap();
+            let batch: Vec<Input> = (0..3)
+                .map(|i| Input { id: format!("k{i}"), properties: BTreeMap::new(), trace: i.to_string(), line: None })
+                .collect();
+            let errors: Vec<Value> = traces.iter().map(|t| json!({ "context": { "objectWriteTraceId": [t, t] } })).collect();
+            let results: Vec<Value> = ids.iter().map(|id| json!({ "id": id, "objectWriteTraceId": "1", "new": junk.len() % 2 == 0 })).collect();
+            for body in [json!({ "errors": errors, "results": results }), json!(junk), serde_json::from_str(&junk).unwrap_or(Value::Null)] {
+                let o = client.outcome(&batch, &body);
+                proptest::prop_assert!(o.rejected.len() <= batch.len());
+                proptest::prop_assert_eq!(o.delivered as usize + o.rejected.len(), batch.len());
+            }
+        }
+    }
+
+    fn any_id() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<u64>().prop_map(|n| json!(n.to_string())),
+            any::<i64>().prop_map(|n| json!(n)),
+            ".{0,8}".prop_map(|s| json!(s))
+        ]
     }
 
     /// 423 Locked is waited out for at least 2 s per answer, and bounded.

@@ -16,6 +16,7 @@ const BASE: u8 = b'B';
 const PUT: u8 = b'P';
 const GONE: u8 = b'D';
 const REFUSED: u8 = b'R';
+const QUOTA: u8 = b'Q';
 
 /// A record HubSpot refused, as it was last offered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +35,8 @@ pub struct Refusal {
 pub struct Ledger {
     ids: HashMap<Box<str>, u64>,
     refused: HashMap<Box<str>, Refusal>,
+    /// The daily budget's day and the requests made in it.
+    quota: Option<(String, u64)>,
     /// Entries since the last delta was taken.
     log: Vec<u8>,
     /// This run's deltas already carry the whole state (a base marker).
@@ -87,6 +90,20 @@ impl Ledger {
         attempts
     }
 
+    /// Requests counted against the daily budget of `day`, so that every
+    /// run of a day shares one budget.
+    pub fn set_quota(&mut self, day: &str, used: u64) {
+        if self.quota.as_ref().is_some_and(|(d, u)| d == day && *u == used) {
+            return;
+        }
+        self.quota = Some((day.to_string(), used));
+        push_quota(&mut self.log, day, used);
+    }
+
+    pub fn quota(&self) -> Option<(&str, u64)> {
+        self.quota.as_ref().map(|(d, u)| (d.as_str(), *u))
+    }
+
     /// This run offers `key` again with a newer row.
     pub fn supersede(&mut self, key: &str) {
         if let Some(r) = self.refused.get_mut(key) {
@@ -123,6 +140,9 @@ impl Ledger {
             field(&mut out, k.as_bytes());
             field(&mut out, &serde_json::to_vec(r).unwrap_or_default());
         }
+        if let Some((day, used)) = &self.quota {
+            push_quota(&mut out, day, *used);
+        }
         out
     }
 
@@ -148,6 +168,7 @@ impl Ledger {
         }
         self.ids.clear();
         self.refused.clear();
+        self.quota = None;
         for d in previous {
             self.apply(d)?;
         }
@@ -165,6 +186,11 @@ impl Ledger {
                 BASE => {
                     self.ids.clear();
                     self.refused.clear();
+                    self.quota = None;
+                }
+                QUOTA => {
+                    let day = take_str(&mut d)?;
+                    self.quota = Some((day, take_u64(&mut d)?));
                 }
                 PUT => {
                     let key = take_str(&mut d)?;
@@ -206,10 +232,20 @@ fn contains_base(mut d: &[u8]) -> Result<bool, String> {
                 take_field(&mut d)?;
                 take_field(&mut d)?;
             }
+            QUOTA => {
+                take_field(&mut d)?;
+                take_u64(&mut d)?;
+            }
             other => return Err(format!("unknown entry tag {other:#04x}")),
         }
     }
     Ok(false)
+}
+
+fn push_quota(out: &mut Vec<u8>, day: &str, used: u64) {
+    out.push(QUOTA);
+    field(out, day.as_bytes());
+    out.extend_from_slice(&used.to_le_bytes());
 }
 
 fn field(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -276,6 +312,15 @@ mod tests {
         run3.carry_over(&[e1, e2]).unwrap();
         assert_eq!((run3.record_id("a"), run3.record_id("c"), run3.holds()), (None, Some(3), 2));
         assert_eq!(run3.refused_len(), 0, "c was accepted");
+        assert_eq!(run3.quota(), None);
+
+        // The day's budget travels too.
+        let mut a = Ledger::default();
+        a.set_quota("2026-11-29", 40);
+        let d = a.take_delta();
+        let mut b = Ledger::default();
+        b.carry_over(&[d]).unwrap();
+        assert_eq!(b.quota(), Some(("2026-11-29", 40)));
     }
 
     /// A resumed run restores its own deltas; the carried state goes

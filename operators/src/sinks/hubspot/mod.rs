@@ -14,6 +14,7 @@
 //! (`ledger.rs`) is checkpointed with it.
 
 mod client;
+mod headers;
 mod ledger;
 mod properties;
 mod template;
@@ -78,8 +79,12 @@ pub struct RateLimit {
     pub requests: u32,
     /// Window length: `10s`, `1s`, `500ms`.
     pub per: String,
-    /// Requests per day (Starter: 250,000).
+    /// Requests per day (Starter: 250,000), counted over every run of the
+    /// day (the count is kept with the checkpoints).
     pub daily: Option<u64>,
+    /// The IANA time zone whose midnight resets the daily count (HubSpot:
+    /// the account's time zone); default UTC.
+    pub daily_reset_tz: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -165,21 +170,9 @@ pub struct HubSpotConfig {
     pub linger_ms: Option<u64>,
 }
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 10s or 500ms"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" | "min" => n * 60.0,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s or m)")),
-    };
-    if secs <= 0.0 {
-        return Err(format!("`{s}` must be positive"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+// Moved to a shared module (checkpoint intervals read durations too);
+// re-exported so existing callers keep compiling.
+pub use crate::duration::parse_duration;
 
 /// The `${VAR}` names in a raw option string, for messages about its value.
 fn variables(raw: &Value) -> Vec<String> {
@@ -199,12 +192,10 @@ enum Mode {
 
 /// What a request task hands back.
 enum Done {
-    Upserted(Outcome),
+    /// The ids the request carried, and what became of them.
+    Upserted(Vec<String>, Outcome),
     /// Keys whose records were archived, and keys HubSpot did not know.
-    Archived {
-        keys: Vec<String>,
-        absent: Vec<String>,
-    },
+    Archived { keys: Vec<String>, absent: Vec<String> },
 }
 
 /// What the sink did this run, for the summary and the log.
@@ -234,6 +225,9 @@ pub struct HubSpotSink {
     to_archive: Vec<(String, u64)>,
     to_look_up: Vec<String>,
     in_flight: JoinSet<Result<Done, OperatorError>>,
+    /// Ids with an upsert in flight: a newer row for one of them waits for
+    /// the older request's answer, so the later row always lands last.
+    in_flight_ids: HashMap<String, u32>,
     ledger: Ledger,
     /// Keys offered again this run after an earlier refusal.
     retrying: HashSet<String>,
@@ -278,6 +272,13 @@ pub fn build(ctx: &BuildContext, cfg: HubSpotConfig) -> Result<HubSpotSink, Oper
             Some(r) => Some((r.requests, parse_duration(&r.per).map_err(cfg_err)?, r.daily)),
             None => None,
         };
+        let daily_tz = match cfg.rate_limit.as_ref().and_then(|r| r.daily_reset_tz.as_deref()) {
+            None => jiff::tz::TimeZone::UTC,
+            Some(z) if z.eq_ignore_ascii_case("UTC") => jiff::tz::TimeZone::UTC,
+            Some(z) => jiff::tz::TimeZone::get(z).map_err(|e| {
+                cfg_err(format!("rate_limit.daily_reset_tz `{z}` is not a known time zone (an IANA name such as America/New_York): {e}"))
+            })?,
+        };
         let client = Client::new(client::Settings {
             base_url: cfg.base_url.trim_end_matches('/').to_string(),
             api_version,
@@ -290,6 +291,7 @@ pub fn build(ctx: &BuildContext, cfg: HubSpotConfig) -> Result<HubSpotSink, Oper
             concurrency: cfg.concurrency,
             max_attempts: cfg.max_attempts.max(1),
             on_daily_limit: cfg.on_daily_limit,
+            daily_tz,
             circuit_failures: cfg.circuit_failures.unwrap_or(5).max(1),
             circuit_open: Duration::from_millis(cfg.circuit_open_ms.unwrap_or(2000)),
             timeout: Duration::from_millis(cfg.timeout_ms.unwrap_or(30_000)),
@@ -310,6 +312,7 @@ pub fn build(ctx: &BuildContext, cfg: HubSpotConfig) -> Result<HubSpotSink, Oper
         to_archive: Vec::new(),
         to_look_up: Vec::new(),
         in_flight: JoinSet::new(),
+        in_flight_ids: HashMap::new(),
         ledger: Ledger::default(),
         retrying: HashSet::new(),
         next_trace: 0,
@@ -417,7 +420,14 @@ impl HubSpotSink {
             Mode::Online(client) => {
                 let client = client.clone();
                 self.make_room(out).await?;
-                self.in_flight.spawn(async move { client.send(inputs).await.map(Done::Upserted) });
+                while inputs.iter().any(|i| self.in_flight_ids.contains_key(&i.id)) {
+                    self.reap_one(out).await?;
+                }
+                let ids: Vec<String> = inputs.iter().map(|i| i.id.clone()).collect();
+                for id in &ids {
+                    *self.in_flight_ids.entry(id.clone()).or_default() += 1;
+                }
+                self.in_flight.spawn(async move { client.send(inputs).await.map(|o| Done::Upserted(ids, o)) });
             }
         }
         Ok(())
@@ -481,7 +491,17 @@ impl HubSpotSink {
         let Some(joined) = self.in_flight.join_next().await else { return Ok(()) };
         let done = joined.map_err(|e| OperatorError::Data(format!("a request task failed: {e}")))??;
         match done {
-            Done::Upserted(outcome) => self.upserted(outcome, out).await,
+            Done::Upserted(ids, outcome) => {
+                for id in ids {
+                    if let Some(n) = self.in_flight_ids.get_mut(&id) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.in_flight_ids.remove(&id);
+                        }
+                    }
+                }
+                self.upserted(outcome, out).await
+            }
             Done::Archived { keys, absent } => {
                 self.counts.archived += keys.len() as u64;
                 self.counts.absent += absent.len() as u64;
@@ -587,6 +607,13 @@ impl HubSpotSink {
         Ok(())
     }
 
+    /// Earlier runs' requests of today count against today's budget.
+    fn restore_day(&self) {
+        if let (Mode::Online(c), Some((day, used))) = (&self.mode, self.ledger.quota()) {
+            c.restore_day(day, used);
+        }
+    }
+
     fn render(&self, batch: &Batch, i: usize) -> (String, BTreeMap<String, String>) {
         let records = &batch.records;
         let id = self.id.render(records, i);
@@ -657,7 +684,11 @@ impl Operator for HubSpotSink {
                 parts.sealed(barrier.epoch);
                 Ok(Snapshot::None)
             }
-            Mode::Online(_) => Ok(Snapshot::Delta(self.ledger.take_delta())),
+            Mode::Online(client) => {
+                let (day, used) = client.day_used();
+                self.ledger.set_quota(&day, used);
+                Ok(Snapshot::Delta(self.ledger.take_delta()))
+            }
         }
     }
 
@@ -671,6 +702,7 @@ impl Operator for HubSpotSink {
                 OperatorError::Resume(format!("checkpoint {}: the record ids are damaged: {e}", resume.epoch))
             })?,
         }
+        self.restore_day();
         Ok(())
     }
 
@@ -687,6 +719,7 @@ impl Operator for HubSpotSink {
             refused = self.ledger.refused_len(),
             "hubspot: record ids and refusals carried from the last completed run"
         );
+        self.restore_day();
         Ok(())
     }
 

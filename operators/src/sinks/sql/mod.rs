@@ -85,16 +85,24 @@ pub struct SqlSinkConfig {
     pub ssl_ca: Option<String>,
 }
 
+/// MySQL and MariaDB refuse longer table and column names.
+const MAX_IDENT: usize = 64;
+
+/// Table and column names are spliced into SQL text, so they must be plain
+/// identifiers; each refusal gives its own reason.
 fn check_ident(what: &str, s: &str) -> Result<(), OperatorError> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !s.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
-        Ok(())
+    let plain = s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let reason = if s.is_empty() {
+        format!("{what} name must not be empty")
+    } else if !plain || s.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("{what} `{s}` must be letters, digits and _ (not starting with a digit)")
+    } else if s.len() > MAX_IDENT {
+        // Plain ASCII by now: bytes are characters.
+        format!("{what} `{s}` is too long: {} characters, at most {MAX_IDENT} (the MySQL/MariaDB limit)", s.len())
     } else {
-        Err(OperatorError::Config(format!("{what} `{s}` must be letters, digits and _ (not starting with a digit)")))
-    }
+        return Ok(());
+    };
+    Err(OperatorError::Config(reason))
 }
 
 /// Everything a write task needs, shared by every in-flight batch.
@@ -540,6 +548,11 @@ async fn delete_once(s: &Shared, arrays: &[ArrayRef], per_stmt: usize) -> Result
 #[async_trait]
 impl Operator for SqlSink {
     async fn process(&mut self, batch: Batch, _out: &mut Collector) -> Result<(), OperatorError> {
+        // A batch announcing the schema of an input with no rows: nothing
+        // to write, and no reason to connect.
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
         let shared = self.start().await?;
         let Some(ready) = self.held.replace(batch) else { return Ok(()) };
         while self.in_flight.len() >= self.cfg.connections as usize {
@@ -550,6 +563,9 @@ impl Operator for SqlSink {
     }
 
     async fn delete(&mut self, batch: Batch, _out: &mut Collector) -> Result<(), OperatorError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
         let shared = self.start().await?;
         while self.in_flight.len() >= self.cfg.connections as usize {
             self.reap_one().await?;
@@ -601,12 +617,20 @@ impl Operator for SqlSink {
             let shared = self.start().await?;
             self.in_flight.spawn(async move { write_batch(shared, last, None).await.map(|n| (n, 0)) });
         }
-        let r = self.drain().await;
+        self.drain().await?;
         if let Some(s) = &self.shared {
             tracing::info!(table = %s.table, rows = self.rows_written, deleted = self.rows_deleted, "sql sink finished");
+        }
+        // The pool stays open: barriers still follow the end of input (the
+        // run's last checkpoint covers it); `commit` or `abort` closes it.
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), OperatorError> {
+        if let Some(s) = &self.shared {
             s.pool.close().await;
         }
-        r
+        Ok(())
     }
 
     async fn abort(&mut self) {
@@ -631,6 +655,23 @@ mod tests {
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
     use arrow::record_batch::RecordBatch;
+
+    /// Each refusal names its own reason: a 65-character name used to be
+    /// told it "must be letters, digits and _".
+    #[test]
+    fn identifiers_are_refused_for_the_right_reason() {
+        let reason = |s: &str| match check_ident("table", s) {
+            Err(OperatorError::Config(m)) => m,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert!(check_ident("table", &"t".repeat(64)).is_ok());
+        let long = reason(&"t".repeat(65));
+        assert!(long.contains("too long") && long.contains("65 characters, at most 64"), "{long}");
+        assert!(reason("").contains("must not be empty"));
+        assert!(reason("baby names").contains("letters, digits and _"));
+        assert!(reason("1names").contains("not starting with a digit"));
+        assert!(reason(&"é".repeat(40)).contains("letters, digits and _"));
+    }
 
     fn batch(names: &[&str]) -> Batch {
         let schema = Arc::new(Schema::new(vec![
