@@ -7,6 +7,7 @@ mod hubspot_golive;
 mod hubspot_sim;
 mod hubspot_sink;
 mod kaggle;
+mod locks;
 mod parquet_damage;
 mod rejects;
 mod resume;

@@ -201,3 +201,73 @@ one_of = ["F", "M"]
     // Each reject weighs about its row, not three times it.
     assert!(text.len() < 2 * 5000 + 3000, "rejects file is {} bytes", text.len());
 }
+
+/// Killed (SIGKILL after a checkpoint commit) again and again while it
+/// reads long records: with a slow sink and `max_record_bytes` small, many
+/// checkpoints are taken while a long record is being skipped (the source
+/// is then still handing out the rows before it). The resumed runs together
+/// write every row once and reject each long record once, at its line.
+#[test]
+fn killed_while_skipping_long_csv_records_the_resumed_runs_reject_each_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    writeln!(w, "Id,Name,Year,Gender,Count").unwrap();
+    // Every 400th Id is a 200 KB record, a quoted one spanning two lines
+    // every other time (the lines after it move down by one).
+    let (mut line, mut long_lines) = (1u64, Vec::new());
+    for i in 1..=4000u64 {
+        line += 1;
+        if i % 400 == 0 {
+            long_lines.push(line);
+            let quoted = (i / 400) % 2 == 0;
+            write!(w, "{i},{}", if quoted { "\"" } else { "" }).unwrap();
+            for _ in 0..13_000 {
+                w.write_all(b"Bob,1900,F,5,7,").unwrap();
+            }
+            if quoted {
+                write!(w, "\n\"").unwrap();
+                line += 1;
+            }
+            writeln!(w, ",1900,F,5").unwrap();
+        } else {
+            writeln!(w, "{i},Name{i},1900,F,{i}").unwrap();
+        }
+    }
+    w.flush().unwrap();
+    drop(w);
+    let (p, out, rejects) = pipeline(dir.path(), &input, "", "names", "");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("batch_size = 500", "batch_size = 50")
+        .replace("interval = \"off\"", "interval = \"1ms\"")
+        .replace("kind = \"file\"\npath", "kind = \"file\"\nmax_record_bytes = 1000\npath")
+        + "[sinks.slow]\nkind = \"blackhole\"\ninputs = [\"names\"]\ndelay_ms = 10\n";
+    std::fs::write(&p, text).unwrap();
+
+    let (mut resumed_inside, mut runs) = (0, 0);
+    loop {
+        runs += 1;
+        assert!(runs <= 60, "no run completed");
+        let o = run(&["run", "--no-progress", &p], &[("ENGINE_FAULT", "after-store-commit:2")]);
+        let err = stderr(&o);
+        // "source names at row N (line L, byte B) of …"
+        if let Some(i) = err.find("(line ") {
+            let l: String = err[i + 6..].chars().take_while(|c| c.is_ascii_digit() || *c == ',').collect();
+            resumed_inside += usize::from(long_lines.contains(&l.replace(',', "").parse().unwrap_or(0)));
+        }
+        if o.status.success() {
+            break;
+        }
+        assert_eq!(o.status.signal(), Some(9), "neither killed nor done: {err}");
+    }
+    eprintln!("{runs} runs, {resumed_inside} resumed at the start of a long record");
+
+    let want: Vec<u64> = (1..=4000).filter(|i| i % 400 != 0).collect();
+    assert_eq!(ids(&out), want, "every row once");
+    let rejects = json_lines(&rejects);
+    let lines: Vec<u64> = rejects.iter().map(|r| r["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, long_lines, "each long record once, at its line");
+    assert!(rejects.iter().all(|r| r["rule"] == "record_too_long"));
+}

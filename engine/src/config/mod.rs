@@ -133,6 +133,16 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// A local path made absolute (and `file://` dropped) so two spellings of
+/// one file compare equal; other URLs as written.
+fn target_path(p: &str) -> String {
+    let local = p.strip_prefix("file://").unwrap_or(p);
+    if local.contains("://") {
+        return local.to_string();
+    }
+    std::path::absolute(local).map(|a| a.display().to_string()).unwrap_or_else(|_| local.to_string())
+}
+
 /// Reads and validates a pipeline file, looking variables up in the process
 /// environment.
 pub fn load(path: &Path) -> Result<Pipeline, ConfigErrors> {
@@ -381,6 +391,8 @@ impl Checker<'_> {
             });
         }
 
+        self.shared_targets(&raws, &components);
+
         let unique_ids = first_seen.len() == raws.len();
         if let Some(cycle) = crate::graph::find_cycle(&components).filter(|_| unique_ids) {
             let span = raws.iter().find(|r| r.id.name == cycle[0]).map(|r| r.id.span.clone()).unwrap_or(0..0);
@@ -495,6 +507,39 @@ impl Checker<'_> {
             }
         }
         Some(Raw { id, role, kind, inputs, node })
+    }
+
+    /// Two sinks writing one target would interleave their output: refused
+    /// (a file sink's or an outbox's `path`, a sql sink's url and table).
+    fn shared_targets(&mut self, raws: &[Raw<'_>], components: &[Component]) {
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for c in components.iter().filter(|c| c.role == Role::Sink) {
+            let target = match c.kind.name {
+                "file" => c.options.get("path").and_then(|v| v.as_str()).map(target_path),
+                "hubspot" if c.options.get("token").and_then(|v| v.as_str()).is_none_or(str::is_empty) => {
+                    Some(target_path(
+                        c.options.get("outbox").and_then(|v| v.as_str()).unwrap_or("data/out/hubspot-outbox.ndjson"),
+                    ))
+                }
+                "sql" => match (
+                    c.options.get("url").and_then(|v| v.as_str()),
+                    c.options.get("table").and_then(|v| v.as_str()),
+                ) {
+                    (Some(u), Some(t)) => Some(format!("table {t} at {}", operators::sinks::sql::db::redact(u))),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(target) = target else { continue };
+            if let Some(first) = seen.get(&target) {
+                let span = raws.iter().find(|r| r.role == Role::Sink && r.id.name == c.id).map(|r| r.id.span.clone());
+                let msg = format!("sinks `{first}` and `{}` write the same target ({target})", c.id);
+                let d = self.err(msg, span.unwrap_or(0..0));
+                d.help = Some("each sink needs its own output: two writers would interleave their rows".into());
+            } else {
+                seen.insert(target, c.id.as_str());
+            }
+        }
     }
 
     /// Reads an array of input references (`inputs` or `deletes`) into

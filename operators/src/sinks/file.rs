@@ -105,6 +105,9 @@ pub struct FileSink {
     /// Checkpoints are on (a barrier or a restore came): closed parts are
     /// kept for a resume when the run fails; otherwise they are removed.
     resumable: bool,
+    /// One run writes a local target at a time (see [`crate::lock`]).
+    lock: Option<crate::lock::OutputLock>,
+    pipeline: String,
 }
 
 /// What a checkpoint remembers of this sink.
@@ -153,10 +156,23 @@ pub fn build(ctx: &BuildContext, cfg: FileSinkConfig) -> Result<FileSink, Operat
         rows: 0,
         started: false,
         resumable: false,
+        lock: None,
+        pipeline: ctx.pipeline.clone(),
     })
 }
 
 impl FileSink {
+    /// Takes the target's lock (local files) before anything touches its
+    /// parts; idempotent.
+    fn lock(&mut self) -> Result<(), OperatorError> {
+        if self.lock.is_none() && self.loc.is_local {
+            let holder = crate::lock::holder(&self.pipeline, &self.id);
+            let target = std::path::PathBuf::from(&self.loc.display);
+            self.lock = Some(crate::lock::OutputLock::acquire(&target, &self.loc.display, &holder)?);
+        }
+        Ok(())
+    }
+
     async fn open(&mut self, schema: &SchemaRef) -> Result<(), OperatorError> {
         self.parts.prepare().await?;
         let buf: BufWriter = self.parts.writer();
@@ -300,7 +316,13 @@ impl Operator for FileSink {
         Ok(Snapshot::Full(serde_json::to_vec(&state).unwrap_or_default()))
     }
 
+    async fn open(&mut self) -> Result<(), OperatorError> {
+        self.lock()
+    }
+
     async fn restore(&mut self, resume: &Resume) -> Result<(), OperatorError> {
+        // A resume prunes parts: only with the target's lock held.
+        self.lock()?;
         let state: FileSinkState = match &resume.full {
             Some(b) => serde_json::from_slice(b)
                 .map_err(|e| OperatorError::Resume(format!("{}: unreadable checkpoint state: {e}", self.id)))?,

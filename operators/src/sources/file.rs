@@ -643,7 +643,7 @@ async fn verify_prefix(
     let mut prefix = Prefix::new();
     let mut kept = None;
     for stop in stops {
-        prefix.extend(&loc, stop).await?;
+        prefix.extend(loc, stop).await?;
         if Some(stop) == resume_at {
             kept = Some(prefix.clone());
         }

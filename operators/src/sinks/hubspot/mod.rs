@@ -233,6 +233,8 @@ pub struct HubSpotSink {
     retrying: HashSet<String>,
     next_trace: u64,
     operator: String,
+    /// The outbox's lock (offline): one run writes it at a time.
+    lock: Option<crate::lock::OutputLock>,
     counts: Counts,
     announced: bool,
 }
@@ -317,6 +319,7 @@ pub fn build(ctx: &BuildContext, cfg: HubSpotConfig) -> Result<HubSpotSink, Oper
         retrying: HashSet::new(),
         next_trace: 0,
         operator: ctx.id.clone(),
+        lock: None,
         counts: Counts::default(),
         announced: false,
     })
@@ -607,6 +610,18 @@ impl HubSpotSink {
         Ok(())
     }
 
+    /// Offline, the outbox file is an output like any other: locked.
+    fn lock_outbox(&mut self) -> Result<(), OperatorError> {
+        if let (Mode::Outbox { loc, .. }, None) = (&self.mode, &self.lock)
+            && loc.is_local
+        {
+            let holder = crate::lock::holder(&self.pipeline, &self.operator);
+            let target = std::path::PathBuf::from(&loc.display);
+            self.lock = Some(crate::lock::OutputLock::acquire(&target, &loc.display, &holder)?);
+        }
+        Ok(())
+    }
+
     /// Earlier runs' requests of today count against today's budget.
     fn restore_day(&self) {
         if let (Mode::Online(c), Some((day, used))) = (&self.mode, self.ledger.quota()) {
@@ -625,6 +640,7 @@ impl HubSpotSink {
 #[async_trait]
 impl Operator for HubSpotSink {
     async fn open(&mut self) -> Result<(), OperatorError> {
+        self.lock_outbox()?;
         if let Some(done) = self.setup().await? {
             tracing::info!(properties = %done.describe(), "hubspot properties checked");
         }
@@ -693,6 +709,7 @@ impl Operator for HubSpotSink {
     }
 
     async fn restore(&mut self, resume: &Resume) -> Result<(), OperatorError> {
+        self.lock_outbox()?;
         match &mut self.mode {
             Mode::Outbox { parts, .. } => {
                 parts.resume(resume.epoch);

@@ -144,6 +144,12 @@ pub async fn connect(url: &str, connections: u32, tls: &Tls) -> Result<Pool, Str
     }
 }
 
+/// The database file of a `sqlite://` URL.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let opts = SqliteConnectOptions::from_str(url).ok()?;
+    Some(opts.get_filename().to_path_buf())
+}
+
 /// MySQL/MariaDB error number, when the error comes from the server.
 pub fn mysql_number(e: &sqlx::Error) -> Option<u16> {
     match e {

@@ -139,6 +139,15 @@ pub struct SqlSink {
     rows_deleted: u64,
     /// The checkpoint a resumed run starts from.
     resumed_from: Option<u64>,
+    /// One run writes a table at a time (held from `start` to the end).
+    table_lock: Option<TableLock>,
+}
+
+/// How a table is locked: a named lock held by a connection of its own on
+/// a server, a lock file beside an SQLite database.
+enum TableLock {
+    File(#[allow(dead_code)] crate::lock::OutputLock),
+    MySql(sqlx::MySqlConnection),
 }
 
 pub fn build(ctx: &BuildContext, cfg: SqlSinkConfig) -> Result<SqlSink, OperatorError> {
@@ -174,6 +183,7 @@ pub fn build(ctx: &BuildContext, cfg: SqlSinkConfig) -> Result<SqlSink, Operator
         held: None,
         rows_written: 0,
         rows_deleted: 0,
+        table_lock: None,
         resumed_from: None,
     })
 }
@@ -192,6 +202,7 @@ impl SqlSink {
             .await
             .map_err(|e| OperatorError::Data(format!("table `{}`: {e}", self.cfg.table)))?;
         let dialect = pool.dialect();
+        self.table_lock = Some(self.lock_table(&pool).await?);
         if let Some(dir) = &self.cfg.migrations {
             let dir = PathBuf::from(dir);
             let auto = self.cfg.auto_migrate.unwrap_or(dialect == Dialect::Sqlite);
@@ -302,6 +313,75 @@ impl SqlSink {
         });
         self.shared = Some(shared.clone());
         Ok(shared)
+    }
+
+    /// Takes the table's lock, or says which run holds it.
+    async fn lock_table(&self, pool: &Pool) -> Result<TableLock, OperatorError> {
+        let holder = crate::lock::holder(&self.ctx.pipeline, &self.ctx.id);
+        let what = format!("table `{}` at {}", self.cfg.table, redact(&self.cfg.url));
+        match pool {
+            Pool::Sqlite(_) => {
+                let file = db::sqlite_file(&self.cfg.url).unwrap_or_default();
+                let target = file.with_file_name(format!(
+                    "{}.{}",
+                    file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    self.cfg.table
+                ));
+                crate::lock::OutputLock::acquire(&target, &what, &holder).map(TableLock::File)
+            }
+            Pool::MySql(p) => {
+                let db_err = |e: sqlx::Error| OperatorError::Data(format!("locking {what}: {}", describe(&e)));
+                let mut conn = p.acquire().await.map_err(db_err)?.detach();
+                let database: Option<String> =
+                    sqlx::query_scalar("SELECT DATABASE()").fetch_one(&mut conn).await.map_err(db_err)?;
+                // MySQL lock names hold at most 64 characters.
+                let mut name = format!("engine:{}.{}", database.unwrap_or_default(), self.cfg.table);
+                if name.len() > 64 {
+                    use sha2::Digest;
+                    let digest = sha2::Sha256::digest(name.as_bytes());
+                    name = format!("engine:{}", digest.iter().take(20).map(|b| format!("{b:02x}")).collect::<String>());
+                }
+                sqlx::raw_sql(
+                    "CREATE TABLE IF NOT EXISTS engine_sink_locks (name VARCHAR(191) NOT NULL PRIMARY KEY, \
+                     holder TEXT NOT NULL) DEFAULT CHARSET=utf8mb4",
+                )
+                .execute(&mut conn)
+                .await
+                .map_err(db_err)?;
+                let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
+                    .bind(&name)
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(db_err)?;
+                if got != Some(1) {
+                    let other: Option<String> =
+                        sqlx::query_scalar("SELECT holder FROM engine_sink_locks WHERE name = ?")
+                            .bind(&name)
+                            .fetch_optional(&mut conn)
+                            .await
+                            .map_err(db_err)?;
+                    return Err(OperatorError::Data(format!(
+                        "{what} is being written by another run ({}); two runs must not write one table: wait for it to end, or give this run another table",
+                        other.unwrap_or_else(|| "its holder left no name".into())
+                    )));
+                }
+                sqlx::query("REPLACE INTO engine_sink_locks (name, holder) VALUES (?, ?)")
+                    .bind(&name)
+                    .bind(&holder)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(db_err)?;
+                Ok(TableLock::MySql(conn))
+            }
+        }
+    }
+
+    /// Lets the next run have the table.
+    async fn unlock_table(&mut self) {
+        if let Some(TableLock::MySql(conn)) = self.table_lock.take() {
+            use sqlx::Connection;
+            let _ = conn.close().await;
+        }
     }
 
     async fn reap_one(&mut self) -> Result<(), OperatorError> {
@@ -630,7 +710,14 @@ impl Operator for SqlSink {
         if let Some(s) = &self.shared {
             s.pool.close().await;
         }
+        self.unlock_table().await;
         Ok(())
+    }
+
+    async fn open(&mut self) -> Result<(), OperatorError> {
+        // Connect, check migrations and take the table's lock before any
+        // row moves.
+        self.start().await.map(|_| ())
     }
 
     async fn abort(&mut self) {
@@ -638,6 +725,7 @@ impl Operator for SqlSink {
         if let Some(s) = &self.shared {
             s.pool.close().await;
         }
+        self.unlock_table().await;
     }
 }
 
