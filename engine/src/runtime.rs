@@ -336,7 +336,10 @@ impl<'p> Runner<'p> {
         }
         let interval = self.session.as_ref()?.settings.interval?;
         let depth = longest_path(self.p).max(1) as u32;
-        let target = (interval / (2 * (depth + 1))).clamp(Duration::from_millis(20), Duration::from_secs(2));
+        // Not below 100 ms: a consumer with a cost per batch (a request, a
+        // fixed delay) slows down as batches shrink, and a target shorter
+        // than that cost would shrink its budget without end.
+        let target = (interval / (2 * (depth + 1))).clamp(Duration::from_millis(100), Duration::from_secs(2));
         Some((target, self.p.channel_capacity.max(1) * self.p.batch_size.max(1)))
     }
 

@@ -455,7 +455,7 @@ impl CsvDecoder {
                     // the same bound as one that had to be skipped.
                     let (line, start, _) = self.record_position();
                     let bytes = (self.raw.len() - start) as u64;
-                    if bytes - u64::from(terminated) > self.opts.max_record_bytes as u64 {
+                    if bytes.saturating_sub(u64::from(terminated)) > self.opts.max_record_bytes as u64 {
                         let head = self.raw[start..self.raw.len().min(start + EXCERPT_BYTES)].to_vec();
                         let last = self.raw.last().copied().unwrap_or_default();
                         self.too_long(line, &head, bytes, last, terminated)?;
@@ -525,7 +525,7 @@ impl CsvDecoder {
         // counted by the reader already; a `\r` of a CRLF ends a record
         // before its `\n` is read.
         let last_line = self.line_base + self.reader.line() - u64::from(last == b'\n');
-        let len = bytes - u64::from(terminated);
+        let len = bytes.saturating_sub(u64::from(terminated));
         let lines = if last_line > line {
             format!("lines {}–{}", thousands(line), thousands(last_line))
         } else {
