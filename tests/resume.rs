@@ -265,3 +265,20 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Regression: a run killed after its last checkpoint (taken after the
+/// last row, covering the end-of-input work) resumed with its source at the
+/// end, whose first snapshot failed ("a finished source without a
+/// position"). It now completes from there, publishing every row once.
+#[test]
+fn a_run_killed_after_its_final_checkpoint_resumes_at_the_end_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, _, out) = slow_pipeline(dir.path(), 3_000, "\"Id\"");
+    let o = run(&["run", "--no-progress", &p], &[("ENGINE_FAULT", "after-final-checkpoint:1")]);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(9), "the fault did not fire: {}", stderr(&o));
+    let o = run(&["run", "--no-progress", &p], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming pipeline resume from checkpoint"), "{}", stderr(&o));
+    assert_eq!(ids(&out).len(), 3_000);
+}

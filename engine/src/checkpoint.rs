@@ -517,6 +517,9 @@ impl Coordinator {
             p.done.last = Some(p.epoch);
             p.done.count += 1;
             if final_one {
+                // Every row and the end-of-input work are durable; the
+                // run has not ended yet (a resume starts at the end).
+                checkpoints::fault::hit("after-final-checkpoint");
                 self.no_more.cancel();
                 return self.wind_down(p.done).await;
             }

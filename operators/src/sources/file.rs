@@ -319,7 +319,15 @@ impl FileSource {
         if let Some(rejects) = decoder.take_rejects() {
             if self.cfg.on_error == OnError::Fail {
                 let line = rejects.line(0).unwrap_or_default();
-                let reason = crate::rejects::row_as_json(&rejects.records, 0);
+                // The reason, not the whole reject: its raw text may be up
+                // to max_record_bytes long.
+                let reason = rejects
+                    .records
+                    .column_by_name("reason")
+                    .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+                    .filter(|a| arrow::array::Array::len(*a) > 0)
+                    .map(|a| a.value(0).to_string())
+                    .unwrap_or_default();
                 return Err(OperatorError::Data(format!(
                     "bad line {line} in {} (on_error = \"fail\"): {reason}",
                     self.loc.display
@@ -381,6 +389,9 @@ impl Source for FileSource {
             prefix = verify_prefix(&self.loc, &self.ctx.id, *epoch, r, resume_at).await?;
             self.rows = r.rows;
             if r.done {
+                // Resumed at the end (a checkpoint after the last row): the
+                // next checkpoints record the same end.
+                self.last = Some(r.clone());
                 self.state = Reading::Done;
                 return Ok(());
             }

@@ -27,6 +27,8 @@ pub struct Input {
     /// objectWriteTraceId: how a 207 says which input failed.
     pub trace: String,
     pub line: Option<u64>,
+    /// The row's source text, for the reject when HubSpot refuses it.
+    pub raw: Option<String>,
 }
 
 impl Input {
@@ -716,7 +718,7 @@ mod tests {
     }
 
     fn one() -> Vec<Input> {
-        vec![Input { id: "a".into(), properties: BTreeMap::new(), trace: "1".into(), line: Some(2) }]
+        vec![Input { id: "a".into(), properties: BTreeMap::new(), trace: "1".into(), line: Some(2), raw: None }]
     }
 
     /// Repeated 5xx open the breaker: requests stop for `circuit_open`, a
@@ -768,7 +770,7 @@ mod tests {
         ) {
             let client = Client::new(settings("http://127.0.0.1:9".into())).unwrap();
             let batch: Vec<Input> = (0..3)
-                .map(|i| Input { id: format!("k{i}"), properties: BTreeMap::new(), trace: i.to_string(), line: None })
+                .map(|i| Input { id: format!("k{i}"), properties: BTreeMap::new(), trace: i.to_string(), line: None, raw: None })
                 .collect();
             let errors: Vec<Value> = traces.iter().map(|t| json!({ "context": { "objectWriteTraceId": [t, t] } })).collect();
             let results: Vec<Value> = ids.iter().map(|id| json!({ "id": id, "objectWriteTraceId": "1", "new": junk.len() % 2 == 0 })).collect();

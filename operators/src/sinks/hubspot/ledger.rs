@@ -26,6 +26,9 @@ pub struct Refusal {
     pub attempts: u32,
     pub line: Option<u64>,
     pub reason: String,
+    /// The row's source text, for the reject when it is refused again.
+    #[serde(default)]
+    pub raw: Option<String>,
     /// This run sent the key again (a newer row): no retry at the end.
     #[serde(skip)]
     pub superseded: bool,
@@ -285,7 +288,14 @@ mod tests {
     use super::*;
 
     fn refusal(reason: &str) -> Refusal {
-        Refusal { properties: BTreeMap::new(), attempts: 0, line: Some(2), reason: reason.into(), superseded: false }
+        Refusal {
+            properties: BTreeMap::new(),
+            attempts: 0,
+            line: Some(2),
+            reason: reason.into(),
+            raw: None,
+            superseded: false,
+        }
     }
 
     /// Run 1 puts a, b and refuses c; run 2 carries that, archives a and

@@ -259,6 +259,10 @@ pub fn build(ctx: &BuildContext, cfg: HubSpotConfig) -> Result<HubSpotSink, Oper
         .collect::<Result<Vec<_>, _>>()
         .map_err(cfg_err)?;
     let wanted = wanted(&cfg).map_err(cfg_err)?;
+    // Checked even offline: `engine validate` must catch it either way.
+    if let Some(r) = &cfg.rate_limit {
+        parse_duration(&r.per).map_err(cfg_err)?;
+    }
     let token = cfg.token.clone().unwrap_or_default();
     let mode = if token.is_empty() {
         let loc = resolve(&cfg.outbox)?;
@@ -384,9 +388,15 @@ impl HubSpotSink {
         }
     }
 
-    fn input(&mut self, id: String, properties: BTreeMap<String, String>, line: Option<u64>) -> Input {
+    fn input(
+        &mut self,
+        id: String,
+        properties: BTreeMap<String, String>,
+        line: Option<u64>,
+        raw: Option<String>,
+    ) -> Input {
         self.next_trace += 1;
-        Input { id, properties, trace: self.next_trace.to_string(), line }
+        Input { id, properties, trace: self.next_trace.to_string(), line, raw }
     }
 
     /// Adds one record to the batch being filled; sends it when full.
@@ -531,7 +541,12 @@ impl HubSpotSink {
         let mut rb = RejectsBuilder::new(&self.operator);
         for r in outcome.rejected {
             let mut reason = format!("HubSpot {}: {}", r.category, r.message);
-            let raw = serde_json::to_string(&r.input.to_json(&self.cfg.id_property)).unwrap_or_default();
+            // The source text when the row had one (replay feeds it back);
+            // else what was sent.
+            let raw =
+                r.input.raw.clone().unwrap_or_else(|| {
+                    serde_json::to_string(&r.input.to_json(&self.cfg.id_property)).unwrap_or_default()
+                });
             let attempts = self.ledger.refuse(
                 &r.input.id,
                 Refusal {
@@ -539,6 +554,7 @@ impl HubSpotSink {
                     attempts: 0,
                     line: r.input.line,
                     reason: reason.clone(),
+                    raw: r.input.raw.clone(),
                     superseded: true,
                 },
             );
@@ -583,7 +599,7 @@ impl HubSpotSink {
         for (key, r) in retry {
             self.ledger.supersede(&key);
             self.retrying.insert(key.clone());
-            let input = self.input(key, r.properties, r.line);
+            let input = self.input(key, r.properties, r.line, r.raw);
             self.push(input, out).await?;
         }
         self.flush(out).await?;
@@ -656,13 +672,17 @@ impl Operator for HubSpotSink {
         for i in 0..batch.num_rows() {
             let (id, properties) = self.render(&batch, i);
             self.ledger.supersede(&id);
-            let input = self.input(id, properties, batch.line(i));
+            let raw = Some(crate::rejects::raw_of(&batch, i));
+            let input = self.input(id, properties, batch.line(i), raw);
             self.push(input, out).await?;
         }
         Ok(())
     }
 
     async fn delete(&mut self, batch: Batch, out: &mut Collector) -> Result<(), OperatorError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
         self.check_columns(&batch, true)?;
         let keys: Vec<String> = (0..batch.num_rows()).map(|i| self.id.render(&batch.records, i)).collect();
         if self.cfg.on_delete == OnDelete::Ignore {
