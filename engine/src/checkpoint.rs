@@ -118,12 +118,21 @@ pub fn fingerprint(p: &Pipeline) -> BTreeMap<String, Value> {
     p.components
         .iter()
         .map(|c| {
-            let opts: serde_json::Map<String, Value> = c
+            let mut opts: serde_json::Map<String, Value> = c
                 .kind
                 .state_options
                 .iter()
                 .filter_map(|k| c.options.get(*k).map(|v| (k.to_string(), v.clone())))
                 .collect();
+            // Whether a token is set (a HubSpot sink online or writing an
+            // outbox), never the token: resuming an online run offline
+            // would send the rest to a file.
+            if let Some(t) = c.options.get("token") {
+                opts.insert(
+                    "token".into(),
+                    json!(if t.as_str().is_some_and(|t| !t.is_empty()) { "set" } else { "unset" }),
+                );
+            }
             let inputs: Vec<String> = c
                 .inputs
                 .iter()
@@ -354,6 +363,9 @@ pub enum Report {
     /// A source sent its last row (and `EndOfData`); it still injects the
     /// barriers asked for, until the coordinator wants no more.
     AtEnd { op: usize },
+    /// An operator did its end-of-input work (`finish`) and passed
+    /// `EndOfData` on.
+    Finished { op: usize },
     /// A source ended its stream: no barrier will come from it again.
     SourceEnded { op: usize, position: String, state: Option<Vec<u8>> },
 }
@@ -433,6 +445,8 @@ struct Progress {
     /// Sources that ended their stream, and sources past their last row.
     ended: Vec<bool>,
     at_end: Vec<bool>,
+    /// Operators (not sources) that did their end-of-input work.
+    finished: Vec<bool>,
     drain_seen: bool,
     last_at: Instant,
     last_rows: u64,
@@ -460,16 +474,17 @@ impl Coordinator {
     }
 
     /// Runs until `stop`: one checkpoint at a time, on the interval (or row
-    /// count); one last one when a drain is requested, or once every source
-    /// sent its last row (that one covers the operators' end-of-input work,
-    /// which runs before it passes them). Phases: `trigger` →
-    /// `request` → `collect` → `commit`.
+    /// count), also while the operators do their end-of-input work after
+    /// the sources' last row; one last one when a drain is requested. Once
+    /// every source is at its end and every operator finished, it wants no
+    /// more: the run ends. Phases: `trigger` → `collect` → `commit`.
     pub async fn run(mut self) -> Committed {
         let mut p = Progress {
             done: Committed::default(),
             epoch: self.session.last_epoch(),
             ended: vec![false; self.ids.len()],
             at_end: vec![false; self.ids.len()],
+            finished: vec![false; self.ids.len()],
             drain_seen: false,
             last_at: Instant::now(),
             last_rows: 0,
@@ -516,10 +531,11 @@ impl Coordinator {
             }
             p.done.last = Some(p.epoch);
             p.done.count += 1;
+            if self.all_sources_at_end(&p) {
+                // Every row is durable; a resume starts at the end.
+                checkpoints::fault::hit("after-checkpoint-at-end");
+            }
             if final_one {
-                // Every row and the end-of-input work are durable; the
-                // run has not ended yet (a resume starts at the end).
-                checkpoints::fault::hit("after-final-checkpoint");
                 self.no_more.cancel();
                 return self.wind_down(p.done).await;
             }
@@ -530,6 +546,12 @@ impl Coordinator {
         self.roles.iter().zip(&p.at_end).all(|(r, e)| *r != Role::Source || *e)
     }
 
+    /// Every source read its last row and every operator did its
+    /// end-of-input work: nothing is left that a checkpoint could protect.
+    fn all_done(&self, p: &Progress) -> bool {
+        self.all_sources_at_end(p) && self.roles.iter().zip(&p.finished).all(|(r, f)| *r == Role::Source || *f)
+    }
+
     /// Waits for the next checkpoint to be due.
     async fn trigger(&mut self, p: &mut Progress) -> Trigger {
         let settings = self.session.settings.clone();
@@ -537,10 +559,8 @@ impl Coordinator {
             if p.ended.iter().any(|e| *e) {
                 return Trigger::WindDown;
             }
-            if self.all_sources_at_end(p) {
-                // Everything was read: one more checkpoint, behind every
-                // operator's end-of-input work, and the run may end.
-                return Trigger::Epoch { final_one: true };
+            if self.all_done(p) {
+                return Trigger::WindDown;
             }
             tokio::select! {
                 _ = self.stop.cancelled() => return Trigger::Stop,
@@ -554,6 +574,7 @@ impl Coordinator {
                         p.done.source_ended(&self.ids[op], position, state);
                     }
                     Some(Report::AtEnd { op }) => p.at_end[op] = true,
+                    Some(Report::Finished { op }) => p.finished[op] = true,
                     Some(Report::Ack { .. }) => {}
                     None => return Trigger::Stop,
                 },
@@ -585,6 +606,7 @@ impl Coordinator {
                     }
                     Some(Report::Ack { .. }) => {}
                     Some(Report::AtEnd { op }) => p.at_end[op] = true,
+                    Some(Report::Finished { op }) => p.finished[op] = true,
                     Some(Report::SourceEnded { op, position, state }) => {
                         p.ended[op] = true;
                         p.done.source_ended(&self.ids[op], position, state);
@@ -682,7 +704,7 @@ impl Coordinator {
                         done.source_ended(&self.ids[op], position, state)
                     }
                     Some(Report::Ack { op, snapshot, .. }) => done.orphan(&self.ids[op], snapshot),
-                    Some(Report::AtEnd { .. }) => {}
+                    Some(Report::AtEnd { .. } | Report::Finished { .. }) => {}
                     None => return done,
                 },
             }

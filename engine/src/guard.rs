@@ -41,9 +41,19 @@ pub fn needed(p: &Pipeline, session: Option<&Session>) -> bool {
 /// input is up to date).
 pub async fn check(p: &Pipeline, control: Control, session: Arc<Session>) -> Result<RunReport, Refusal> {
     tracing::info!("this run may delete: counting deletions first (mass-delete guard)");
-    let report = runtime::plan(p, control, Some(session)).await;
-    if let Outcome::Failed { operator, error } = &report.outcome {
-        return Err(Refusal::PlanFailed { operator: operator.clone(), error: error.clone() });
+    let report = runtime::plan(p, control, Some(session), false).await;
+    match &report.outcome {
+        Outcome::Completed => {}
+        Outcome::Failed { operator, error } => {
+            return Err(Refusal::PlanFailed { operator: operator.clone(), error: error.clone() });
+        }
+        // A partial count proves nothing: no run.
+        Outcome::Interrupted { signal } | Outcome::Aborted { signal } => {
+            return Err(Refusal::PlanFailed {
+                operator: "<guard>".into(),
+                error: format!("stopped by {signal} before every deletion was counted"),
+            });
+        }
     }
     let sinks: Vec<String> = report
         .plans

@@ -607,7 +607,7 @@ async fn plan(
 ) -> anyhow::Result<ExitCode> {
     let control = Control::default();
     spawn_signal_handler(control.clone());
-    let report = runtime::plan(&pipeline, control, session).await;
+    let report = runtime::plan(&pipeline, control, session, true).await;
     print!("{}", report::plan(&report));
     Ok(match report.outcome {
         runtime::Outcome::Completed => ExitCode::SUCCESS,

@@ -21,8 +21,9 @@
 //! ([`crate::checkpoint`]).
 //!
 //! **Invariant:** after its last row a source sends `EndOfData` and goes on
-//! injecting barriers until the coordinator wants no more; operators run
-//! `finish` on `EndOfData`, so the end-of-input work is checkpointed too.
+//! injecting barriers until the coordinator wants no more (every operator
+//! reported its `finish` done); operators run `finish` on `EndOfData`, so
+//! checkpoints keep covering the end-of-input work while it lasts.
 //!
 //! **Invariant:** with timed checkpoints every edge is also bounded by rows
 //! (`operators::flow`): its consumer sets the budget from its measured
@@ -163,6 +164,9 @@ pub enum Mode {
     /// checkpointed or carried: each sink counts what it would do
     /// ([`operators::Plan`]).
     Plan,
+    /// A plan counted for the mass-delete guard, just before a new run:
+    /// downloads are staged where that run will read them.
+    Guard,
 }
 
 /// Builds everything, then runs. Build and open errors come back before any
@@ -180,8 +184,13 @@ pub async fn run(
 /// only lends the state carried from the last completed run (what
 /// `changes` compares with, what a HubSpot sink knows it holds); nothing is
 /// written to it.
-pub async fn plan(p: &Pipeline, control: Control, session: Option<Arc<Session>>) -> RunReport {
-    execute(p, control, session, Mode::Plan, |_| {}).await
+///
+/// With `apart`, a source that stages downloads stages them in a place of
+/// its own (`<staging>/.dry-run`), so a paused run's staged copy stays as it
+/// is; the mass-delete guard, which counts just before a new run, shares it.
+pub async fn plan(p: &Pipeline, control: Control, session: Option<Arc<Session>>, apart: bool) -> RunReport {
+    let mode = if apart { Mode::Plan } else { Mode::Guard };
+    execute(p, control, session, mode, |_| {}).await
 }
 
 /// The phases, in order: build → restore → carry over → open sources (and
@@ -195,7 +204,7 @@ async fn execute(
     on_live: impl FnOnce(Arc<Live>),
 ) -> RunReport {
     // A dry run neither resumes nor checkpoints: only the carried state is read.
-    if let (Mode::Plan, Some(r)) = (mode, session.as_ref().and_then(|s| s.resume.as_ref())) {
+    if let (Mode::Plan | Mode::Guard, Some(r)) = (mode, session.as_ref().and_then(|s| s.resume.as_ref())) {
         tracing::info!(
             "a run is in progress (checkpoint {}); the plan is for a run from the start of the input",
             r.epoch
@@ -321,6 +330,11 @@ impl<'p> Runner<'p> {
         }
     }
 
+    /// A dry run, for a person or for the guard: sinks only count.
+    fn planning(&self) -> bool {
+        matches!(self.mode, Mode::Plan | Mode::Guard)
+    }
+
     /// Checkpoints are taken only in a real run with a store.
     fn checkpointing(&self) -> bool {
         self.mode == Mode::Run && self.session.is_some()
@@ -394,7 +408,15 @@ impl<'p> Runner<'p> {
                 batch_size: c.batch_size,
                 raw_options: c.raw_options.clone(),
             };
-            match (c.kind.build)(&ctx, c.options.clone()) {
+            let mut options = c.options.clone();
+            if self.mode == Mode::Plan
+                && let Some(staging) = options.get("staging").and_then(|v| v.as_str()).map(str::to_string)
+            {
+                // A dry run downloads into a staging area of its own: the
+                // staged copy a paused run resumes from stays as it is.
+                options["staging"] = serde_json::Value::String(format!("{}/.dry-run", staging.trim_end_matches('/')));
+            }
+            match (c.kind.build)(&ctx, options) {
                 Ok(b) => built.push((i, b)),
                 Err(e) => return Err((c.id.clone(), e.to_string())),
             }
@@ -438,7 +460,7 @@ impl<'p> Runner<'p> {
     /// Operators check what they need from outside (a HubSpot portal's
     /// properties) before any row moves. A dry run asks nobody.
     async fn open_operators(&self, built: &mut [(usize, Built)]) -> Result<(), Early> {
-        if self.mode == Mode::Plan {
+        if self.planning() {
             return Ok(());
         }
         for (i, b) in built.iter_mut() {
@@ -532,7 +554,7 @@ impl<'p> Runner<'p> {
             if let Some(prev) = self
                 .session
                 .as_ref()
-                .filter(|s| s.resume.is_none() || self.mode == Mode::Plan)
+                .filter(|s| s.resume.is_none() || self.planning())
                 .and_then(|s| s.previous_states.get(&c.id))
             {
                 s.previous_run(prev);
@@ -600,7 +622,7 @@ impl<'p> Runner<'p> {
                 Built::Operator(mut op) => {
                     let inputs = w.receivers.remove(&c.id).unwrap_or_default();
                     let deletes = c.inputs.iter().map(|inp| inp.deletes).collect();
-                    if self.mode == Mode::Plan && c.role == Role::Sink {
+                    if self.planning() && c.role == Role::Sink {
                         let plan = Arc::new(std::sync::Mutex::new(operators::Plan::default()));
                         if let Ok(mut pl) = plan.lock() {
                             op.plan_start(&mut pl);
@@ -777,7 +799,7 @@ impl<'p> Runner<'p> {
                 }
             }
         }
-        if e.failure.is_some() || self.abort.is_cancelled() || e.stop_at_checkpoint || self.mode == Mode::Plan {
+        if e.failure.is_some() || self.abort.is_cancelled() || e.stop_at_checkpoint || self.planning() {
             for (_, op) in &mut e.finished {
                 op.abort().await;
             }
@@ -1180,6 +1202,9 @@ impl OperatorTask {
                         finished = true;
                         op.finish(out).await?;
                         out.broadcast(Message::EndOfData).await?;
+                        if let Some(l) = &self.link {
+                            let _ = l.reports.send(Report::Finished { op: l.op });
+                        }
                     }
                 }
                 Next::AllEnded => break,

@@ -62,7 +62,8 @@ impl Plan {
     /// `Some((deletes, holds, ratio))` when the deletes exceed the sink's
     /// `max_delete_ratio` of what it holds.
     pub fn guard_exceeded(&self) -> Option<(u64, u64, f64)> {
-        let max = self.max_delete_ratio?;
+        // 1.0 turns the guard off, whatever the counts.
+        let max = self.max_delete_ratio.filter(|m| *m < 1.0)?;
         if self.delete == 0 {
             return None;
         }
@@ -85,6 +86,9 @@ mod tests {
         assert_eq!(p.guard_exceeded(), Some((51, 1000, 0.05)));
         p.max_delete_ratio = None;
         assert_eq!(p.guard_exceeded(), None, "no guard configured");
+        p.max_delete_ratio = Some(1.0);
+        p.holds = Some(0);
+        assert_eq!(p.guard_exceeded(), None, "1.0 turns it off, even with nothing held");
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub static KINDS: &[KindSpec] = &[
         name: "hubspot",
         role: Role::Sink,
         ports: &["rejects"],
-        state_options: &["object", "id_property", "id", "outbox"],
+        state_options: &["base_url", "object", "id_property", "id", "outbox"],
         deletes: true,
         about: "HubSpot CRM batch upserts (or an outbox file without a token)",
         check: check::<sinks::hubspot::HubSpotConfig>,

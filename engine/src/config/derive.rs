@@ -9,9 +9,11 @@ use serde_json::Value;
 use super::Component;
 
 /// A hubspot property whose template is exactly `{Col}`, with no declared
-/// type or options, becomes an enumeration of the values a `validate`
-/// upstream allows for `Col` (`one_of`): HubSpot then refuses what the
-/// pipeline would have refused, and shows a picklist.
+/// type or options, is created as an enumeration of the values a
+/// `validate` upstream allows for `Col` (`one_of`): HubSpot then refuses
+/// what the pipeline would have refused, and shows a picklist. Only a
+/// default for creating it: an existing property of another type is used
+/// as it is (`derived_property_options`, not a declaration).
 pub fn hubspot_enumerations(components: &mut [Component]) {
     let by_id: BTreeMap<String, usize> = components.iter().enumerate().map(|(i, c)| (c.id.clone(), i)).collect();
     for i in 0..components.len() {
@@ -101,6 +103,6 @@ outbox = "/tmp/never-written"
 "#;
         let p = crate::config::load_str(std::path::Path::new("p.toml"), text, &|_| None).expect("valid");
         let crm = p.components.iter().find(|c| c.id == "crm").expect("crm");
-        assert_eq!(crm.options["property_options"], serde_json::json!({ "g": ["M", "F"] }));
+        assert_eq!(crm.options["derived_property_options"], serde_json::json!({ "g": ["M", "F"] }));
     }
 }

@@ -263,6 +263,13 @@ pub fn thousands(n: u64) -> String {
 
 pub fn build(ctx: &BuildContext, cfg: FileSourceConfig) -> Result<FileSource, OperatorError> {
     let format = cfg.format()?;
+    // Arrow's text arrays hold at most 2 GiB; a record is kept whole in one.
+    if cfg.max_record_bytes > 1 << 30 {
+        return Err(OperatorError::Config(format!(
+            "max_record_bytes must be at most 1 GiB (1073741824), got {}",
+            thousands(cfg.max_record_bytes as u64)
+        )));
+    }
     let csv = CsvOptions {
         header: cfg.header,
         delimiter: match &cfg.delimiter {

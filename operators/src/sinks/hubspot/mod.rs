@@ -130,6 +130,11 @@ pub struct HubSpotConfig {
     /// Property name → the values of an enumeration (implies its type).
     #[serde(default)]
     pub property_options: BTreeMap<String, Vec<String>>,
+    /// Filled by the engine from `one_of` rules upstream: enumeration
+    /// values used only when the sink creates a property nobody typed; an
+    /// existing property keeps its type.
+    #[serde(default)]
+    pub derived_property_options: BTreeMap<String, Vec<String>>,
     /// Create missing properties before the first record (else refuse to
     /// start, naming them).
     #[serde(default = "yes")]
@@ -340,7 +345,10 @@ fn wanted(cfg: &HubSpotConfig) -> Result<Vec<Wanted>, String> {
     let mut out = Vec::new();
     let names = std::iter::once(&cfg.id_property).chain(cfg.properties.keys().filter(|k| **k != cfg.id_property));
     for name in names {
-        let options = cfg.property_options.get(name).cloned().unwrap_or_default();
+        let declared_options = cfg.property_options.get(name).cloned().unwrap_or_default();
+        let derived = cfg.derived_property_options.get(name).filter(|_| !cfg.property_types.contains_key(name));
+        let options =
+            if declared_options.is_empty() { derived.cloned().unwrap_or_default() } else { declared_options.clone() };
         let kind = match cfg.property_types.get(name) {
             Some(t) => PropType::parse(t)?,
             None if !options.is_empty() => PropType::Enumeration,
@@ -353,7 +361,7 @@ fn wanted(cfg: &HubSpotConfig) -> Result<Vec<Wanted>, String> {
         if unique && !matches!(kind, PropType::String | PropType::Number) {
             return Err(format!("the id property `{name}` must be a string or a number to hold unique values"));
         }
-        let declared = cfg.property_types.contains_key(name) || !options.is_empty();
+        let declared = cfg.property_types.contains_key(name) || !declared_options.is_empty();
         out.push(Wanted { name: name.clone(), kind, declared, options, unique });
     }
     Ok(out)

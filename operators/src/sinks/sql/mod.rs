@@ -147,7 +147,8 @@ pub struct SqlSink {
 /// a server, a lock file beside an SQLite database.
 enum TableLock {
     File(#[allow(dead_code)] crate::lock::OutputLock),
-    MySql(sqlx::MySqlConnection),
+    /// The connection holding the named lock, and the lock's name.
+    MySql(sqlx::MySqlConnection, String),
 }
 
 pub fn build(ctx: &BuildContext, cfg: SqlSinkConfig) -> Result<SqlSink, OperatorError> {
@@ -371,14 +372,37 @@ impl SqlSink {
                     .execute(&mut conn)
                     .await
                     .map_err(db_err)?;
-                Ok(TableLock::MySql(conn))
+                Ok(TableLock::MySql(conn, name))
             }
+        }
+    }
+
+    /// The named lock is held by an idle connection for the whole run: a
+    /// server's `wait_timeout` or a dropped connection would release it
+    /// unnoticed. Checked at every barrier: a run that lost it stops.
+    async fn check_lock(&mut self) -> Result<(), OperatorError> {
+        let Some(TableLock::MySql(conn, name)) = self.table_lock.as_mut() else { return Ok(()) };
+        let held: Result<Option<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT IS_USED_LOCK(?) = CONNECTION_ID()").bind(name.as_str()).fetch_one(conn).await;
+        match held {
+            Ok(Some(1)) => Ok(()),
+            Ok(_) => Err(OperatorError::Data(format!(
+                "lost the lock on table `{}` at {} (its connection was closed: server wait_timeout or network); another run may write the table now, so this one stops",
+                self.cfg.table,
+                redact(&self.cfg.url)
+            ))),
+            Err(e) => Err(OperatorError::Data(format!(
+                "checking the lock on table `{}` at {}: {}",
+                self.cfg.table,
+                redact(&self.cfg.url),
+                describe(&e)
+            ))),
         }
     }
 
     /// Lets the next run have the table.
     async fn unlock_table(&mut self) {
-        if let Some(TableLock::MySql(conn)) = self.table_lock.take() {
+        if let Some(TableLock::MySql(conn, _)) = self.table_lock.take() {
             use sqlx::Connection;
             let _ = conn.close().await;
         }
@@ -577,7 +601,14 @@ async fn delete_batch(s: Arc<Shared>, batch: Batch) -> Result<u64, OperatorError
                 "key column `{table_col}` maps to input column `{input_col}`, which the deletes input does not have (columns: {have})"
             )));
         };
-        arrays.push(a.clone());
+        // Keys bind as integers or text (what `delete_once` knows); other
+        // types go as their text, as the write path casts them.
+        let a = match a.data_type() {
+            DataType::Int64 | DataType::Int32 | DataType::Utf8 => a.clone(),
+            _ => arrow::compute::cast(a, &DataType::Utf8)
+                .map_err(|e| OperatorError::arrow(format!("converting key `{input_col}` for the database"), e))?,
+        };
+        arrays.push(a);
     }
     // A few hundred keys per statement keep it well inside every limit.
     let per_stmt = (s.pool.dialect().max_params() / arrays.len().max(1)).clamp(1, 500);
@@ -685,6 +716,7 @@ impl Operator for SqlSink {
         // commit in one transaction, so a replay of this epoch is recognised.
         self.drain().await?;
         let shared = self.start().await?;
+        self.check_lock().await?;
         match self.held.take() {
             Some(last) => self.rows_written += write_batch(shared, last, Some(barrier.epoch)).await?,
             None => write_marker(&shared, barrier.epoch).await?,
