@@ -274,9 +274,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_run_killed_after_a_checkpoint_at_the_end_resumes_there_and_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let (p, _, out) = slow_pipeline(dir.path(), 3_000, "\"Id\"");
+    let (p, _, out) = slow_pipeline(dir.path(), 20_000, "\"Id\"");
     // Checkpoints every 10 ms: one lands while the slow sink drains its
-    // queue after the source's last row.
+    // queue (about 100 ms of its throughput) after the source's last row.
     let text = std::fs::read_to_string(&p).unwrap().replace("interval = \"100ms\"", "interval = \"10ms\"");
     std::fs::write(&p, text).unwrap();
     let o = run(&["run", "--no-progress", &p], &[("ENGINE_FAULT", "after-checkpoint-at-end:1")]);
@@ -285,5 +285,5 @@ fn a_run_killed_after_a_checkpoint_at_the_end_resumes_there_and_completes() {
     let o = run(&["run", "--no-progress", &p], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resuming pipeline resume from checkpoint"), "{}", stderr(&o));
-    assert_eq!(ids(&out).len(), 3_000);
+    assert_eq!(ids(&out).len(), 20_000);
 }

@@ -578,7 +578,7 @@ impl Coordinator {
                     Some(Report::Ack { .. }) => {}
                     None => return Trigger::Stop,
                 },
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                _ = tokio::time::sleep(settings.interval.unwrap_or(Duration::from_millis(50)).min(Duration::from_millis(50))) => {
                     let by_time = settings.interval.is_some_and(|i| p.last_at.elapsed() >= i);
                     let by_rows = settings.rows.is_some_and(|r| self.source_rows().saturating_sub(p.last_rows) >= r);
                     if by_time || by_rows {

@@ -39,7 +39,7 @@ pub fn hubspot_enumerations(components: &mut [Component]) {
         let opts = &mut components[i].options;
         let entry = opts
             .as_object_mut()
-            .map(|o| o.entry("property_options").or_insert_with(|| Value::Object(Default::default())));
+            .map(|o| o.entry("derived_property_options").or_insert_with(|| Value::Object(Default::default())));
         if let Some(Value::Object(m)) = entry {
             m.extend(derived);
         }
