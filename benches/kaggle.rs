@@ -33,7 +33,7 @@ kind = "kaggle"
 dataset = "kaggle/us-baby-names"
 file = "NationalNames.csv"
 staging = "{dir}/staging"
-base_url = "{base}/api/v1"
+base_url = "{base}"
 username = "sim-user"
 key = "sim-key"
 schema = [{{ name = "Id", type = "int64" }}, {{ name = "Name", type = "string" }}, {{ name = "Year", type = "int64" }}, {{ name = "Gender", type = "string" }}, {{ name = "Count", type = "int64" }}]

@@ -46,7 +46,7 @@ kind = "kaggle"
 dataset = "kaggle/us-baby-names"
 file = "NationalNames.csv"
 staging = "{dir}/staging"
-base_url = "{base}/api/v1"
+base_url = "{base}"
 max_attempts = 4
 {SCHEMA}
 [transforms.valid]
@@ -117,8 +117,9 @@ fn kaggle_dataset_is_downloaded_staged_extracted_and_read_exactly() {
     assert_eq!(s.unauthorized, 0);
     assert!(s.storage_requests >= 1);
 
-    // Unchanged remote: no download the second time (one API call, a HEAD),
-    // and the run stops before reading: the last run read this very file.
+    // Unchanged remote: one metadata call decides, with no download call
+    // and no HEAD, and the run stops before reading: the last run read this
+    // very file.
     let before = sim.stats();
     let o = run(&["run", "--no-progress", &p], &CREDS);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -129,8 +130,10 @@ fn kaggle_dataset_is_downloaded_staged_extracted_and_read_exactly() {
     );
     let after = sim.stats();
     let gets = |s: &simulators::kaggle::Stats| s.storage_requests - s.head_requests;
-    assert_eq!(gets(&after), gets(&before), "nothing downloaded (a HEAD only): {after:?}");
-    assert_eq!(after.head_requests, before.head_requests + 1);
+    assert_eq!(gets(&after), gets(&before), "nothing downloaded: {after:?}");
+    assert_eq!(after.metadata_calls, before.metadata_calls + 1, "one metadata call");
+    assert_eq!(after.download_calls, before.download_calls, "no download call");
+    assert_eq!(after.head_requests, before.head_requests, "no HEAD");
     assert_eq!(after.bytes_sent, before.bytes_sent);
 
     // --force-download fetches and reads again.
@@ -403,4 +406,106 @@ fn staging_on_s3_works_the_same() {
     let o = run(&["run", "--no-progress", &p], &env);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("is up to date"), "{}", stdout(&o));
+}
+
+/// The current API's credentials: a token (sent as Bearer) wins over a
+/// username and key; a refused token names where it came from, never its
+/// value; an `access_token` file others can read is refused.
+#[test]
+fn tokens_come_first_and_are_never_printed() {
+    let rt = runtime();
+    let sample = std::fs::read(repo().join("pipelines/data/NationalNames.sample.csv")).unwrap();
+    let sim = start(&rt, sample);
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let base =
+        [("HOME", h), ("XDG_CONFIG_HOME", h), ("KAGGLE_CONFIG_DIR", ""), ("KAGGLE_USERNAME", ""), ("KAGGLE_KEY", "")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut e: Vec<(&str, &str)> = base.to_vec();
+        e.extend_from_slice(extra);
+        e
+    };
+    // A token only.
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(dir.path(), &sim, "");
+    let o = run(&["run", "--no-progress", &p], &with(&[("KAGGLE_API_TOKEN", "sim-token")]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(csv_rows(&dir.path().join("out.csv")), 3004);
+    // A username and key only.
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(dir.path(), &sim, "");
+    let o = run(&["run", "--no-progress", &p], &with(&[("KAGGLE_USERNAME", "sim-user"), ("KAGGLE_KEY", "sim-key")]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Both: the token is used, so a wrong token fails though the key is right.
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(dir.path(), &sim, "");
+    let secret = "kaggle-token-not-valid-4242";
+    let o = run(
+        &["run", "--no-progress", &p],
+        &with(&[("KAGGLE_API_TOKEN", secret), ("KAGGLE_USERNAME", "sim-user"), ("KAGGLE_KEY", "sim-key")]),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("Kaggle refused the credentials from KAGGLE_API_TOKEN (HTTP 401"), "{err}");
+    assert!(!err.contains(secret) && !stdout(&o).contains(secret), "the token must never be printed: {err}");
+    // ~/.kaggle/access_token: used when private, refused when not.
+    std::fs::create_dir_all(home.path().join(".kaggle")).unwrap();
+    let file = home.path().join(".kaggle/access_token");
+    std::fs::write(&file, "sim-token\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&["run", "--no-progress", &p], &with(&[]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("access_token is readable by other users (mode 644)"), "{}", stderr(&o));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = run(&["run", "--no-progress", &p], &with(&[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Nothing at all: every place looked at is listed, tokens included.
+    std::fs::remove_file(&file).unwrap();
+    let o = run(&["run", "--no-progress", &p], &with(&[]));
+    let err = stderr(&o);
+    assert!(err.contains("KAGGLE_API_TOKEN (unset)") && err.contains(".kaggle/access_token (not found)"), "{err}");
+}
+
+/// `owner/dataset/N` pins version N: after a new version is published, the
+/// pinned run still reads the old bytes, and the manifest says which.
+#[test]
+fn a_pinned_version_reads_its_own_bytes() {
+    let rt = runtime();
+    let sim = start(&rt, names_csv(100, 0, 0));
+    sim.publish_version("kaggle/us-baby-names", vec![("NationalNames.csv".into(), names_csv(100, 0, 50))]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(dir.path(), &sim, "");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("dataset = \"kaggle/us-baby-names\"", "dataset = \"kaggle/us-baby-names/1\"");
+    std::fs::write(&p, text).unwrap();
+    let o = run(&["run", "--no-progress", &p], &CREDS);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(csv_rows(&dir.path().join("out.csv")), 100, "version 1 has 100 rows, version 2 has 150");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("staging/kaggle/us-baby-names/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["version"], 1);
+}
+
+/// The older REST download path stays available (`api = "rest"`).
+#[test]
+fn the_rest_form_still_works() {
+    let rt = runtime();
+    let sample = std::fs::read(repo().join("pipelines/data/NationalNames.sample.csv")).unwrap();
+    let sim = start(&rt, sample);
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline(dir.path(), &sim, "");
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        &format!("base_url = \"{}\"", sim.base_url()),
+        &format!("api = \"rest\"\nbase_url = \"{}/api/v1\"", sim.base_url()),
+    );
+    std::fs::write(&p, text).unwrap();
+    let o = run(&["run", "--no-progress", &p], &CREDS);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(csv_rows(&dir.path().join("out.csv")), 3004);
+    let s = sim.stats();
+    assert_eq!((s.metadata_calls, s.rpc_download_calls), (0, 0), "nothing of the RPC form: {s:?}");
+    assert!(s.download_calls >= 1);
 }

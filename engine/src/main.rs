@@ -158,6 +158,9 @@ enum Command {
         /// any, a small built-in NationalNames.csv.
         #[arg(long = "file")]
         files: Vec<String>,
+        /// Access token clients may send as `Authorization: Bearer` (repeatable).
+        #[arg(long = "token", default_value = "sim-token")]
+        tokens: Vec<String>,
     },
     /// Draw the pipeline's DAG.
     Graph {
@@ -303,21 +306,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(Box::new(move || handle.stop()) as Box<dyn FnOnce()>)
             })
         }
-        Command::KaggleSim { port, host, username, key, dataset, files } => {
-            let mut cfg = simulators::kaggle::Config { username, key, ..Default::default() };
+        Command::KaggleSim { port, host, username, key, dataset, files, tokens } => {
+            let mut cfg = simulators::kaggle::Config { username, key, tokens, ..Default::default() };
             if !files.is_empty() {
                 let mut served = Vec::new();
+                // Dated by the files, never by the start: a restart serving
+                // the same files keeps `Last-Modified`, an edit moves it on.
+                let mut newest: Option<std::time::SystemTime> = Some(std::time::UNIX_EPOCH);
                 for f in &files {
                     let (name, path) =
                         f.split_once('=').with_context(|| format!("--file `{f}`: expected NAME=PATH"))?;
                     let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+                    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                    newest = newest.zip(modified).map(|(a, b)| a.max(b));
                     served.push((name.to_string(), bytes));
                 }
-                let version = simulators::kaggle::Version {
-                    number: 1,
-                    last_modified: std::time::SystemTime::now(),
-                    files: served,
-                };
+                let mut version = simulators::kaggle::Version::dated_by_content(1, served);
+                if let Some(t) = newest {
+                    version.last_modified = t;
+                }
                 cfg.datasets.insert(dataset, vec![version]);
             }
             serve_until_ctrl_c(&host, port, |addr| async move {
@@ -325,6 +332,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     simulators::kaggle::serve(cfg, addr).await.with_context(|| format!("cannot listen on {addr}"))?;
                 let base = handle.base_url();
                 println!("kaggle simulator listening on {base} (base_url = \"{base}/api/v1\")");
+                println!("KAGGLE_API_ENDPOINT={base}");
                 Ok(Box::new(move || handle.stop()) as Box<dyn FnOnce()>)
             })
         }

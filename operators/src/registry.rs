@@ -108,7 +108,7 @@ pub static KINDS: &[KindSpec] = &[
         name: "kaggle",
         role: Role::Source,
         ports: &["out", "rejects"],
-        state_options: &["dataset", "file", "header", "delimiter", "quote", "schema", "infer_rows"],
+        state_options: &["dataset", "version", "file", "header", "delimiter", "quote", "schema", "infer_rows"],
         deletes: false,
         about: "a Kaggle dataset file, downloaded, staged (local or S3) and read as CSV",
         check: check::<sources::kaggle::KaggleSourceConfig>,

@@ -34,8 +34,16 @@ use crate::storage::{Location, resolve};
 fn default_staging() -> String {
     "data/staging".into()
 }
-fn default_base() -> String {
-    "https://www.kaggle.com/api/v1".into()
+/// Which of Kaggle's two API forms to speak.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KaggleApi {
+    /// `POST {endpoint}/v1/datasets.DatasetApiService/…`, as the official
+    /// client 2.x does (metadata, then download).
+    #[default]
+    Rpc,
+    /// The older `GET {base}/datasets/download/{owner}/{dataset}`.
+    Rest,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -45,13 +53,22 @@ pub struct KaggleSourceConfig {
     pub dataset: String,
     /// The file to read; by default the dataset's only CSV.
     pub file: Option<String>,
-    /// A dataset version number; by default the newest.
+    /// A dataset version number; by default the newest (`dataset =
+    /// "owner/slug/N"` pins it too).
     pub version: Option<u64>,
+    /// `rpc` (the current API, default) or `rest` (the older one).
+    #[serde(default)]
+    pub api: KaggleApi,
     /// Where downloads are staged: a path, `file://…` or `s3://bucket/prefix`.
     #[serde(default = "default_staging")]
     pub staging: String,
-    #[serde(default = "default_base")]
-    pub base_url: String,
+    /// The API's address: for `rpc` by default KAGGLE_API_ENDPOINT or
+    /// `https://api.kaggle.com`; for `rest` `https://www.kaggle.com/api/v1`.
+    pub base_url: Option<String>,
+    /// An access token (sent as `Bearer`); by default KAGGLE_API_TOKEN or
+    /// `~/.kaggle/access_token`. Tried before `username`/`key`, as the
+    /// official client does.
+    pub token: Option<String>,
     /// Credentials; by default KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json.
     pub username: Option<String>,
     pub key: Option<String>,
@@ -81,6 +98,12 @@ pub struct Manifest {
     pub file: Option<String>,
     pub version: Option<u64>,
     pub last_modified: Option<String>,
+    /// The version Kaggle's metadata named, and its last-updated time: what
+    /// the next run compares first, with one call.
+    #[serde(default)]
+    pub remote_version: Option<u64>,
+    #[serde(default)]
+    pub last_updated: Option<String>,
     pub size: u64,
     pub sha256: String,
     pub archive: String,
@@ -96,11 +119,31 @@ struct KaggleState {
     file: FileSourceState,
 }
 
+/// How requests to the API authenticate.
+enum Secret {
+    /// An access token, sent as `Authorization: Bearer`.
+    Token(String),
+    /// The older `username:key`, sent as HTTP Basic.
+    Key { username: String, key: String },
+}
+
 struct Credentials {
-    username: String,
-    key: String,
+    secret: Secret,
     /// Where they came from, for messages (never the values).
     from: String,
+}
+
+impl Credentials {
+    fn key(username: String, key: String, from: impl Into<String>) -> Credentials {
+        Credentials { secret: Secret::Key { username, key }, from: from.into() }
+    }
+
+    fn apply(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.secret {
+            Secret::Token(t) => r.bearer_auth(t),
+            Secret::Key { username, key } => r.basic_auth(username, Some(key)),
+        }
+    }
 }
 
 /// The download and staging half: everything here is Sync, so its futures
@@ -111,6 +154,15 @@ struct Fetcher {
     owner: String,
     slug: String,
     staging: Location,
+    /// The API's address, resolved from the options and environment.
+    base: String,
+}
+
+/// What Kaggle's metadata says of the dataset now.
+#[derive(Debug, Default)]
+struct Remote {
+    version: Option<u64>,
+    last_updated: Option<String>,
 }
 
 pub struct KaggleSource {
@@ -125,18 +177,49 @@ pub struct KaggleSource {
 }
 
 pub fn build(ctx: &BuildContext, cfg: KaggleSourceConfig) -> Result<KaggleSource, OperatorError> {
-    let (owner, slug) = match cfg.dataset.split_once('/') {
-        Some((o, s)) if !o.is_empty() && !s.is_empty() && !s.contains('/') => (o.to_string(), s.to_string()),
+    let mut cfg = cfg;
+    let parts: Vec<&str> = cfg.dataset.split('/').collect();
+    let (owner, slug, pinned) = match parts.as_slice() {
+        [o, s] if !o.is_empty() && !s.is_empty() => (o.to_string(), s.to_string(), None),
+        [o, s, v] if !o.is_empty() && !s.is_empty() => match v.parse::<u64>() {
+            Ok(n) if n > 0 => (o.to_string(), s.to_string(), Some(n)),
+            _ => {
+                return Err(OperatorError::Config(format!(
+                    "dataset `{}`: `{v}` is not a version number (owner/dataset/N pins version N)",
+                    cfg.dataset
+                )));
+            }
+        },
         _ => {
             return Err(OperatorError::Config(format!(
-                "dataset `{}` must be `owner/dataset`, e.g. `kaggle/us-baby-names`",
+                "dataset `{}` must be `owner/dataset` (or `owner/dataset/N` for version N), e.g. `kaggle/us-baby-names`",
                 cfg.dataset
             )));
         }
     };
+    match (pinned, cfg.version) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(OperatorError::Config(format!(
+                "dataset `{}` pins version {a} but `version` says {b}",
+                cfg.dataset
+            )));
+        }
+        (Some(a), _) => cfg.version = Some(a),
+        _ => {}
+    }
+    let base = match (&cfg.base_url, cfg.api) {
+        (Some(b), _) if !b.is_empty() => b.trim_end_matches('/').to_string(),
+        (_, KaggleApi::Rpc) => std::env::var("KAGGLE_API_ENDPOINT")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "https://api.kaggle.com".into())
+            .trim_end_matches('/')
+            .to_string(),
+        (_, KaggleApi::Rest) => "https://www.kaggle.com/api/v1".into(),
+    };
     let staging = resolve(&cfg.staging)?;
     Ok(KaggleSource {
-        fetcher: Fetcher { cfg, id: ctx.id.clone(), owner, slug, staging },
+        fetcher: Fetcher { cfg, id: ctx.id.clone(), owner, slug, staging, base },
         ctx: ctx.clone(),
         inner: None,
         resume: None,
@@ -146,21 +229,36 @@ pub fn build(ctx: &BuildContext, cfg: KaggleSourceConfig) -> Result<KaggleSource
     })
 }
 
-/// Credentials in the official client's order: options, KAGGLE_USERNAME and
-/// KAGGLE_KEY, then kaggle.json in $KAGGLE_CONFIG_DIR, ~/.kaggle,
-/// $XDG_CONFIG_HOME/kaggle.
+/// Credentials in the official client's order: an access token (the
+/// `token` option, KAGGLE_API_TOKEN, `~/.kaggle/access_token`), then
+/// `username`/`key` (options, KAGGLE_USERNAME and KAGGLE_KEY, kaggle.json in
+/// $KAGGLE_CONFIG_DIR, ~/.kaggle, $XDG_CONFIG_HOME/kaggle).
 fn credentials(cfg: &KaggleSourceConfig) -> Result<Credentials, OperatorError> {
+    let env = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    if let Some(t) = cfg.token.as_ref().filter(|t| !t.is_empty()) {
+        return Ok(Credentials { secret: Secret::Token(t.clone()), from: "the `token` option".into() });
+    }
+    if let Some(t) = env("KAGGLE_API_TOKEN") {
+        return Ok(Credentials { secret: Secret::Token(t), from: "KAGGLE_API_TOKEN".into() });
+    }
+    let mut looked = vec!["the `token` option".to_string(), "KAGGLE_API_TOKEN (unset)".to_string()];
+    if let Some(h) = env("HOME") {
+        let path = PathBuf::from(h).join(".kaggle/access_token");
+        if path.exists() {
+            return read_access_token(&path);
+        }
+        looked.push(format!("{} (not found)", path.display()));
+    }
     if let (Some(u), Some(k)) = (&cfg.username, &cfg.key)
         && !u.is_empty()
         && !k.is_empty()
     {
-        return Ok(Credentials { username: u.clone(), key: k.clone(), from: "the `username`/`key` options".into() });
+        return Ok(Credentials::key(u.clone(), k.clone(), "the `username`/`key` options"));
     }
-    let env = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
     if let (Some(u), Some(k)) = (env("KAGGLE_USERNAME"), env("KAGGLE_KEY")) {
-        return Ok(Credentials { username: u, key: k, from: "KAGGLE_USERNAME/KAGGLE_KEY".into() });
+        return Ok(Credentials::key(u, k, "KAGGLE_USERNAME/KAGGLE_KEY"));
     }
-    let mut looked = vec!["the `username`/`key` options".to_string(), "KAGGLE_USERNAME/KAGGLE_KEY (unset)".to_string()];
+    looked.extend(["the `username`/`key` options".to_string(), "KAGGLE_USERNAME/KAGGLE_KEY (unset)".to_string()]);
     let mut candidates: Vec<PathBuf> = Vec::new();
     match env("KAGGLE_CONFIG_DIR") {
         Some(d) => candidates.push(PathBuf::from(d).join("kaggle.json")),
@@ -182,20 +280,37 @@ fn credentials(cfg: &KaggleSourceConfig) -> Result<Credentials, OperatorError> {
     Err(OperatorError::Config(format!("no Kaggle credentials found; looked in: {}", looked.join(", "))))
 }
 
-fn read_kaggle_json(path: &FsPath) -> Result<Credentials, OperatorError> {
+/// A file holding a secret must be readable by its owner only.
+fn check_private(path: &FsPath, what: &str) -> Result<(), OperatorError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0o600);
         if mode & 0o077 != 0 {
             return Err(OperatorError::Config(format!(
-                "{} is readable by other users (mode {:o}): it holds an API key; run `chmod 600 {}`",
+                "{} is readable by other users (mode {:o}): it holds {what}; run `chmod 600 {}`",
                 path.display(),
                 mode & 0o777,
                 path.display()
             )));
         }
     }
+    Ok(())
+}
+
+fn read_access_token(path: &FsPath) -> Result<Credentials, OperatorError> {
+    check_private(path, "an access token")?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| OperatorError::Config(format!("cannot read {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(OperatorError::Config(format!("{} is empty", path.display())));
+    }
+    Ok(Credentials { secret: Secret::Token(token.to_string()), from: path.display().to_string() })
+}
+
+fn read_kaggle_json(path: &FsPath) -> Result<Credentials, OperatorError> {
+    check_private(path, "an API key")?;
     #[derive(Deserialize)]
     struct Json {
         username: String,
@@ -206,7 +321,7 @@ fn read_kaggle_json(path: &FsPath) -> Result<Credentials, OperatorError> {
     let j: Json = serde_json::from_str(&text).map_err(|e| {
         OperatorError::Config(format!("{} is not {{\"username\": …, \"key\": …}}: {e}", path.display()))
     })?;
-    Ok(Credentials { username: j.username, key: j.key, from: path.display().to_string() })
+    Ok(Credentials::key(j.username, j.key, path.display().to_string()))
 }
 
 impl Fetcher {
@@ -227,8 +342,10 @@ impl Fetcher {
     }
 
     fn api_url(&self) -> String {
-        let mut u =
-            format!("{}/datasets/download/{}/{}", self.cfg.base_url.trim_end_matches('/'), self.owner, self.slug);
+        if self.cfg.api == KaggleApi::Rpc {
+            return self.rpc_url("DownloadDataset");
+        }
+        let mut u = format!("{}/datasets/download/{}/{}", self.base, self.owner, self.slug);
         if let Some(f) = &self.cfg.file {
             u.push('/');
             u.push_str(f);
@@ -237,6 +354,86 @@ impl Fetcher {
             u.push_str(&format!("?datasetVersionNumber={v}"));
         }
         u
+    }
+
+    fn rpc_url(&self, method: &str) -> String {
+        format!("{}/v1/datasets.DatasetApiService/{method}", self.base)
+    }
+
+    /// The API call that leads to the file: a GET (REST) or the
+    /// `DownloadDataset` POST (RPC), with credentials.
+    fn api_request(&self, client: &reqwest::Client, creds: &Credentials) -> reqwest::RequestBuilder {
+        let url = self.api_url();
+        let r = match self.cfg.api {
+            KaggleApi::Rest => client.get(&url),
+            KaggleApi::Rpc => client.post(&url).json(&serde_json::json!({
+                "ownerSlug": self.owner,
+                "datasetSlug": self.slug,
+                "fileName": self.cfg.file,
+                "datasetVersionNumber": self.cfg.version,
+                "raw": false,
+                "hashLink": null,
+            })),
+        };
+        creds.apply(r)
+    }
+
+    /// The dataset's current version and last-updated time, in one call
+    /// (RPC only; the REST form has no such call here).
+    async fn metadata(&self, creds: &Credentials) -> Result<Remote, OperatorError> {
+        if self.cfg.api != KaggleApi::Rpc {
+            return Ok(Remote::default());
+        }
+        let client = self.client(false)?;
+        // `GetDataset` (kagglesdk's ApiDataset) names the current version
+        // and its last-updated time; `GetDatasetMetadata` does not.
+        let url = self.rpc_url("GetDataset");
+        let mut attempt = 1;
+        loop {
+            let body = serde_json::json!({ "ownerSlug": self.owner, "datasetSlug": self.slug });
+            let r = creds.apply(client.post(&url).json(&body)).send().await;
+            let why = match r {
+                Ok(resp) if resp.status().is_success() => {
+                    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+                    let info = &v;
+                    let version =
+                        info.get("currentVersionNumber").and_then(|n| n.as_u64().or_else(|| n.as_str()?.parse().ok()));
+                    let last_updated = info.get("lastUpdated").and_then(|t| t.as_str()).map(str::to_string);
+                    return Ok(Remote { version, last_updated });
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = resp.text().await.unwrap_or_default();
+                    let message = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["message"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| body.chars().take(200).collect());
+                    match status.as_u16() {
+                        401 | 403 => {
+                            return Err(OperatorError::Config(format!(
+                                "Kaggle refused the credentials from {} (HTTP {status}: {message}); check the token, or the username and key",
+                                creds.from
+                            )));
+                        }
+                        404 => {
+                            return Err(OperatorError::Data(format!(
+                                "Kaggle has no dataset `{}` (HTTP 404: {message})",
+                                self.cfg.dataset
+                            )));
+                        }
+                        429 | 500..=599 => format!("HTTP {status}: {message}"),
+                        _ => return Err(OperatorError::Data(format!("{url}: HTTP {status}: {message}"))),
+                    }
+                }
+                Err(e) => e.without_url().to_string(),
+            };
+            if attempt >= self.attempts() {
+                return Err(OperatorError::Data(format!("{url}: {why} (gave up after {attempt} attempts)")));
+            }
+            tracing::warn!(attempt, error = %why, "kaggle metadata request failed; retrying");
+            self.backoff(attempt, None).await;
+            attempt += 1;
+        }
     }
 
     fn obj(&self, name: &str) -> object_store::path::Path {
@@ -262,7 +459,7 @@ impl Fetcher {
         let url = self.api_url();
         let mut attempt = 1;
         loop {
-            let r = client.get(&url).basic_auth(&creds.username, Some(&creds.key)).send().await;
+            let r = self.api_request(&client, creds).send().await;
             // Worth another attempt (5xx, 429, connection or timeout): why,
             // and how long the server asked us to wait.
             let (why, hint) = match r {
@@ -275,13 +472,18 @@ impl Fetcher {
                             .and_then(|v| v.to_str().ok())
                             .ok_or_else(|| OperatorError::Data(format!("{url}: redirect without a Location")))?;
                         let base = reqwest::Url::parse(&url)
-                            .map_err(|e| OperatorError::Config(format!("base_url `{url}`: {e}")))?;
+                            .map_err(|e| OperatorError::Config(format!("base_url `{}`: {e}", strip_query(&url))))?;
                         let target = base
                             .join(loc)
                             .map_err(|e| OperatorError::Data(format!("bad redirect `{}`: {e}", strip_query(loc))))?;
                         return Ok(target.to_string());
                     }
                     if status.is_success() {
+                        if self.cfg.api == KaggleApi::Rpc {
+                            return Err(OperatorError::Data(format!(
+                                "{url}: Kaggle answered {status} instead of a redirect to the file"
+                            )));
+                        }
                         return Ok(url);
                     }
                     let retry_after = resp
@@ -297,7 +499,7 @@ impl Fetcher {
                     match status.as_u16() {
                         401 | 403 => {
                             return Err(OperatorError::Config(format!(
-                                "Kaggle refused the credentials from {} (HTTP {status}: {message}); check the username and key",
+                                "Kaggle refused the credentials from {} (HTTP {status}: {message}); check the token, or the username and key",
                                 creds.from
                             )));
                         }
@@ -334,7 +536,7 @@ impl Fetcher {
         creds: &Credentials,
     ) -> reqwest::RequestBuilder {
         let r = client.request(method, url);
-        if url == self.api_url() { r.basic_auth(&creds.username, Some(&creds.key)) } else { r }
+        if url == self.api_url() { creds.apply(r) } else { r }
     }
 
     /// Size and Last-Modified of the file behind `url`.
@@ -494,9 +696,30 @@ impl Fetcher {
     /// Downloads (unless unchanged), stages and extracts; returns the manifest.
     async fn fetch(&self) -> Result<Manifest, OperatorError> {
         let creds = credentials(&self.cfg)?;
+        let remote = self.metadata(&creds).await?;
+        let staged = self.read_manifest().await;
+        // One metadata call decides an unchanged dataset: same version, same
+        // last-updated time, staged copy intact. No download call, no HEAD.
+        if let Some(m) = &staged
+            && !self.cfg.force_download
+            && remote.version.is_some()
+            && remote.last_updated.is_some()
+            && m.file == self.cfg.file
+            && m.version == self.cfg.version
+            && (self.cfg.version.is_some() || m.remote_version == remote.version)
+            && (self.cfg.version.is_some() || m.last_updated == remote.last_updated)
+            && self.staging.store.head(&self.obj(&m.csv)).await.is_ok_and(|h| h.size == m.csv_size)
+        {
+            tracing::info!(
+                dataset = %self.cfg.dataset,
+                version = remote.version,
+                last_updated = remote.last_updated.as_deref().unwrap_or("-"),
+                "unchanged since the last download (metadata): not downloading (force_download = true to fetch anyway)"
+            );
+            return Ok(m.clone());
+        }
         let url = self.locate(&creds).await?;
         let (size, last_modified) = self.probe(&url, &creds).await?;
-        let staged = self.read_manifest().await;
         if let Some(m) = &staged
             && !self.cfg.force_download
             && m.file == self.cfg.file
@@ -512,11 +735,11 @@ impl Fetcher {
                 bytes = m.size,
                 "unchanged since the last download: not downloading (force_download = true to fetch anyway)"
             );
-            return Ok(m.clone());
+            return Ok(Manifest { remote_version: remote.version, last_updated: remote.last_updated, ..m.clone() });
         }
         let tmp = std::env::temp_dir().join(format!("engine-kaggle-{}-{}", std::process::id(), self.id));
         std::fs::create_dir_all(&tmp).map_err(|e| OperatorError::Data(format!("creating {}: {e}", tmp.display())))?;
-        let result = self.fetch_into(&tmp, &url, &creds, size, last_modified).await;
+        let result = self.fetch_into(&tmp, &url, &creds, size, last_modified, remote).await;
         let _ = std::fs::remove_dir_all(&tmp);
         result
     }
@@ -528,6 +751,7 @@ impl Fetcher {
         creds: &Credentials,
         size: Option<u64>,
         last_modified: Option<String>,
+        remote: Remote,
     ) -> Result<Manifest, OperatorError> {
         let archive = format!("{}.zip", self.cfg.file.clone().unwrap_or_else(|| self.slug.clone()));
         let zip_path = tmp.join(&archive);
@@ -560,6 +784,8 @@ impl Fetcher {
             file: self.cfg.file.clone(),
             version: self.cfg.version,
             last_modified,
+            remote_version: remote.version,
+            last_updated: remote.last_updated,
             size: bytes,
             sha256,
             archive: if is_zip { archive } else { String::new() },
