@@ -107,6 +107,11 @@ pub struct Meta {
     /// whose state outlives a run (`changes`) find it.
     #[serde(default)]
     pub carried: Option<(u64, u64)>,
+    /// In a completed run's checkpoint: work operators left for the next
+    /// run (`Operator::pending`), so the next run can decide whether it is
+    /// up to date without loading their state.
+    #[serde(default)]
+    pub pending: BTreeMap<String, String>,
 }
 
 pub fn read_meta(c: &Checkpoint) -> Option<Meta> {
@@ -212,9 +217,11 @@ pub struct Session {
     pub run_start: u64,
     /// The checkpoint resumed from, if any.
     pub resume: Option<ResumePoint>,
-    /// Epochs of the last completed run, and its deltas per operator.
+    /// Epochs of the last completed run, whose deltas are the carried
+    /// state (read per operator, only when a run goes ahead: `previous`).
     pub carried: Option<(u64, u64)>,
-    pub previous: HashMap<String, Vec<Vec<u8>>>,
+    /// Work the last completed run left, per operator (`Operator::pending`).
+    pub previous_pending: BTreeMap<String, String>,
     /// Each source's last snapshot in the last completed run.
     pub previous_states: HashMap<String, Vec<u8>>,
 }
@@ -226,6 +233,14 @@ pub struct ResumePoint {
 }
 
 impl Session {
+    /// The deltas operator `id` carried from the last completed run,
+    /// oldest first; read from the store now (they can be large, and an
+    /// up-to-date run never needs them).
+    pub fn previous(&self, id: &str) -> Result<Vec<Vec<u8>>, CheckpointError> {
+        let Some((from, to)) = self.carried else { return Ok(Vec::new()) };
+        Ok(self.store.deltas(id, from, to)?.into_iter().map(|(_, d)| d).collect())
+    }
+
     /// The epoch before this run's first barrier: epochs continue after
     /// the checkpoint resumed (whose run, and `run_start`, this run extends).
     pub fn last_epoch(&self) -> u64 {
@@ -265,20 +280,8 @@ pub fn begin(p: &Pipeline, store: Arc<dyn CheckpointStore>, from_scratch: bool) 
         run_start,
         resume: None,
         carried: None,
-        previous: HashMap::new(),
+        previous_pending: BTreeMap::new(),
         previous_states: HashMap::new(),
-    };
-    let previous = |store: &Arc<dyn CheckpointStore>, range: Option<(u64, u64)>| -> Result<_, CheckpointError> {
-        let mut out = HashMap::new();
-        if let Some((from, to)) = range {
-            for c in &p.components {
-                let d: Vec<Vec<u8>> = store.deltas(&c.id, from, to)?.into_iter().map(|(_, d)| d).collect();
-                if !d.is_empty() {
-                    out.insert(c.id.clone(), d);
-                }
-            }
-        }
-        Ok(out)
     };
     if from_scratch {
         // Nothing of the old state is wanted, damaged or not.
@@ -309,10 +312,9 @@ pub fn begin(p: &Pipeline, store: Arc<dyn CheckpointStore>, from_scratch: bool) 
             return Ok(fresh(store, next));
         }
         let carried = Some((meta.run_start, latest.epoch));
-        let prev = previous(&store, carried).map_err(store_err)?;
         let mut s = fresh(store, next);
         s.carried = carried;
-        s.previous = prev;
+        s.previous_pending = meta.pending.clone();
         s.previous_states = p
             .components
             .iter()
@@ -342,7 +344,14 @@ pub fn begin(p: &Pipeline, store: Arc<dyn CheckpointStore>, from_scratch: bool) 
         let full = latest.state.get(&state_key(&c.id)).cloned();
         states.insert(c.id.clone(), Resume { epoch: latest.epoch, full, deltas });
     }
-    let prev = previous(&store, meta.carried).map_err(store_err)?;
+    // A resumed run carries what its start carried; what the last completed
+    // run left to do is in that run's completion record.
+    let previous_pending = meta
+        .carried
+        .and_then(|(_, to)| store.get(to).ok().flatten())
+        .and_then(|c| read_meta(&c))
+        .map(|m| m.pending)
+        .unwrap_or_default();
     Ok(Session {
         store,
         settings: p.checkpoint.clone(),
@@ -351,7 +360,7 @@ pub fn begin(p: &Pipeline, store: Arc<dyn CheckpointStore>, from_scratch: bool) 
         run_start: meta.run_start,
         resume: Some(ResumePoint { epoch: latest.epoch, states, positions: meta.positions }),
         carried: meta.carried,
-        previous: prev,
+        previous_pending,
         previous_states: HashMap::new(),
     })
 }
@@ -722,6 +731,7 @@ pub async fn complete(
     last: u64,
     committed: &Committed,
     carry: BTreeMap<String, Vec<u8>>,
+    pending: BTreeMap<String, String>,
 ) -> Result<u64, String> {
     let positions = committed.final_positions.clone();
     let epoch = last + 1;
@@ -731,6 +741,7 @@ pub async fn complete(
         graph: session.graph.clone(),
         positions,
         sizes: carry.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect(),
+        pending,
         ..Default::default()
     };
     let mut state = BTreeMap::new();

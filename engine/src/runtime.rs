@@ -218,15 +218,17 @@ async fn execute(
     if let Err(f) = run.restore(&mut built).await {
         return run.failed(f);
     }
-    if let Err(f) = run.carry_over(&mut built).await {
-        return run.failed(f);
-    }
-    let pending = pending_work(p, &built);
+    // The up-to-date decision comes before the carried state is loaded:
+    // an unchanged input costs no more than the sources' checks.
+    let pending = run.pending_work();
     match run.open_sources(&mut built, pending).await {
         Ok(()) => {}
         Err(Early::Failed(f)) => return run.failed(f),
         Err(Early::Interrupted) => return run.interrupted(),
         Err(Early::UpToDate(why)) => return run.up_to_date(why),
+    }
+    if let Err(f) = run.carry_over(&mut built).await {
+        return run.failed(f);
     }
     match run.open_operators(&mut built).await {
         Ok(()) => {}
@@ -328,6 +330,15 @@ impl<'p> Runner<'p> {
             pending: None,
             coordinator: None,
         }
+    }
+
+    /// Work operators left at the end of the last completed run, as
+    /// "id: what" (recorded in its completion, so no state is loaded).
+    fn pending_work(&self) -> Vec<String> {
+        self.session
+            .as_ref()
+            .map(|s| s.previous_pending.iter().map(|(id, w)| format!("{id}: {w}")).collect())
+            .unwrap_or_default()
     }
 
     /// A dry run, for a person or for the guard: sinks only count.
@@ -450,8 +461,10 @@ impl<'p> Runner<'p> {
             if let Built::Operator(op) = b
                 && op.carries_state()
             {
-                let prev = s.previous.get(&c.id).map(Vec::as_slice).unwrap_or_default();
-                op.carry_over(prev).instrument(self.span(*i)).await.map_err(|e| (c.id.clone(), e.to_string()))?;
+                let prev = s
+                    .previous(&c.id)
+                    .map_err(|e| (c.id.clone(), format!("reading the state of the last completed run: {e}")))?;
+                op.carry_over(&prev).instrument(self.span(*i)).await.map_err(|e| (c.id.clone(), e.to_string()))?;
             }
         }
         Ok(())
@@ -765,8 +778,15 @@ impl<'p> Runner<'p> {
                 }
             }
         }
+        // What operators leave to the next run, recorded so that run can
+        // tell whether it is up to date without loading their state.
+        let pending = e
+            .finished
+            .iter()
+            .filter_map(|(i, op)| op.pending().map(|w| (self.p.components[*i].id.clone(), w)))
+            .collect();
         let completed = if e.failure.is_none() {
-            checkpoint::complete(s, last, &e.committed, carry).await
+            checkpoint::complete(s, last, &e.committed, carry, pending).await
         } else {
             Err("an operator failed its last snapshot".into())
         };
@@ -871,17 +891,6 @@ fn longest_path(p: &Pipeline) -> usize {
         depth.insert(c.id.as_str(), d);
     }
     depth.values().copied().max().unwrap_or(0)
-}
-
-/// Work operators carried from an earlier run, as "id: what".
-fn pending_work(p: &Pipeline, built: &[(usize, Built)]) -> Vec<String> {
-    built
-        .iter()
-        .filter_map(|(i, b)| match b {
-            Built::Operator(op) => op.pending().map(|w| format!("{}: {w}", p.components[*i].id)),
-            Built::Source(_) => None,
-        })
-        .collect()
 }
 
 /// Channel fill gauges, sampled: reading a length is cheap, but not free

@@ -397,9 +397,10 @@ pub trait Operator: Send {
     /// Dry run: every input ended; add what the sink would do at its end
     /// (e.g. records refused earlier and offered again).
     fn plan_end(&mut self, _plan: &mut Plan) {}
-    /// After `carry_over`: work left from an earlier run that this run must
-    /// do even when its input is unchanged (e.g. records HubSpot refused,
-    /// to offer again); `Some(what)` stops the up-to-date skip.
+    /// After `finish` in a completed run: work this operator leaves for the
+    /// next run, which must do it even when its input is unchanged (e.g.
+    /// records HubSpot refused, to offer again). Recorded with the run's
+    /// completion; `Some(what)` there stops the next run's up-to-date skip.
     fn pending(&self) -> Option<String> {
         None
     }

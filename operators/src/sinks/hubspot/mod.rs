@@ -864,7 +864,8 @@ impl Operator for HubSpotSink {
     }
 
     fn pending(&self) -> Option<String> {
-        let n = self.ledger.to_retry().len();
+        // Every refusal the ledger holds is offered again next run.
+        let n = self.ledger.refused_len();
         (n > 0).then(|| format!("{n} record(s) HubSpot refused before are to be offered again"))
     }
 
