@@ -129,10 +129,11 @@ pub fn fingerprint(p: &Pipeline) -> BTreeMap<String, Value> {
                 .iter()
                 .filter_map(|k| c.options.get(*k).map(|v| (k.to_string(), v.clone())))
                 .collect();
-            // Whether a token is set (a HubSpot sink online or writing an
-            // outbox), never the token: resuming an online run offline
-            // would send the rest to a file.
-            if let Some(t) = c.options.get("token") {
+            // Whether a sink's token is set (a HubSpot sink online or
+            // writing an outbox), never the token: resuming an online run
+            // offline would send the rest to a file. (A source's token only
+            // says how it logs in.)
+            if let Some(t) = c.options.get("token").filter(|_| c.role == Role::Sink) {
                 opts.insert(
                     "token".into(),
                     json!(if t.as_str().is_some_and(|t| !t.is_empty()) { "set" } else { "unset" }),

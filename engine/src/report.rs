@@ -25,9 +25,11 @@ fn rate(rows: u64, d: Duration) -> String {
 pub fn summary(r: &RunReport) -> String {
     let mut out = String::new();
     if let Some(why) = &r.up_to_date {
+        let mem =
+            r.peak_rss_bytes.map(|b| format!(" (peak memory {:.1} MiB)", b as f64 / 1048576.0)).unwrap_or_default();
         let _ = writeln!(
             out,
-            "pipeline {} is up to date: {why}; nothing read, nothing written (--force-download fetches and rereads anyway)",
+            "pipeline {} is up to date: {why}; nothing read, nothing written (--force-download fetches and rereads anyway){mem}",
             r.pipeline
         );
         return out;
