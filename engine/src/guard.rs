@@ -25,7 +25,9 @@ pub enum Refusal {
         sinks.join("; ")
     )]
     MassDelete { pipeline: String, file: String, sinks: Vec<String> },
-    #[error("the dry run before a run that may delete failed in operator `{operator}`: {error}")]
+    #[error(
+        "operator `{operator}` failed: {error} (while counting deletions for the mass-delete guard, before the run)"
+    )]
     PlanFailed { operator: String, error: String },
 }
 
