@@ -12,14 +12,15 @@ COPY Cargo.toml Cargo.lock ./
 COPY engine/Cargo.toml engine/
 COPY operators/Cargo.toml operators/
 COPY checkpoints/Cargo.toml checkpoints/
-RUN mkdir -p engine/src operators/src checkpoints/src tests benches \
+COPY simulators/Cargo.toml simulators/
+RUN mkdir -p engine/src operators/src checkpoints/src simulators/src tests benches \
  && echo 'fn main() {}' > engine/src/main.rs \
  && echo 'fn main() {}' > benches/throughput.rs \
  && echo 'fn main() {}' > benches/sql_load.rs \
  && echo 'fn main() {}' > benches/hubspot_sync.rs \
  && echo 'fn main() {}' > benches/checkpoint.rs \
  && echo 'fn main() {}' > benches/kaggle.rs \
- && touch engine/src/lib.rs operators/src/lib.rs checkpoints/src/lib.rs tests/e2e.rs \
+ && touch engine/src/lib.rs operators/src/lib.rs checkpoints/src/lib.rs simulators/src/lib.rs tests/e2e.rs \
  && cargo build --release --locked -p engine
 
 # 2. Our code. COPY keeps the files' original mtimes, which can be older than
@@ -27,14 +28,15 @@ RUN mkdir -p engine/src operators/src checkpoints/src tests benches \
 COPY engine/ engine/
 COPY operators/ operators/
 COPY checkpoints/ checkpoints/
+COPY simulators/ simulators/
 COPY tests/ tests/
 COPY benches/ benches/
-RUN find engine operators checkpoints -name '*.rs' -exec touch {} + \
+RUN find engine operators checkpoints simulators -name '*.rs' -exec touch {} + \
  && cargo build --release --locked -p engine
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates tzdata \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home engine \
  && mkdir /app && chown engine:engine /app

@@ -392,7 +392,7 @@ impl Fetcher {
         loop {
             let body = serde_json::json!({ "ownerSlug": self.owner, "datasetSlug": self.slug });
             let r = creds.apply(client.post(&url).json(&body)).send().await;
-            let why = match r {
+            let (why, hint) = match r {
                 Ok(resp) if resp.status().is_success() => {
                     let v: serde_json::Value = resp.json().await.unwrap_or_default();
                     let info = &v;
@@ -401,38 +401,51 @@ impl Fetcher {
                     let last_updated = info.get("lastUpdated").and_then(|t| t.as_str()).map(str::to_string);
                     return Ok(Remote { version, last_updated });
                 }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let body = resp.text().await.unwrap_or_default();
-                    let message = serde_json::from_str::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| v["message"].as_str().map(str::to_string))
-                        .unwrap_or_else(|| body.chars().take(200).collect());
-                    match status.as_u16() {
-                        401 | 403 => {
-                            return Err(OperatorError::Config(format!(
-                                "Kaggle refused the credentials from {} (HTTP {status}: {message}); check the token, or the username and key",
-                                creds.from
-                            )));
-                        }
-                        404 => {
-                            return Err(OperatorError::Data(format!(
-                                "Kaggle has no dataset `{}` (HTTP 404: {message})",
-                                self.cfg.dataset
-                            )));
-                        }
-                        429 | 500..=599 => format!("HTTP {status}: {message}"),
-                        _ => return Err(OperatorError::Data(format!("{url}: HTTP {status}: {message}"))),
-                    }
-                }
-                Err(e) => e.without_url().to_string(),
+                Ok(resp) => self.refusal(resp, creds, &url).await?,
+                Err(e) => (e.without_url().to_string(), None),
             };
             if attempt >= self.attempts() {
                 return Err(OperatorError::Data(format!("{url}: {why} (gave up after {attempt} attempts)")));
             }
             tracing::warn!(attempt, error = %why, "kaggle metadata request failed; retrying");
-            self.backoff(attempt, None).await;
+            self.backoff(attempt, hint).await;
             attempt += 1;
+        }
+    }
+
+    /// An API answer that is not what was asked for: an error for good
+    /// (credentials, no such dataset), or why to try again and how long
+    /// the server asked to wait (429, 5xx).
+    async fn refusal(
+        &self,
+        resp: reqwest::Response,
+        creds: &Credentials,
+        url: &str,
+    ) -> Result<(String, Option<Duration>), OperatorError> {
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .map(Duration::from_secs);
+        let body = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| body.chars().take(200).collect());
+        match status.as_u16() {
+            401 | 403 => Err(OperatorError::Config(format!(
+                "Kaggle refused the credentials from {} (HTTP {status}: {message}); check the token, or the username and key",
+                creds.from
+            ))),
+            404 => Err(OperatorError::Data(format!(
+                "Kaggle has no dataset `{}`{}{} (HTTP 404: {message})",
+                self.cfg.dataset,
+                self.cfg.file.as_ref().map(|f| format!(" file `{f}`")).unwrap_or_default(),
+                self.cfg.version.map(|v| format!(" version {v}")).unwrap_or_default()
+            ))),
+            429 | 500..=599 => Ok((format!("HTTP {status}: {message}"), retry_after)),
+            _ => Err(OperatorError::Data(format!("{}: HTTP {status}: {message}", strip_query(url)))),
         }
     }
 
@@ -486,34 +499,7 @@ impl Fetcher {
                         }
                         return Ok(url);
                     }
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok()?.parse().ok())
-                        .map(Duration::from_secs);
-                    let body = resp.text().await.unwrap_or_default();
-                    let message = serde_json::from_str::<serde_json::Value>(&body)
-                        .ok()
-                        .and_then(|v| v["message"].as_str().map(str::to_string))
-                        .unwrap_or_else(|| body.chars().take(200).collect());
-                    match status.as_u16() {
-                        401 | 403 => {
-                            return Err(OperatorError::Config(format!(
-                                "Kaggle refused the credentials from {} (HTTP {status}: {message}); check the token, or the username and key",
-                                creds.from
-                            )));
-                        }
-                        404 => {
-                            return Err(OperatorError::Data(format!(
-                                "Kaggle has no dataset `{}`{}{} (HTTP 404: {message})",
-                                self.cfg.dataset,
-                                self.cfg.file.as_ref().map(|f| format!(" file `{f}`")).unwrap_or_default(),
-                                self.cfg.version.map(|v| format!(" version {v}")).unwrap_or_default()
-                            )));
-                        }
-                        429 | 500..=599 => (format!("HTTP {status}: {message}"), retry_after),
-                        _ => return Err(OperatorError::Data(format!("{url}: HTTP {status}: {message}"))),
-                    }
+                    self.refusal(resp, creds, &url).await?
                 }
                 Err(e) => (e.without_url().to_string(), None),
             };
