@@ -13,14 +13,15 @@ COPY engine/Cargo.toml engine/
 COPY operators/Cargo.toml operators/
 COPY checkpoints/Cargo.toml checkpoints/
 COPY simulators/Cargo.toml simulators/
-RUN mkdir -p engine/src operators/src checkpoints/src simulators/src tests benches \
+COPY secrets/Cargo.toml secrets/
+RUN mkdir -p engine/src operators/src checkpoints/src simulators/src secrets/src tests benches \
  && echo 'fn main() {}' > engine/src/main.rs \
  && echo 'fn main() {}' > benches/throughput.rs \
  && echo 'fn main() {}' > benches/sql_load.rs \
  && echo 'fn main() {}' > benches/hubspot_sync.rs \
  && echo 'fn main() {}' > benches/checkpoint.rs \
  && echo 'fn main() {}' > benches/kaggle.rs \
- && touch engine/src/lib.rs operators/src/lib.rs checkpoints/src/lib.rs simulators/src/lib.rs tests/e2e.rs \
+ && touch engine/src/lib.rs operators/src/lib.rs checkpoints/src/lib.rs simulators/src/lib.rs secrets/src/lib.rs tests/e2e.rs \
  && cargo build --release --locked -p engine
 
 # 2. Our code. COPY keeps the files' original mtimes, which can be older than
@@ -29,9 +30,10 @@ COPY engine/ engine/
 COPY operators/ operators/
 COPY checkpoints/ checkpoints/
 COPY simulators/ simulators/
+COPY secrets/ secrets/
 COPY tests/ tests/
 COPY benches/ benches/
-RUN find engine operators checkpoints simulators -name '*.rs' -exec touch {} + \
+RUN find engine operators checkpoints simulators secrets -name '*.rs' -exec touch {} + \
  && cargo build --release --locked -p engine
 
 FROM debian:bookworm-slim
@@ -45,6 +47,9 @@ WORKDIR /app
 # Pipelines and their sample data stay root-owned (read-only); the engine may
 # write its outputs and checkpoints under /app.
 COPY pipelines/ pipelines/
+# Example exec secret backends (Vault, Azure Key Vault, Google Secret
+# Manager); they need jq and the vault's own CLI in a derived image.
+COPY scripts/secrets/ scripts/secrets/
 USER engine
 EXPOSE 9464
 ENTRYPOINT ["engine"]

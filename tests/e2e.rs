@@ -11,6 +11,8 @@ mod locks;
 mod parquet_damage;
 mod rejects;
 mod resume;
+mod secret_scripts;
+mod secrets;
 mod slow_sink;
 mod sql_sink;
 mod util;

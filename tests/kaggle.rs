@@ -324,13 +324,13 @@ linger_ms = 50
 
 /// An S3-compatible server on 127.0.0.1 (moto, which `scripts/test`
 /// installs), stopped when dropped.
-struct Moto {
+pub struct Moto {
     child: std::process::Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl Moto {
-    fn start() -> Moto {
+    pub fn start() -> Moto {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = std::process::Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])

@@ -63,6 +63,13 @@ impl TestDb {
         })
     }
 
+    /// Runs a statement (with the admin connection: CREATE USER, GRANT).
+    pub fn execute(&self, sql: &str) {
+        self.rt.block_on(async {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&self.pool).await.expect(sql);
+        });
+    }
+
     pub fn scalar(&self, sql: &str) -> i64 {
         self.rt.block_on(async {
             sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&self.pool).await.expect(sql)
@@ -71,14 +78,20 @@ impl TestDb {
 
     /// Kills every connection of this database except ours; returns how many.
     pub fn kill_engine_connections(&self) -> usize {
+        self.kill_engine_connections_except(0)
+    }
+
+    /// Kills every connection of this database except ours and `spare`.
+    pub fn kill_engine_connections_except(&self, spare: i64) -> usize {
         self.rt.block_on(async {
             let own: i64 =
                 sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS SIGNED)").fetch_one(&self.pool).await.expect("id");
             let ids: Vec<i64> = sqlx::query_scalar(
-                "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> ?",
+                "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> ? AND ID <> ?",
             )
             .bind(&self.name)
             .bind(own)
+            .bind(spare)
             .fetch_all(&self.pool)
             .await
             .expect("processlist");

@@ -21,3 +21,4 @@ pub mod guard;
 pub mod observe;
 pub mod report;
 pub mod runtime;
+pub mod secrets;

@@ -1,8 +1,26 @@
 //! The `engine` command line. Thin on purpose: parse flags, set up logging,
 //! call the library, turn the outcome into an exit code.
 //!
-//! Exit codes: 0 done; 1 the run failed; 2 the pipeline file is invalid;
-//! 130/143 stopped by SIGINT/SIGTERM after draining.
+//! Exit codes: 0 done; 1 the run failed; 2 the pipeline file is invalid
+//! (or a secret it references did not resolve); 130/143 stopped by
+//! SIGINT/SIGTERM after draining.
+//!
+//! Everything this file prints goes through the redaction of the `secrets`
+//! crate: the print macros below shadow std's.
+
+/// `println!` and friends, with every registered secret masked.
+macro_rules! println {
+    ($($t:tt)*) => { std::println!("{}", secrets::redact::redact(&format!($($t)*))) };
+}
+macro_rules! print {
+    ($($t:tt)*) => { std::print!("{}", secrets::redact::redact(&format!($($t)*))) };
+}
+macro_rules! eprintln {
+    ($($t:tt)*) => { std::eprintln!("{}", secrets::redact::redact(&format!($($t)*))) };
+}
+macro_rules! eprint {
+    ($($t:tt)*) => { std::eprint!("{}", secrets::redact::redact(&format!($($t)*))) };
+}
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,7 +94,13 @@ enum Command {
         action: CheckpointsAction,
     },
     /// Check a pipeline file without running it.
-    Validate { file: PathBuf },
+    Validate {
+        file: PathBuf,
+        /// Also fetch every SECRET[...] reference and report which resolve
+        /// (never their values).
+        #[arg(long)]
+        resolve: bool,
+    },
     /// Database migrations of the pipeline's sql sinks.
     Migrate {
         #[command(subcommand)]
@@ -237,6 +261,8 @@ fn checkpoint_interval(s: &str) -> Result<Interval, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Credentials in the environment are masked from the first log line on.
+    secrets::redact::register_environment();
     observe::init_logging(cli.log_format, &cli.log_level);
     match dispatch(cli) {
         Ok(code) => code,
@@ -249,7 +275,18 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Validate { file } => Ok(validate(&file)),
+        Command::Validate { file, resolve } => {
+            let code = validate(&file);
+            if !resolve || code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            let Ok(p) = config::load(&file) else { return Ok(ExitCode::from(2)) };
+            let (lines, ok) = current_thread()?.block_on(engine::secrets::check(&p));
+            for l in lines {
+                println!("  {l}");
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
         Command::Graph { file, format } => match load(&file) {
             Ok(p) => {
                 print!("{}", graph::render(&p, format));
@@ -342,14 +379,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 | MigrateAction::Up { file, sink }
                 | MigrateAction::Down { file, sink, .. } => (file.clone(), sink.clone()),
             };
-            let pipeline = match load(&file) {
+            let mut pipeline = match load(&file) {
                 Ok(p) => p,
                 Err(code) => return Ok(code),
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
+            let rt = current_thread()?;
+            if let Err(code) = rt.block_on(resolve_secrets(&mut pipeline)) {
+                return Ok(code);
+            }
             rt.block_on(migrate(pipeline, sink, action))
         }
         Command::Checkpoints { action } => {
@@ -396,29 +433,32 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(d) = checkpoint_dir {
                 pipeline.checkpoint.dir = d;
             }
-            let session = match open_session(&pipeline, from_scratch, dry_run) {
-                Ok(s) => s.map(Arc::new),
-                Err(code) => return Ok(code),
-            };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("engine-worker")
                 .build()
                 .context("cannot start the async runtime")?;
+            if let Err(code) = rt.block_on(resolve_secrets(&mut pipeline)) {
+                return Ok(code);
+            }
+            let session = match open_session(&pipeline, from_scratch, dry_run) {
+                Ok(s) => s.map(Arc::new),
+                Err(code) => return Ok(code),
+            };
             if dry_run {
                 return rt.block_on(plan(pipeline, session));
             }
             rt.block_on(run(pipeline, session, metrics_addr, !no_progress, allow_mass_delete))
         }
         Command::Hubspot { action: HubspotAction::Setup { file } } => {
-            let pipeline = match load(&file) {
+            let mut pipeline = match load(&file) {
                 Ok(p) => p,
                 Err(code) => return Ok(code),
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
+            let rt = current_thread()?;
+            if let Err(code) = rt.block_on(resolve_secrets(&mut pipeline)) {
+                return Ok(code);
+            }
             rt.block_on(hubspot_setup(pipeline))
         }
     }
@@ -483,6 +523,22 @@ where
 }
 
 /// Loads and validates; prints diagnostics (warnings too) to stderr.
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// Fetches every `SECRET[...]` the pipeline uses, before anything runs; a
+/// reference that does not resolve stops here, named, exit code 2.
+async fn resolve_secrets(pipeline: &mut config::Pipeline) -> Result<(), ExitCode> {
+    match engine::secrets::resolve(pipeline).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            eprintln!("error: {}: {e}", pipeline.file.display());
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn load(file: &std::path::Path) -> Result<config::Pipeline, ExitCode> {
     match config::load(file) {
         Ok(p) => {
@@ -640,6 +696,7 @@ async fn hubspot_setup(pipeline: config::Pipeline) -> anyhow::Result<ExitCode> {
             id: c.id.clone(),
             batch_size: c.batch_size,
             raw_options: c.raw_options.clone(),
+            rotation: c.rotation.0.clone(),
         };
         let sink = hubspot::build(&ctx, cfg).with_context(|| format!("sink `{}`", c.id))?;
         match sink.setup().await {

@@ -30,7 +30,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let json = format == LogFormat::Json;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| Redacting::new(std::io::stderr()))
         .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests calling main twice) is harmless; ignore it.
     let _ = if json {
@@ -38,6 +38,45 @@ pub fn init_logging(format: LogFormat, level: &str) {
     } else {
         builder.compact().try_init()
     };
+}
+
+/// A log writer that masks every registered secret. tracing formats an
+/// event and writes it through one writer; the whole event is buffered so
+/// a secret split across `write` calls is still found.
+struct Redacting<W: std::io::Write> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: std::io::Write> Redacting<W> {
+    fn new(inner: W) -> Self {
+        Redacting { inner, buf: Vec::with_capacity(256) }
+    }
+
+    fn emit(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&secrets::redact::redact_bytes(&self.buf))?;
+            self.buf.clear();
+        }
+        self.inner.flush()
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Redacting<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.emit()
+    }
+}
+
+impl<W: std::io::Write> Drop for Redacting<W> {
+    fn drop(&mut self) {
+        let _ = self.emit();
+    }
 }
 
 /// Parses `--metrics-addr`: `host:port`, or a bare port meaning localhost.
@@ -89,7 +128,9 @@ pub async fn serve(
 }
 
 async fn metrics(State(s): State<AppState>) -> String {
-    s.handle.render()
+    // Labels hold operator ids and statuses, never options; masked anyway,
+    // as every output is.
+    secrets::redact::redact(&s.handle.render()).into_owned()
 }
 
 async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {
@@ -102,6 +143,19 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_are_redacted_even_when_written_in_pieces() {
+        use std::io::Write;
+        secrets::redact::register("observe-test-secret-81");
+        let mut out = Vec::new();
+        {
+            let mut w = Redacting::new(&mut out);
+            w.write_all(b"{\"msg\":\"token observe-test-").unwrap();
+            w.write_all(b"secret-81 refused\"}\n").unwrap();
+        }
+        assert_eq!(String::from_utf8(out).unwrap(), "{\"msg\":\"token [redacted] refused\"}\n");
+    }
 
     #[test]
     fn a_bare_port_means_localhost() {

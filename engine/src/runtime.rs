@@ -418,6 +418,7 @@ impl<'p> Runner<'p> {
                 id: c.id.clone(),
                 batch_size: c.batch_size,
                 raw_options: c.raw_options.clone(),
+                rotation: c.rotation.0.clone(),
             };
             let mut options = c.options.clone();
             if self.mode == Mode::Plan

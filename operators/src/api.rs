@@ -107,6 +107,21 @@ pub struct BuildContext {
     /// an operator name the variable behind a value (e.g. a refused token)
     /// without ever printing the value.
     pub raw_options: serde_json::Value,
+    /// Resolves this component's secret references again, for an operator
+    /// whose credential was refused (rotated). None: nothing to resolve.
+    pub rotation: Option<std::sync::Arc<dyn Rotation>>,
+}
+
+/// A credential resolved again after the service refused it: a secret
+/// rotated in the vault while the run went on.
+#[async_trait::async_trait]
+pub trait Rotation: Send + Sync + std::fmt::Debug {
+    /// `option`'s value resolved afresh, when it holds secret references
+    /// and the value changed; None when it did not (the refusal stands).
+    async fn refresh(&self, option: &str) -> Result<Option<String>, String>;
+    /// Names what `option` is resolved from (`SECRET[aws.crm#token]`), never
+    /// its value.
+    fn describe(&self, option: &str) -> String;
 }
 
 /// One output port and the edges leaving it.

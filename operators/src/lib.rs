@@ -29,7 +29,7 @@ pub mod storage;
 pub mod transforms;
 
 pub use api::{
-    BuildContext, Collector, OUT, Operator, OperatorError, OperatorStats, OutPort, Resume, Snapshot, Source,
+    BuildContext, Collector, OUT, Operator, OperatorError, OperatorStats, OutPort, Resume, Rotation, Snapshot, Source,
     SourceState,
 };
 pub use batch::{Barrier, Batch, Message};

@@ -1,4 +1,7 @@
 //! `${VAR}`, `${VAR:-default}` and `${VAR:?message}` inside string values.
+//! An unset `VAR` with `VAR_FILE` set reads that file instead (the Docker
+//! convention for mounted secrets: `DATABASE_URL_FILE=/run/secrets/db`),
+//! one trailing newline dropped.
 //!
 //! Interpolation runs on parsed strings, never on the file text, so a value
 //! cannot inject TOML. A variable whose value holds a newline is refused:
@@ -8,9 +11,22 @@
 /// Why a string could not be interpolated.
 #[derive(Debug, PartialEq, Eq)]
 pub enum InterpolateError {
-    Unset { var: String },
-    Required { var: String, message: String },
-    Newline { var: String },
+    Unset {
+        var: String,
+    },
+    Required {
+        var: String,
+        message: String,
+    },
+    Newline {
+        var: String,
+    },
+    /// `VAR_FILE` names a file that cannot be read (the path is not secret).
+    File {
+        var: String,
+        path: String,
+        error: String,
+    },
     Syntax(String),
 }
 
@@ -24,9 +40,26 @@ impl std::fmt::Display for InterpolateError {
             InterpolateError::Newline { var } => {
                 write!(f, "environment variable `{var}` contains a newline, which is not allowed in a value")
             }
+            InterpolateError::File { var, path, error } => {
+                write!(f, "environment variable `{var}` names the file {path}, which cannot be read: {error}")
+            }
             InterpolateError::Syntax(s) => f.write_str(s),
         }
     }
+}
+
+/// `VAR_FILE`'s file content for an unset `VAR`: Some((content, true)).
+fn from_file(name: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Option<(String, bool)>, InterpolateError> {
+    let var = format!("{name}_FILE");
+    let Some(path) = lookup(&var).filter(|p| !p.is_empty()) else { return Ok(None) };
+    let text = std::fs::read_to_string(&path).map_err(|e| InterpolateError::File {
+        var: var.clone(),
+        path: path.clone(),
+        error: e.to_string(),
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    Ok(Some((text.to_string(), true)).filter(|(t, _)| !t.is_empty()))
 }
 
 /// Expands variables in `s`, looking them up with `lookup`.
@@ -66,7 +99,15 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
                 "`${{{body}}}` is not a variable reference (use ${{NAME}}, ${{NAME:-default}} or ${{NAME:?message}})"
             )));
         }
-        let value = lookup(name).filter(|v| !v.is_empty());
+        let value = match lookup(name).filter(|v| !v.is_empty()) {
+            Some(v) => Some((v, false)),
+            None => from_file(name, lookup)?,
+        };
+        let (name, value) = match &value {
+            Some((_, true)) => (format!("{name}_FILE"), value.map(|(v, _)| v)),
+            _ => (name.to_string(), value.map(|(v, _)| v)),
+        };
+        let name = name.as_str();
         let value = match (value, op) {
             (Some(v), _) => {
                 if v.contains('\n') || v.contains('\r') {
@@ -118,5 +159,30 @@ mod tests {
         assert_eq!(interpolate("${EVIL}", &env), Err(InterpolateError::Newline { var: "EVIL".into() }));
         assert!(matches!(interpolate("${OOPS", &env), Err(InterpolateError::Syntax(_))));
         assert!(matches!(interpolate("${1X}", &env), Err(InterpolateError::Syntax(_))));
+    }
+
+    #[test]
+    fn an_unset_variable_falls_back_to_its_file() {
+        let dir = std::env::temp_dir().join(format!("interp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("token");
+        std::fs::write(&ok, "pat-from-file\n").unwrap();
+        let bad = dir.join("multi");
+        std::fs::write(&bad, "a\nb\n").unwrap();
+        let (ok_s, bad_s) = (ok.display().to_string(), bad.display().to_string());
+        let env = move |name: &str| match name {
+            "TOKEN_FILE" => Some(ok_s.clone()),
+            "MULTI_FILE" => Some(bad_s.clone()),
+            "GONE_FILE" => Some("/nonexistent/secret".to_string()),
+            "SET" => Some("direct".into()),
+            "SET_FILE" => Some("/nonexistent/ignored".into()),
+            _ => None,
+        };
+        assert_eq!(interpolate("Bearer ${TOKEN}", &env).unwrap(), "Bearer pat-from-file");
+        assert_eq!(interpolate("${SET}", &env).unwrap(), "direct");
+        assert_eq!(interpolate("${MULTI}", &env), Err(InterpolateError::Newline { var: "MULTI_FILE".into() }));
+        let e = interpolate("${GONE}", &env).unwrap_err().to_string();
+        assert!(e.starts_with("environment variable `GONE_FILE` names the file /nonexistent/secret"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

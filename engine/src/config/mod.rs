@@ -22,7 +22,7 @@ pub const DEFAULT_CHANNEL_CAPACITY: usize = 4;
 
 /// Options every component accepts, handled by the engine itself.
 const COMMON: &[&str] = &["kind", "inputs", "deletes", "batch_size", "channel_capacity"];
-const TOP_LEVEL: &[&str] = &["pipeline", "sources", "transforms", "sinks"];
+const TOP_LEVEL: &[&str] = &["pipeline", "secrets", "sources", "transforms", "sinks"];
 const PIPELINE_KEYS: &[&str] = &["name", "description", "batch_size", "channel_capacity", "checkpoint"];
 const CHECKPOINT_KEYS: &[&str] = &["interval", "rows", "dir", "keep"];
 
@@ -86,6 +86,8 @@ pub struct Pipeline {
     /// Problems that do not stop a run (e.g. rejects nobody reads).
     pub warnings: Vec<Diagnostic>,
     pub source_text: String,
+    /// `[secrets.<name>]`: the backends `SECRET[name.key]` references use.
+    pub secrets: BTreeMap<String, secrets::BackendSpec>,
 }
 
 #[derive(Clone, Debug)]
@@ -94,14 +96,33 @@ pub struct Component {
     pub role: Role,
     pub kind: &'static KindSpec,
     pub inputs: Vec<Input>,
-    /// Operator options, interpolated, without the common keys.
+    /// Operator options, interpolated, without the common keys. Holds
+    /// `SECRET[...]` references as written until `crate::secrets::resolve`
+    /// replaces them with values.
     pub options: serde_json::Value,
+    /// The options before secrets were resolved (references as written):
+    /// what a rotated credential is resolved again from. None when the
+    /// component has no reference or nothing was resolved yet.
+    pub unresolved: Option<serde_json::Value>,
+    /// Resolves the component's references again after a refusal (set with
+    /// `unresolved`).
+    pub rotation: RotationSlot,
     /// The component's table as written, before interpolation.
     pub raw_options: serde_json::Value,
     /// Rows per batch (sources).
     pub batch_size: usize,
     /// Capacity, in batches, of each edge into this component.
     pub channel_capacity: usize,
+}
+
+/// A component's [`operators::Rotation`], if it has secrets to rotate.
+#[derive(Clone, Default)]
+pub struct RotationSlot(pub Option<std::sync::Arc<dyn operators::Rotation>>);
+
+impl std::fmt::Debug for RotationSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "RotationSlot(Some)" } else { "RotationSlot(None)" })
+    }
 }
 
 /// One edge into a component: `from` (a component id) and its port.
@@ -163,6 +184,7 @@ pub fn load_str(path: &Path, source: &str, lookup: &dyn Fn(&str) -> Option<Strin
     match result {
         Some(mut p) if !errors => {
             derive::hubspot_enumerations(&mut p.components);
+            register_credentials(&p.components);
             Ok(Pipeline { warnings: checker.diags, ..p })
         }
         _ => Err(ConfigErrors {
@@ -208,6 +230,8 @@ impl Checker<'_> {
         let raw_root = root.clone();
         let mut root = root;
         self.interpolate(&mut root, &mut Vec::new());
+        let secrets = self.secret_backends(&root);
+        self.secret_references(&root, &secrets);
         let table = root.value.as_table().unwrap_or(&[]);
         for (k, _) in table {
             if !TOP_LEVEL.contains(&k.name.as_str()) {
@@ -372,8 +396,11 @@ impl Checker<'_> {
                     id: r.id.name.clone(),
                     batch_size: bs.unwrap_or(batch_size),
                     raw_options: raw_table(&raw_root, r.role, &r.id.name),
+                    rotation: None,
                 };
-                if let Err(e) = (kind.build)(&ctx, options.clone()) {
+                // References stand for values only a run fetches; a
+                // placeholder lets the build check everything else.
+                if let Err(e) = (kind.build)(&ctx, crate::secrets::placeholders(&options)) {
                     let message = e.to_string();
                     let span = quoted_value(r.node, &message).unwrap_or_else(|| r.id.span.clone());
                     self.err(format!("[{}.{}]: {message}", r.role.table(), r.id.name), span);
@@ -385,6 +412,8 @@ impl Checker<'_> {
                 kind,
                 inputs,
                 options,
+                unresolved: None,
+                rotation: RotationSlot::default(),
                 raw_options: raw_table(&raw_root, r.role, &r.id.name),
                 batch_size: bs.unwrap_or(batch_size),
                 channel_capacity: cap.unwrap_or(channel_capacity),
@@ -436,6 +465,7 @@ impl Checker<'_> {
             components,
             warnings: Vec::new(),
             source_text: source.to_string(),
+            secrets,
         })
     }
 
@@ -773,6 +803,93 @@ impl Checker<'_> {
         });
     }
 
+    /// `[secrets.<name>]` tables, each checked as the backend it declares.
+    fn secret_backends(&mut self, root: &Node) -> BTreeMap<String, secrets::BackendSpec> {
+        let mut out = BTreeMap::new();
+        let Some((key, section)) = root.get("secrets") else { return out };
+        let Some(entries) = section.value.as_table() else {
+            self.err(
+                format!("`secrets` must be a table of backends, found {}", section.value.type_name()),
+                key.span.clone(),
+            );
+            return out;
+        };
+        for (name, node) in entries {
+            if !name.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                self.err(
+                    format!("secret backend name `{}` may hold only letters, digits, `_` and `-`", name.name),
+                    name.span.clone(),
+                );
+                continue;
+            }
+            match secrets::BackendSpec::from_json(&node.value.to_json()) {
+                Ok(spec) => {
+                    out.insert(name.name.clone(), spec);
+                }
+                Err(message) => {
+                    let span = quoted_value(node, &message)
+                        .or_else(|| {
+                            backticked_after(&message, "field")
+                                .first()
+                                .and_then(|f| node.get(f).map(|(k, _)| k.span.clone()))
+                        })
+                        .unwrap_or_else(|| name.span.clone());
+                    self.err(format!("[secrets.{}]: {message}", name.name), span).help =
+                        Some(format!("kinds: {}", secrets::backend::KINDS.join(", ")));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every `SECRET[backend.key]` in a component names a declared backend
+    /// and is well formed; none appears where nothing would resolve it.
+    fn secret_references(&mut self, root: &Node, declared: &BTreeMap<String, secrets::BackendSpec>) {
+        let mut strings = Vec::new();
+        collect_strings(root, &mut Vec::new(), &mut strings);
+        for (path, node) in strings {
+            let Value::String(text) = &node.value else { continue };
+            if !text.contains("SECRET[") {
+                continue;
+            }
+            let section = path.first().map(String::as_str).unwrap_or("");
+            if !matches!(section, "sources" | "transforms" | "sinks") {
+                self.err(
+                    format!("secret references are resolved only in component options, not in `{}`", path.join(".")),
+                    node.span.clone(),
+                );
+                continue;
+            }
+            match secrets::reference::scan(text) {
+                Err(message) => {
+                    self.err(format!("{message} (in {})", path.join(".")), node.span.clone());
+                }
+                Ok(refs) => {
+                    for (_, r) in refs {
+                        if declared.contains_key(&r.backend) {
+                            continue;
+                        }
+                        let names: Vec<&str> = declared.keys().map(String::as_str).collect();
+                        let d = self.err(
+                            format!("{r} names the secret backend `{}`, which is not declared", r.backend),
+                            node.span.clone(),
+                        );
+                        d.help =
+                            Some(match (diagnostic::closest(&r.backend, names.iter().copied()), names.is_empty()) {
+                                (_, true) => format!(
+                                    "declare it: [secrets.{}] with kind = one of {}",
+                                    r.backend,
+                                    secrets::backend::KINDS.join(", ")
+                                ),
+                                (Some(s), _) => format!("did you mean `{s}`? declared: {}", names.join(", ")),
+                                (None, _) => format!("declared: {}", names.join(", ")),
+                            });
+                    }
+                }
+            }
+        }
+    }
+
     /// Expands `${VAR}` in every string value, in place.
     fn interpolate(&mut self, node: &mut Node, path: &mut Vec<String>) {
         match &mut node.value {
@@ -807,6 +924,54 @@ impl Checker<'_> {
             }
             _ => {}
         }
+    }
+}
+
+/// Every string value under `node`, with its key path.
+fn collect_strings<'n>(node: &'n Node, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, &'n Node)>) {
+    match &node.value {
+        Value::String(_) => out.push((path.clone(), node)),
+        Value::Array(items) => {
+            for (i, it) in items.iter().enumerate() {
+                path.push(format!("[{i}]"));
+                collect_strings(it, path, out);
+                path.pop();
+            }
+        }
+        Value::Table(entries) => {
+            for (k, v) in entries {
+                path.push(k.name.clone());
+                collect_strings(v, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Registers for redaction what a pipeline holds in credential positions:
+/// options named like credentials (`token`, `password`, `api_key`) and the
+/// password of any URL, whether written literally or from `${VAR}`.
+/// References are registered when they resolve.
+fn register_credentials(components: &[Component]) {
+    fn walk(key: &str, v: &serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => {
+                if s.contains("SECRET[") {
+                    return;
+                }
+                if secrets::redact::is_credential_name(key) {
+                    secrets::redact::register(s);
+                }
+                secrets::redact::register_url_password(s);
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(key, i)),
+            serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| walk(k, v)),
+            _ => {}
+        }
+    }
+    for c in components {
+        walk("", &c.options);
     }
 }
 

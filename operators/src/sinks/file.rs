@@ -376,8 +376,13 @@ mod tests {
         if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
             c.extend(e.clone());
         }
-        let ctx =
-            BuildContext { pipeline: "p".into(), id: "out".into(), batch_size: 10, raw_options: Default::default() };
+        let ctx = BuildContext {
+            pipeline: "p".into(),
+            id: "out".into(),
+            batch_size: 10,
+            raw_options: Default::default(),
+            rotation: None,
+        };
         build(&ctx, serde_json::from_value(cfg).unwrap()).unwrap()
     }
 

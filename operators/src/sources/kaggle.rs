@@ -234,6 +234,17 @@ pub fn build(ctx: &BuildContext, cfg: KaggleSourceConfig) -> Result<KaggleSource
 /// `username`/`key` (options, KAGGLE_USERNAME and KAGGLE_KEY, kaggle.json in
 /// $KAGGLE_CONFIG_DIR, ~/.kaggle, $XDG_CONFIG_HOME/kaggle).
 fn credentials(cfg: &KaggleSourceConfig) -> Result<Credentials, OperatorError> {
+    let found = find_credentials(cfg)?;
+    // Read from files and variables the config never saw: masked in every
+    // output from here on.
+    match &found.secret {
+        Secret::Token(t) => secrets::redact::register(t),
+        Secret::Key { key, .. } => secrets::redact::register(key),
+    }
+    Ok(found)
+}
+
+fn find_credentials(cfg: &KaggleSourceConfig) -> Result<Credentials, OperatorError> {
     let env = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
     if let Some(t) = cfg.token.as_ref().filter(|t| !t.is_empty()) {
         return Ok(Credentials { secret: Secret::Token(t.clone()), from: "the `token` option".into() });

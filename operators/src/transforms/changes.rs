@@ -269,8 +269,13 @@ mod tests {
     /// One run: returns (names passed, names deleted, the run's deltas).
     async fn run_once(previous: &[Vec<u8>], rows: &[(&str, i64, i64)]) -> (Vec<String>, Vec<String>, Vec<Vec<u8>>) {
         let cfg = ChangesConfig { key: vec!["name".into()], ignore: vec!["id".into()] };
-        let ctx =
-            BuildContext { pipeline: "p".into(), id: "c".into(), batch_size: 10, raw_options: Default::default() };
+        let ctx = BuildContext {
+            pipeline: "p".into(),
+            id: "c".into(),
+            batch_size: 10,
+            raw_options: Default::default(),
+            rotation: None,
+        };
         let mut op = build(&ctx, cfg).unwrap();
         op.carry_over(previous).await.unwrap();
         let (tx, rx) = async_channel::unbounded();

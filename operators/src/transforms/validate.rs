@@ -326,8 +326,13 @@ mod tests {
             .with_raw(BinaryArray::from_iter_values(texts.iter().map(|t| t.as_bytes())));
         let rules = ColumnRules { max_len: Some(64), ..Default::default() };
         let cfg = ValidateConfig { rules: [("Name".to_string(), rules)].into_iter().collect() };
-        let ctx =
-            BuildContext { pipeline: "p".into(), id: "valid".into(), batch_size: 10, raw_options: Default::default() };
+        let ctx = BuildContext {
+            pipeline: "p".into(),
+            id: "valid".into(),
+            batch_size: 10,
+            raw_options: Default::default(),
+            rotation: None,
+        };
         let mut v = build(&ctx, cfg).unwrap();
         let (tx, rx) = async_channel::unbounded();
         let (rtx, rrx) = async_channel::unbounded();

@@ -14,6 +14,8 @@
 //!   properties only
 //! - `POST /_sim/refuse {"ids":[…]}` / `DELETE /_sim/refuse`: refuse upsert
 //!   inputs with these id values (a per-input VALIDATION_ERROR) until cleared
+//! - `POST /_sim/token {"token":"…"}`: the private app's token is rotated;
+//!   the old one is refused (401) from now on
 //!
 //! The other files: `wire.rs` (error bodies, timestamps), `limits.rs` (rate
 //! limits and the daily reset in a time zone), `defs.rs` (property
@@ -223,6 +225,10 @@ impl Handle {
     /// Refuses upsert inputs with these id values until `accept_all`.
     pub fn refuse(&self, ids: &[&str]) {
         lock(&self.state).refused.extend(ids.iter().map(|s| s.to_string()));
+    }
+    /// Rotates the token: requests with the old one get 401 from now on.
+    pub fn set_token(&self, token: &str) {
+        lock(&self.state).cfg.token = token.to_string();
     }
     pub fn accept_all(&self) {
         lock(&self.state).refused.clear();
@@ -503,6 +509,11 @@ struct RefuseBody {
     ids: Vec<String>,
 }
 
+#[derive(serde::Deserialize)]
+struct TokenBody {
+    token: String,
+}
+
 /// The test hooks under `/_sim/`.
 fn sim_hook(state: &Shared, method: &Method, path: &str, uri: &Uri, body: &[u8]) -> Reply {
     let mut s = lock(state);
@@ -540,6 +551,13 @@ fn sim_hook(state: &Shared, method: &Method, path: &str, uri: &Uri, body: &[u8])
             }
             Err(e) => bad(format!("/_sim/refuse takes {{\"ids\": [..]}}: {e}"), cid),
         },
+        ("/_sim/token", Method::POST) => match serde_json::from_slice::<TokenBody>(body) {
+            Ok(b) if !b.token.is_empty() => {
+                s.cfg.token = b.token;
+                Reply::empty(StatusCode::NO_CONTENT)
+            }
+            _ => bad("/_sim/token takes {\"token\": \"<new token>\"}".into(), cid),
+        },
         ("/_sim/refuse", Method::DELETE) => {
             s.refused.clear();
             Reply::empty(StatusCode::NO_CONTENT)
@@ -547,7 +565,7 @@ fn sim_hook(state: &Shared, method: &Method, path: &str, uri: &Uri, body: &[u8])
         (p, m) => {
             let allow = match p {
                 "/_sim/contacts" | "/_sim/archived" | "/_sim/properties" | "/_sim/stats" => Some("GET"),
-                "/_sim/consume" | "/_sim/reset" => Some("POST"),
+                "/_sim/consume" | "/_sim/reset" | "/_sim/token" => Some("POST"),
                 "/_sim/refuse" => Some("POST, DELETE"),
                 _ => None,
             };

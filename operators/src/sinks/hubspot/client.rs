@@ -128,6 +128,8 @@ pub struct Settings {
     pub token: String,
     /// How to name the token in messages (its variable), never its value.
     pub token_source: String,
+    /// Resolves the token's secret again after a 401 (it was rotated).
+    pub rotation: Option<std::sync::Arc<dyn crate::api::Rotation>>,
     /// (requests, per, daily)
     pub limit: Option<(u32, Duration, Option<u64>)>,
     /// Requests allowed per day: a client-side budget, so the daily limit
@@ -154,6 +156,11 @@ enum Circuit {
 
 pub struct Client {
     s: Settings,
+    /// The token in use: replaced when a 401 finds its secret rotated.
+    token: std::sync::RwLock<String>,
+    /// One re-resolution at a time; requests refused meanwhile retry with
+    /// whatever it found.
+    rotating: tokio::sync::Mutex<()>,
     http: reqwest::Client,
     limiter: Option<DefaultDirectRateLimiter>,
     /// Set from HubSpot's headers: nobody sends before this instant.
@@ -172,6 +179,11 @@ enum Attempt {
     Done(Answer),
     /// Wait this long, then try again without counting an attempt.
     RateLimited(Duration),
+    /// 401 with this token: rotated, or refused for good.
+    Unauthorized {
+        used: String,
+        refusal: OperatorError,
+    },
     /// 423: the records are locked by other writes; wait at least 2 s.
     Locked,
     /// Transient: counts against max_attempts and the breaker.
@@ -201,6 +213,8 @@ impl Client {
         };
         metrics::gauge!("engine_hubspot_circuit_state", "operator" => s.operator.clone()).set(0.0);
         Ok(Client {
+            token: std::sync::RwLock::new(s.token.clone()),
+            rotating: tokio::sync::Mutex::new(()),
             s,
             http,
             limiter,
@@ -372,7 +386,40 @@ impl Client {
                     tracing::warn!(attempt, error = %why, wait_ms = wait.as_millis() as u64, "HubSpot request failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
+                Attempt::Unauthorized { used, refusal } => {
+                    if !self.rotated(&used).await {
+                        return Err(refusal);
+                    }
+                }
                 Attempt::Fatal(e) => return Err(e),
+            }
+        }
+    }
+
+    /// After a 401: whether the token's secret resolves to a new value now
+    /// (then it is in use and the request goes again). Resolved once per
+    /// refusal; a value that did not change means the refusal stands.
+    async fn rotated(&self, used: &str) -> bool {
+        let Some(rotation) = &self.s.rotation else { return false };
+        let _one = self.rotating.lock().await;
+        if *self.token.read().unwrap_or_else(|e| e.into_inner()) != used {
+            // Another request already found the new value.
+            return true;
+        }
+        match rotation.refresh("token").await {
+            Ok(Some(fresh)) if fresh != used && !fresh.is_empty() => {
+                *self.token.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                tracing::warn!(
+                    credential = %rotation.describe("token"),
+                    "HubSpot refused the token (401) and its secret now holds a new value: the credential was rotated; going on with it"
+                );
+                metrics::counter!("engine_secret_rotations_total", "operator" => self.s.operator.clone()).increment(1);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(credential = %rotation.describe("token"), error = %e, "resolving the token again after a 401 failed");
+                false
             }
         }
     }
@@ -506,7 +553,8 @@ impl Client {
     async fn attempt(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Attempt {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let mut req = self.http.request(method, self.url(path)).bearer_auth(&self.s.token);
+        let token = self.token.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(&token);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -533,11 +581,16 @@ impl Client {
         let answer = Answer { status, body };
         match status {
             200..=299 => Attempt::Done(answer),
-            401 | 403 => Attempt::Fatal(OperatorError::Data(format!(
-                "HubSpot refused {} ({}): check that it is a valid private-app token or service key with the CRM scopes the sink needs (contacts read/write, and schema read/write to create properties)",
-                self.s.token_source,
-                answer.describe()
-            ))),
+            401 | 403 => {
+                let refusal = OperatorError::Data(format!(
+                    "HubSpot refused {} ({}): check that it is a valid private-app token or service key with the CRM scopes the sink needs (contacts read/write, and schema read/write to create properties)",
+                    self.s.token_source,
+                    answer.describe()
+                ));
+                // 403 is a missing scope: a new value of the same secret
+                // would not fix it.
+                if status == 401 { Attempt::Unauthorized { used: token, refusal } } else { Attempt::Fatal(refusal) }
+            }
             423 => Attempt::Locked,
             429 => {
                 let policy = answer.field("policyName");
@@ -699,6 +752,7 @@ mod tests {
             object: "contacts".into(),
             token: "sim-token".into(),
             token_source: "the token".into(),
+            rotation: None,
             limit: None,
             daily: None,
             concurrency: 1,

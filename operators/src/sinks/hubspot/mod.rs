@@ -275,9 +275,12 @@ pub fn build(ctx: &BuildContext, cfg: HubSpotConfig) -> Result<HubSpotSink, Oper
         Mode::Outbox { loc, parts, writer: None }
     } else {
         let vars = variables(&ctx.raw_options["token"]);
-        let token_source = match vars.first() {
-            Some(v) => format!("the token from ${v}"),
-            None => "the `token` option's value".to_string(),
+        let token_source = match (vars.first(), &ctx.rotation) {
+            (_, Some(r)) if r.describe("token").starts_with("SECRET[") => {
+                format!("the token from {}", r.describe("token"))
+            }
+            (Some(v), _) => format!("the token from ${v}"),
+            _ => "the `token` option's value".to_string(),
         };
         let limit = match &cfg.rate_limit {
             Some(r) => Some((r.requests, parse_duration(&r.per).map_err(cfg_err)?, r.daily)),
@@ -297,6 +300,7 @@ pub fn build(ctx: &BuildContext, cfg: HubSpotConfig) -> Result<HubSpotSink, Oper
             object: cfg.object.clone(),
             token,
             token_source,
+            rotation: ctx.rotation.clone(),
             limit,
             daily: cfg.rate_limit.as_ref().and_then(|r| r.daily),
             concurrency: cfg.concurrency,
@@ -929,7 +933,13 @@ mod tests {
             "id": "{Name}", "properties": { "firstname": "{Name}" }, "linger_ms": 50
         }))
         .unwrap();
-        let ctx = BuildContext { pipeline: "p".into(), id: "crm".into(), batch_size: 10, raw_options: Value::Null };
+        let ctx = BuildContext {
+            pipeline: "p".into(),
+            id: "crm".into(),
+            batch_size: 10,
+            raw_options: Value::Null,
+            rotation: None,
+        };
         let mut sink = build(&ctx, cfg).unwrap();
         let mut out = Collector::new("crm", vec![], Arc::new(OperatorStats::default()), Default::default());
         assert_eq!(sink.idle_after(), None, "nothing pending, nothing to linger for");

@@ -61,6 +61,18 @@ impl Pool {
         }
     }
 
+    /// Connections opened from now on log in with `url` (a rotated
+    /// password); open ones stay as they are.
+    pub fn set_url(&self, url: &str, tls: &Tls) -> Result<(), String> {
+        match self {
+            Pool::MySql(p) => {
+                p.set_connect_options(mysql_options(url, tls)?);
+                Ok(())
+            }
+            Pool::Sqlite(_) => Ok(()),
+        }
+    }
+
     pub async fn close(&self) {
         match self {
             Pool::MySql(p) => p.close().await,
@@ -96,22 +108,34 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+fn mysql_options(url: &str, tls: &Tls) -> Result<MySqlConnectOptions, String> {
+    let shown = redact(url);
+    let url = url.replacen("mariadb://", "mysql://", 1);
+    let mut opts = MySqlConnectOptions::from_str(&url).map_err(|e| format!("invalid URL {shown}: {e}"))?;
+    opts = opts.charset("utf8mb4");
+    if let Some(mode) = &tls.ssl_mode {
+        let m = MySqlSslMode::from_str(mode).map_err(|_| {
+            format!("ssl_mode `{mode}` is not one of disabled, preferred, required, verify_ca, verify_identity")
+        })?;
+        opts = opts.ssl_mode(m);
+    }
+    if let Some(ca) = &tls.ssl_ca {
+        opts = opts.ssl_ca(ca);
+    }
+    Ok(opts)
+}
+
+/// Access denied (MySQL 1045): the password no longer works, perhaps
+/// rotated in the vault.
+pub fn is_access_denied(e: &sqlx::Error) -> bool {
+    mysql_number(e) == Some(1045)
+}
+
 pub async fn connect(url: &str, connections: u32, tls: &Tls) -> Result<Pool, String> {
     let shown = redact(url);
     match dialect_of(url) {
         Some(Dialect::MySql) => {
-            let url = url.replacen("mariadb://", "mysql://", 1);
-            let mut opts = MySqlConnectOptions::from_str(&url).map_err(|e| format!("invalid URL {shown}: {e}"))?;
-            opts = opts.charset("utf8mb4");
-            if let Some(mode) = &tls.ssl_mode {
-                let m = MySqlSslMode::from_str(mode).map_err(|_| {
-                    format!("ssl_mode `{mode}` is not one of disabled, preferred, required, verify_ca, verify_identity")
-                })?;
-                opts = opts.ssl_mode(m);
-            }
-            if let Some(ca) = &tls.ssl_ca {
-                opts = opts.ssl_ca(ca);
-            }
+            let opts = mysql_options(url, tls)?;
             let pool = MySqlPoolOptions::new()
                 .max_connections(connections.max(1))
                 .acquire_timeout(Duration::from_secs(30))

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::api::{BuildContext, Collector, Operator, OperatorError, Resume, Snapshot};
 use crate::batch::{Barrier, Batch};
-use db::{Dialect, Pool, Tls, describe, is_transient, redact};
+use db::{Dialect, Pool, Tls, describe, is_access_denied, is_transient, redact};
 
 /// Where the writer records the last epoch it committed, in the same
 /// transaction as that epoch's rows.
@@ -123,6 +123,11 @@ struct Shared {
     max_packet: usize,
     pipeline: String,
     sink: String,
+    /// Resolves `url` again when a new connection is refused (1045).
+    rotation: Option<Arc<dyn crate::api::Rotation>>,
+    tls: Tls,
+    /// The URL new connections use, after rotations.
+    url: tokio::sync::Mutex<String>,
 }
 
 pub struct SqlSink {
@@ -311,6 +316,9 @@ impl SqlSink {
             max_packet,
             pipeline: self.ctx.pipeline.clone(),
             sink: self.ctx.id.clone(),
+            rotation: self.ctx.rotation.clone(),
+            tls,
+            url: tokio::sync::Mutex::new(self.cfg.url.clone()),
         });
         self.shared = Some(shared.clone());
         Ok(shared)
@@ -561,9 +569,23 @@ where
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
     let mut attempt = 1;
+    let mut rotated = false;
     loop {
         match op().await {
             Ok(v) => return Ok(v),
+            Err(e) if is_access_denied(&e) && !rotated => {
+                // Once per failure: a value that did not change means the
+                // refusal stands.
+                rotated = true;
+                if !rotate(s).await {
+                    return Err(OperatorError::Data(format!(
+                        "{what} table `{}` at {}: {}",
+                        s.table,
+                        s.shown_url,
+                        describe(&e)
+                    )));
+                }
+            }
             Err(e) if is_transient(&e) && attempt < s.max_attempts => {
                 let wait = crate::backoff::full_jitter(crate::backoff::cap(Duration::from_millis(100), attempt, 7));
                 tracing::warn!(
@@ -586,6 +608,36 @@ where
                     describe(&e)
                 )));
             }
+        }
+    }
+}
+
+/// After an access-denied: whether `url`'s secret now resolves to a new
+/// value (then new connections use it).
+async fn rotate(s: &Shared) -> bool {
+    let Some(rotation) = &s.rotation else { return false };
+    let mut url = s.url.lock().await;
+    match rotation.refresh("url").await {
+        Ok(Some(fresh)) if fresh != *url => match s.pool.set_url(&fresh, &s.tls) {
+            Ok(()) => {
+                *url = fresh;
+                tracing::warn!(
+                    credential = %rotation.describe("url"),
+                    table = %s.table,
+                    "the database refused the login (access denied) and the URL's secret now holds a new value: the credential was rotated; going on with it"
+                );
+                metrics::counter!("engine_secret_rotations_total", "operator" => s.sink.clone()).increment(1);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the rotated URL is unusable");
+                false
+            }
+        },
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(credential = %rotation.describe("url"), error = %e, "resolving the URL again after an access-denied failed");
+            false
         }
     }
 }
@@ -825,6 +877,7 @@ mod tests {
             id: "db".into(),
             batch_size: 10,
             raw_options: serde_json::Value::Null,
+            rotation: None,
         };
         let cfg: SqlSinkConfig = serde_json::from_value(serde_json::json!({
             "url": url, "table": "t", "key": ["name"], "columns": { "name": "n", "c": "c" }
