@@ -125,6 +125,24 @@ fn mysql_options(url: &str, tls: &Tls) -> Result<MySqlConnectOptions, String> {
     Ok(opts)
 }
 
+/// Whether `table` exists in the connection's database. Checked before any
+/// `CREATE TABLE IF NOT EXISTS`: MySQL demands the CREATE privilege for that
+/// statement even when the table is there, and a least-privilege loader has
+/// none.
+pub async fn table_exists<'c, E>(executor: E, dialect: Dialect, table: &str) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::MySql>,
+{
+    debug_assert_eq!(dialect, Dialect::MySql);
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+    )
+    .bind(table)
+    .fetch_one(executor)
+    .await?;
+    Ok(n > 0)
+}
+
 /// Access denied (MySQL 1045): the password no longer works, perhaps
 /// rotated in the vault.
 pub fn is_access_denied(e: &sqlx::Error) -> bool {

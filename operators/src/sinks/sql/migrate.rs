@@ -91,6 +91,11 @@ async fn exec(pool: &Pool, sql: &str) -> Result<(), sqlx::Error> {
 }
 
 async fn ensure_table(pool: &Pool) -> Result<(), MigrateError> {
+    if let Pool::MySql(p) = pool
+        && super::db::table_exists(p, Dialect::MySql, STATUS_TABLE).await.map_err(db)?
+    {
+        return Ok(());
+    }
     let sql = match pool.dialect() {
         Dialect::MySql => format!(
             "CREATE TABLE IF NOT EXISTS {STATUS_TABLE} (version BIGINT PRIMARY KEY, name VARCHAR(255) NOT NULL, \
@@ -158,7 +163,8 @@ fn now() -> String {
     format!("{secs}")
 }
 
-/// Applies every pending migration in order; returns what was applied.
+/// Applies every pending migration in order, and creates the engine's own
+/// tables when missing; returns what was applied.
 pub async fn up(pool: &Pool, dir: &Path) -> Result<Vec<Migration>, MigrateError> {
     let (_, pending) = status(pool, dir).await?;
     for m in &pending {
@@ -175,6 +181,7 @@ pub async fn up(pool: &Pool, dir: &Path) -> Result<Vec<Migration>, MigrateError>
         exec(pool, &insert).await.map_err(db)?;
         tracing::info!(version = m.version, name = %m.name, "migration applied");
     }
+    super::ensure_engine_tables(pool).await.map_err(db)?;
     Ok(pending)
 }
 

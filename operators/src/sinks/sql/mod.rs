@@ -350,13 +350,9 @@ impl SqlSink {
                     let digest = sha2::Sha256::digest(name.as_bytes());
                     name = format!("engine:{}", digest.iter().take(20).map(|b| format!("{b:02x}")).collect::<String>());
                 }
-                sqlx::raw_sql(
-                    "CREATE TABLE IF NOT EXISTS engine_sink_locks (name VARCHAR(191) NOT NULL PRIMARY KEY, \
-                     holder TEXT NOT NULL) DEFAULT CHARSET=utf8mb4",
-                )
-                .execute(&mut conn)
-                .await
-                .map_err(db_err)?;
+                if !db::table_exists(&mut conn, Dialect::MySql, "engine_sink_locks").await.map_err(db_err)? {
+                    sqlx::raw_sql(LOCKS_DDL).execute(&mut conn).await.map_err(db_err)?;
+                }
                 let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
                     .bind(&name)
                     .fetch_one(&mut conn)
@@ -433,8 +429,24 @@ impl SqlSink {
     }
 }
 
+const LOCKS_DDL: &str = "CREATE TABLE IF NOT EXISTS engine_sink_locks (name VARCHAR(191) NOT NULL PRIMARY KEY, \
+     holder TEXT NOT NULL) DEFAULT CHARSET=utf8mb4";
+
+/// The engine's own tables (`engine_sink_locks`, `engine_sink_commits`),
+/// created by whoever migrates: a loader with only SELECT, INSERT, UPDATE and
+/// DELETE then never needs CREATE.
+pub(crate) async fn ensure_engine_tables(pool: &Pool) -> Result<(), sqlx::Error> {
+    if let Pool::MySql(p) = pool
+        && !db::table_exists(p, Dialect::MySql, "engine_sink_locks").await?
+    {
+        sqlx::raw_sql(LOCKS_DDL).execute(p).await?;
+    }
+    ensure_commits_table(pool).await
+}
+
 async fn ensure_commits_table(pool: &Pool) -> Result<(), sqlx::Error> {
     match pool {
+        Pool::MySql(p) if db::table_exists(p, Dialect::MySql, COMMITS_TABLE).await? => Ok(()),
         Pool::MySql(p) => sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS engine_sink_commits (pipeline VARCHAR(191) NOT NULL, sink VARCHAR(191) NOT NULL, \
              epoch BIGINT NOT NULL, PRIMARY KEY (pipeline, sink)) DEFAULT CHARSET=utf8mb4",
