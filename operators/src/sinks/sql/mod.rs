@@ -128,6 +128,9 @@ struct Shared {
     tls: Tls,
     /// The URL new connections use, after rotations.
     url: tokio::sync::Mutex<String>,
+    /// How many rotations happened: a refusal of an attempt that started
+    /// before the last one just tries again.
+    rotations: std::sync::atomic::AtomicU64,
 }
 
 pub struct SqlSink {
@@ -319,6 +322,7 @@ impl SqlSink {
             rotation: self.ctx.rotation.clone(),
             tls,
             url: tokio::sync::Mutex::new(self.cfg.url.clone()),
+            rotations: Default::default(),
         });
         self.shared = Some(shared.clone());
         Ok(shared)
@@ -583,13 +587,14 @@ where
     let mut attempt = 1;
     let mut rotated = false;
     loop {
+        let generation = s.rotations.load(std::sync::atomic::Ordering::Acquire);
         match op().await {
             Ok(v) => return Ok(v),
             Err(e) if is_access_denied(&e) && !rotated => {
                 // Once per failure: a value that did not change means the
                 // refusal stands.
                 rotated = true;
-                if !rotate(s).await {
+                if !rotate(s, generation).await {
                     return Err(OperatorError::Data(format!(
                         "{what} table `{}` at {}: {}",
                         s.table,
@@ -625,14 +630,20 @@ where
 }
 
 /// After an access-denied: whether `url`'s secret now resolves to a new
-/// value (then new connections use it).
-async fn rotate(s: &Shared) -> bool {
+/// value (then new connections use it), or already did since the refused
+/// attempt started (`generation`).
+async fn rotate(s: &Shared, generation: u64) -> bool {
     let Some(rotation) = &s.rotation else { return false };
     let mut url = s.url.lock().await;
+    if s.rotations.load(std::sync::atomic::Ordering::Acquire) != generation {
+        // Another batch already found the new value while this one ran.
+        return true;
+    }
     match rotation.refresh("url").await {
         Ok(Some(fresh)) if fresh != *url => match s.pool.set_url(&fresh, &s.tls) {
             Ok(()) => {
                 *url = fresh;
+                s.rotations.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 tracing::warn!(
                     credential = %rotation.describe("url"),
                     table = %s.table,
