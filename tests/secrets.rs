@@ -431,7 +431,12 @@ fn secrets_canary_no_secret_in_any_output() {
         stderr(&o)
     );
     printed.push(("wrong token".into(), [o.stdout, o.stderr].concat()));
-    for cmd in [vec!["graph", &file], vec!["checkpoints", "list", &file], vec!["validate", "--resolve", &file]] {
+    for cmd in [
+        vec!["graph", &file],
+        vec!["checkpoints", "list", &file],
+        vec!["checkpoints", "show", &file],
+        vec!["validate", "--resolve", &file],
+    ] {
         let o = run_env(&cmd, &env_for("ok", "db_password", "prod"));
         printed.push((cmd.join(" "), [o.stdout, o.stderr].concat()));
     }

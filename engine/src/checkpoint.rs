@@ -123,17 +123,21 @@ pub fn fingerprint(p: &Pipeline) -> BTreeMap<String, Value> {
     p.components
         .iter()
         .map(|c| {
+            // Options as written, references unresolved: a rotated secret
+            // does not change the graph, and no resolved value reaches the
+            // store.
+            let written = c.unresolved.as_ref().unwrap_or(&c.options);
             let mut opts: serde_json::Map<String, Value> = c
                 .kind
                 .state_options
                 .iter()
-                .filter_map(|k| c.options.get(*k).map(|v| (k.to_string(), v.clone())))
+                .filter_map(|k| written.get(*k).map(|v| (k.to_string(), v.clone())))
                 .collect();
             // Whether a sink's token is set (a HubSpot sink online or
             // writing an outbox), never the token: resuming an online run
             // offline would send the rest to a file. (A source's token only
             // says how it logs in.)
-            if let Some(t) = c.options.get("token").filter(|_| c.role == Role::Sink) {
+            if let Some(t) = written.get("token").filter(|_| c.role == Role::Sink) {
                 opts.insert(
                     "token".into(),
                     json!(if t.as_str().is_some_and(|t| !t.is_empty()) { "set" } else { "unset" }),
@@ -384,6 +388,11 @@ pub enum Report {
 pub struct SourceLink {
     pub op: usize,
     pub requests: watch::Receiver<u64>,
+    /// The last epoch before this run's first: every request above it is
+    /// this run's to serve. Fixed when the run is wired, never read from
+    /// `requests`: a coordinator quick enough to ask for the first epoch
+    /// before the source task first runs must still get its barrier.
+    pub start_epoch: u64,
     pub reports: mpsc::UnboundedSender<Report>,
     /// The coordinator will ask for no more barriers.
     pub no_more: CancellationToken,

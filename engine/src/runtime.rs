@@ -626,6 +626,7 @@ impl<'p> Runner<'p> {
                     let link = w.reports_tx.as_ref().map(|tx| SourceLink {
                         op: i,
                         requests: w.requests_rx.clone(),
+                        start_epoch: self.session.as_ref().map(|s| s.last_epoch()).unwrap_or(0),
                         reports: tx.clone(),
                         no_more: w.no_more.clone(),
                     });
@@ -966,7 +967,10 @@ async fn source_task(
     abort: CancellationToken,
     mut link: Option<SourceLink>,
 ) -> Result<(), OperatorError> {
-    let mut injected = link.as_ref().map(|l| *l.requests.borrow()).unwrap_or(0);
+    // Not `requests.borrow()`: the coordinator may already have asked for
+    // the first epoch, and reading that as served would leave it waiting
+    // forever for this source's barrier.
+    let mut injected = link.as_ref().map(|l| l.start_epoch).unwrap_or(0);
     let complete = loop {
         // Checked between steps, never mid-step, so a batch is either sent to
         // every edge of its port or to none, and a barrier never splits one.
