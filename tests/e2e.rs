@@ -1,5 +1,6 @@
 //! Integration tests: the real `engine` binary on real files.
 
+mod alerts;
 mod config_limits;
 mod crash;
 mod csv_sink;

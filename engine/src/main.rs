@@ -626,7 +626,8 @@ async fn run(
     let control = Control::default();
     spawn_signal_handler(control.clone());
 
-    tracing::info!(pipeline = %pipeline.name, file = %pipeline.file.display(), "starting");
+    let run_id = engine::notify::run_id();
+    tracing::info!(pipeline = %pipeline.name, file = %pipeline.file.display(), run = %run_id, "starting");
     match &session {
         Some(s) => tracing::info!(
             store = %engine::checkpoint::store_dir(&pipeline).display(),
@@ -654,6 +655,7 @@ async fn run(
     bar.finish();
 
     print!("{}", report::summary(&report));
+    engine::notify::send(&pipeline, &report, &run_id).await;
     match &report.outcome {
         runtime::Outcome::Failed { operator, error } => eprintln!("error: operator `{operator}` failed: {error}"),
         runtime::Outcome::Interrupted { signal } | runtime::Outcome::Aborted { signal } => {

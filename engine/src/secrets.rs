@@ -53,6 +53,14 @@ pub fn references(p: &Pipeline) -> BTreeMap<Reference, Vec<String>> {
         };
         walk_strings(&c.options, &mut String::new(), &mut visit);
     }
+    for (name, table) in &p.alerts {
+        let mut visit = |path: &str, s: &str| {
+            for (_, r) in secrets::reference::scan(s).unwrap_or_default() {
+                out.entry(r).or_default().push(format!("alerts.{name}.{path}"));
+            }
+        };
+        walk_strings(table, &mut String::new(), &mut visit);
+    }
     out
 }
 
@@ -87,6 +95,9 @@ pub async fn resolve(p: &mut Pipeline) -> Result<Option<Arc<Resolver>>, Unresolv
             c.unresolved = Some(before);
             c.rotation = crate::config::RotationSlot(rotator(&resolver, c));
         }
+    }
+    for table in p.alerts.values_mut() {
+        *table = map_strings(table, &mut |s| Some(substitute(s, &ok)));
     }
     Ok(resolver)
 }

@@ -27,44 +27,11 @@
 # "Key Vault Secrets User" role on the vault (Azure RBAC vaults), or an
 # access policy with the `get` secret permission (access-policy vaults).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/exec-protocol.sh"
 
 default_vault=${AZURE_KEYVAULT_NAME:-}
 
-die() { echo "azure-keyvault.sh: $*" >&2; exit 1; }
-command -v jq >/dev/null || die "jq is not on PATH (see scripts/ensure-jq)"
-command -v az >/dev/null || die "the az CLI is not on PATH"
-
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-results="$tmp/results"
-: >"$results"
-
-cat >"$tmp/request"
-jq -e -s 'length == 1 and (.[0] | type == "object" and .version == "1.0"
-        and (.secrets | type == "array" and all(.[]; type == "string" and (contains("\n") | not))))' \
-    "$tmp/request" >/dev/null 2>&1 ||
-    die 'stdin is not one request {"version":"1.0","secrets":["key",...]} (keys are strings without newlines)'
-jq -r '.secrets[]' "$tmp/request" >"$tmp/keys"
-
-# What the CLI said on stderr, on one line: it names the vault or secret and
-# the failure, never a value.
-cli_message() {
-    local msg
-    # The first ERROR line if there is one (az and gcloud say it all there),
-    # else every line joined (vault's API errors span several).
-    msg=$(grep -m 1 '^ERROR' "$1") ||
-        msg=$(grep -v -e '^[[:space:]]*$' -e '^WARNING' "$1" | tr -s '[:space:]' ' ') || true
-    msg=$(printf '%s' "$msg" | tr -s '[:space:]' ' ')
-    msg=${msg% }
-    if ((${#msg} > 400)); then
-        msg="${msg:0:400}…"
-    fi
-    printf '%s' "${msg:-no message on stderr}"
-}
-
-fail() { # key message
-    jq -cn --arg k "$1" --arg e "$1: $2" '{($k): {value: null, error: $e}}' >>"$results"
-}
+exec_protocol_begin az
 
 # Key Vault's own naming rules (which also keep names from reading as flags).
 vault_re='^[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]$'
@@ -97,23 +64,15 @@ while IFS= read -r key; do
         fail "$key" "\"$name\" is not a valid secret name (letters, digits and '-')"
         continue
     fi
-    # stdin from /dev/null: the CLI must not read the key list.
-    if az keyvault secret show --vault-name "$vault" --name "$name" -o json \
-        </dev/null >"$tmp/out" 2>"$tmp/err"; then
-        if ! jq -c --arg k "$key" --arg s "$vault/$name" '
+    if run_cli "$key" "az keyvault secret show $vault/$name" \
+        az keyvault secret show --vault-name "$vault" --name "$name" -o json; then
+        add_json_entry "$key" "az keyvault secret show" '
             if (.value | type) == "string" then
                 {($k): {value: .value, error: null}}
               else
                 {($k): {value: null, error: "\($k): secret \($s) has no value"}}
-              end' "$tmp/out" >"$tmp/entry" 2>/dev/null; then
-            fail "$key" "az keyvault secret show printed something that is not the expected JSON"
-            continue
-        fi
-        cat "$tmp/entry" >>"$results"
-    else
-        status=$?
-        fail "$key" "az keyvault secret show $vault/$name failed (exit $status): $(cli_message "$tmp/err")"
+              end' --arg s "$vault/$name"
     fi
 done <"$tmp/keys"
 
-jq -cs 'add // {}' "$results"
+exec_protocol_answer

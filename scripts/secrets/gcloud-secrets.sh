@@ -35,44 +35,11 @@
 # Permissions: the identity needs roles/secretmanager.secretAccessor on each
 # secret (or on the project).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/exec-protocol.sh"
 
 project=${CLOUDSDK_CORE_PROJECT:-${GOOGLE_CLOUD_PROJECT:-}}
 
-die() { echo "gcloud-secrets.sh: $*" >&2; exit 1; }
-command -v jq >/dev/null || die "jq is not on PATH (see scripts/ensure-jq)"
-command -v gcloud >/dev/null || die "the gcloud CLI is not on PATH"
-
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-results="$tmp/results"
-: >"$results"
-
-cat >"$tmp/request"
-jq -e -s 'length == 1 and (.[0] | type == "object" and .version == "1.0"
-        and (.secrets | type == "array" and all(.[]; type == "string" and (contains("\n") | not))))' \
-    "$tmp/request" >/dev/null 2>&1 ||
-    die 'stdin is not one request {"version":"1.0","secrets":["key",...]} (keys are strings without newlines)'
-jq -r '.secrets[]' "$tmp/request" >"$tmp/keys"
-
-# What the CLI said on stderr, on one line: it names the secret and the
-# failure, never a value.
-cli_message() {
-    local msg
-    # The first ERROR line if there is one (gcloud says it all there), else
-    # every line joined.
-    msg=$(grep -m 1 '^ERROR' "$1") ||
-        msg=$(grep -v -e '^[[:space:]]*$' -e '^WARNING' "$1" | tr -s '[:space:]' ' ') || true
-    msg=$(printf '%s' "$msg" | tr -s '[:space:]' ' ')
-    msg=${msg% }
-    if ((${#msg} > 400)); then
-        msg="${msg:0:400}…"
-    fi
-    printf '%s' "${msg:-no message on stderr}"
-}
-
-fail() { # key message
-    jq -cn --arg k "$1" --arg e "$1: $2" '{($k): {value: null, error: $e}}' >>"$results"
-}
+exec_protocol_begin gcloud
 
 # Secret Manager's naming rules (which also keep names from reading as flags).
 secret_re='^(projects/[a-z0-9][a-z0-9.:-]*/secrets/)?[A-Za-z0-9_-]{1,255}$'
@@ -98,17 +65,13 @@ while IFS= read -r key; do
         fail "$key" "\"$version\" is not a version: expected a number or 'latest'"
         continue
     fi
-    # stdin from /dev/null: the CLI must not read the key list.
-    if gcloud secrets versions access "$version" --secret="$secret" ${project_args[@]+"${project_args[@]}"} \
-        </dev/null >"$tmp/out" 2>"$tmp/err"; then
+    if run_cli "$key" "gcloud secrets versions access $version --secret=$secret" \
+        gcloud secrets versions access "$version" --secret="$secret" ${project_args[@]+"${project_args[@]}"}; then
         # -R -s: the whole payload as one string, byte for byte.
         jq -c -R -s --arg k "$key" \
             '{($k): {value: (if endswith("\n") then .[:-1] else . end), error: null}}' \
             "$tmp/out" >>"$results"
-    else
-        status=$?
-        fail "$key" "gcloud secrets versions access $version --secret=$secret failed (exit $status): $(cli_message "$tmp/err")"
     fi
 done <"$tmp/keys"
 
-jq -cs 'add // {}' "$results"
+exec_protocol_answer

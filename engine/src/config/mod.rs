@@ -22,7 +22,7 @@ pub const DEFAULT_CHANNEL_CAPACITY: usize = 4;
 
 /// Options every component accepts, handled by the engine itself.
 const COMMON: &[&str] = &["kind", "inputs", "deletes", "batch_size", "channel_capacity"];
-const TOP_LEVEL: &[&str] = &["pipeline", "secrets", "sources", "transforms", "sinks"];
+const TOP_LEVEL: &[&str] = &["pipeline", "secrets", "sources", "transforms", "sinks", "alerts"];
 const PIPELINE_KEYS: &[&str] = &["name", "description", "batch_size", "channel_capacity", "checkpoint"];
 const CHECKPOINT_KEYS: &[&str] = &["interval", "rows", "dir", "keep"];
 
@@ -88,6 +88,9 @@ pub struct Pipeline {
     pub source_text: String,
     /// `[secrets.<name>]`: the backends `SECRET[name.key]` references use.
     pub secrets: BTreeMap<String, secrets::BackendSpec>,
+    /// `[alerts.<name>]` tables, interpolated and checked; `SECRET[...]`
+    /// references in them are resolved with the components'.
+    pub alerts: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -185,6 +188,7 @@ pub fn load_str(path: &Path, source: &str, lookup: &dyn Fn(&str) -> Option<Strin
         Some(mut p) if !errors => {
             derive::hubspot_enumerations(&mut p.components);
             register_credentials(&p.components);
+            register_alert_credentials(&p.alerts);
             Ok(Pipeline { warnings: checker.diags, ..p })
         }
         _ => Err(ConfigErrors {
@@ -232,6 +236,7 @@ impl Checker<'_> {
         self.interpolate(&mut root, &mut Vec::new());
         let secrets = self.secret_backends(&root);
         self.secret_references(&root, &secrets);
+        let alerts = self.alerts(&root);
         let table = root.value.as_table().unwrap_or(&[]);
         for (k, _) in table {
             if !TOP_LEVEL.contains(&k.name.as_str()) {
@@ -466,6 +471,7 @@ impl Checker<'_> {
             warnings: Vec::new(),
             source_text: source.to_string(),
             secrets,
+            alerts,
         })
     }
 
@@ -842,6 +848,39 @@ impl Checker<'_> {
         out
     }
 
+    /// `[alerts.<name>]` tables, each checked as the receiver it declares.
+    fn alerts(&mut self, root: &Node) -> BTreeMap<String, serde_json::Value> {
+        let mut out = BTreeMap::new();
+        let Some((key, section)) = root.get("alerts") else { return out };
+        let Some(entries) = section.value.as_table() else {
+            self.err(
+                format!("`alerts` must be a table of receivers, found {}", section.value.type_name()),
+                key.span.clone(),
+            );
+            return out;
+        };
+        for (name, node) in entries {
+            let value = node.value.to_json();
+            match alerts::AlertSpec::from_json(&crate::secrets::placeholders(&value)) {
+                Ok(_) => {
+                    out.insert(name.name.clone(), value);
+                }
+                Err(message) => {
+                    let span = quoted_value(node, &message)
+                        .or_else(|| {
+                            backticked_after(&message, "field")
+                                .first()
+                                .and_then(|f| node.get(f).map(|(k, _)| k.span.clone()))
+                        })
+                        .unwrap_or_else(|| name.span.clone());
+                    self.err(format!("[alerts.{}]: {message}", name.name), span).help =
+                        Some(format!("kinds: {}", alerts::KINDS.join(", ")));
+                }
+            }
+        }
+        out
+    }
+
     /// Every `SECRET[backend.key]` in a component names a declared backend
     /// and is well formed; none appears where nothing would resolve it.
     fn secret_references(&mut self, root: &Node, declared: &BTreeMap<String, secrets::BackendSpec>) {
@@ -853,7 +892,7 @@ impl Checker<'_> {
                 continue;
             }
             let section = path.first().map(String::as_str).unwrap_or("");
-            if !matches!(section, "sources" | "transforms" | "sinks") {
+            if !matches!(section, "sources" | "transforms" | "sinks" | "alerts") {
                 self.err(
                     format!("secret references are resolved only in component options, not in `{}`", path.join(".")),
                     node.span.clone(),
@@ -972,6 +1011,16 @@ fn register_credentials(components: &[Component]) {
     }
     for c in components {
         walk("", &c.options);
+    }
+}
+
+/// A receiver's credentials (a routing key, a Slack webhook URL) as written
+/// or from `${VAR}`; references are registered when they resolve.
+fn register_alert_credentials(alerts: &BTreeMap<String, serde_json::Value>) {
+    for table in alerts.values() {
+        if let Ok(spec) = alerts::AlertSpec::from_json(table) {
+            spec.credentials().into_iter().filter(|c| !c.contains("SECRET[")).for_each(secrets::redact::register);
+        }
     }
 }
 

@@ -1,0 +1,227 @@
+//! Alerts from `engine run`, delivered over real HTTP to a local receiver
+//! that records what it gets: a failure pages (PagerDuty, Slack, webhook
+//! shapes), the next success resolves with the same dedup key, a third run
+//! says nothing; a receiver that fails twice gets the alert once, and one
+//! that never answers does not fail the run.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::out_dir;
+use crate::util::*;
+
+/// An HTTP receiver on 127.0.0.1: answers each request with the next status
+/// of `script` (then 202), records (path, status, body).
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<(String, u16, Value)>>>,
+}
+
+impl Receiver {
+    fn start(script: Vec<u16>) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let log = got.clone();
+        std::thread::spawn(move || {
+            let mut script = script.into_iter();
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                let status = script.next().unwrap_or(202);
+                log.lock().unwrap().push((path, status, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            }
+        });
+        Receiver { port, got }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn take(&self) -> Vec<(String, u16, Value)> {
+        std::mem::take(&mut *self.got.lock().unwrap())
+    }
+}
+
+fn pipeline(dir: &std::path::Path, alerts: &str) -> String {
+    write_pipeline(
+        dir,
+        "alerting.toml",
+        &format!(
+            r#"[pipeline]
+name = "alerting"
+[pipeline.checkpoint]
+dir = "{dir}/checkpoints"
+
+[sources.names]
+kind = "file"
+path = "${{INPUT}}"
+{SCHEMA}
+
+[sinks.out]
+kind = "file"
+inputs = ["names"]
+path = "{dir}/out.csv"
+
+[sinks.rejects]
+kind = "file"
+inputs = ["names.rejects"]
+path = "{dir}/rejects.ndjson"
+
+{alerts}"#,
+            dir = dir.display()
+        ),
+    )
+}
+
+#[test]
+fn alerts_a_failure_pages_and_the_next_success_resolves_it() {
+    let rx = Receiver::start(vec![]);
+    let dir = out_dir();
+    let mounted = dir.path().join("secrets");
+    std::fs::create_dir_all(&mounted).unwrap();
+    let key = "pd-routing-key-0123456789abcdef";
+    std::fs::write(mounted.join("pagerduty"), key).unwrap();
+    let file = pipeline(
+        dir.path(),
+        &format!(
+            r#"[secrets.mounted]
+kind = "directory"
+path = "{}"
+
+[alerts.oncall]
+kind = "pagerduty"
+routing_key = "SECRET[mounted.pagerduty]"
+url = "{}"
+on = ["failed", "recovered"]
+public_url = "https://engine.example.com"
+
+[alerts.team]
+kind = "slack"
+webhook_url = "{}"
+
+[alerts.hook]
+kind = "webhook"
+url = "{}"
+"#,
+            mounted.display(),
+            rx.url("/pd"),
+            rx.url("/slack"),
+            rx.url("/hook")
+        ),
+    );
+    let sample = repo().join("pipelines/data/NationalNames.sample.csv").display().to_string();
+    let missing = dir.path().join("missing.csv").display().to_string();
+
+    // 1. A failed run pages every receiver.
+    let o = run(&["run", "--no-progress", &file], &[("INPUT", &missing)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!stderr(&o).contains(key));
+    let mut got = rx.take();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let paths: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    assert_eq!(paths, ["/hook", "/pd", "/slack"], "{got:?}");
+    let pd = &got[1].2;
+    assert_eq!(pd["routing_key"], key);
+    assert_eq!(pd["event_action"], "trigger");
+    assert_eq!(pd["dedup_key"], "engine/alerting/failed");
+    assert_eq!(pd["payload"]["severity"], "critical");
+    assert_eq!(pd["payload"]["custom_details"]["operator"], "names");
+    assert!(
+        pd["payload"]["summary"].as_str().unwrap().starts_with("pipeline alerting failed: operator `names`"),
+        "{pd}"
+    );
+    assert!(pd["links"][0]["href"].as_str().unwrap().starts_with("https://engine.example.com/runs/"));
+    let slack = &got[2].2;
+    assert!(
+        slack["blocks"][0]["text"]["text"].as_str().unwrap().starts_with(":red_circle: pipeline alerting failed"),
+        "{slack}"
+    );
+    let hook = &got[0].2;
+    assert_eq!((hook["condition"].as_str(), hook["action"].as_str()), (Some("failed"), Some("trigger")));
+    let run_id = hook["run_id"].as_str().unwrap().to_string();
+    assert!(stderr(&o).contains(&run_id), "the run id is in the logs too");
+
+    // 2. The next success resolves, with the same key.
+    let o = run(&["run", "--no-progress", &file], &[("INPUT", &sample)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut got = rx.take();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[1].2["event_action"], "resolve");
+    assert_eq!(got[1].2["dedup_key"], "engine/alerting/failed");
+    assert_eq!(got[0].2["condition"], "recovered");
+    assert!(got[2].2["text"].as_str().unwrap().contains("recovered"));
+
+    // 3. Another success: nothing to say.
+    let o = run(&["run", "--no-progress", "--from-scratch", &file], &[("INPUT", &sample)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(rx.take().len(), 0);
+}
+
+#[test]
+fn alerts_are_retried_and_never_fail_the_run() {
+    // Fails twice, then accepts: one alert, three attempts.
+    let rx = Receiver::start(vec![503, 500]);
+    let dir = out_dir();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let file = pipeline(
+        dir.path(),
+        &format!(
+            r#"[alerts.hook]
+kind = "webhook"
+url = "{}"
+on = ["rejects_ratio > 0.001"]
+
+[alerts.gone]
+kind = "webhook"
+url = "http://127.0.0.1:{closed}/x"
+on = ["rejects_ratio > 0.001"]
+attempts = 2
+"#,
+            rx.url("/hook")
+        ),
+    );
+    let sample = repo().join("pipelines/data/NationalNames.sample.csv").display().to_string();
+    let o = run(&["run", "--no-progress", &file], &[("INPUT", &sample)]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "an undeliverable alert does not fail the run: {err}");
+    let got = rx.take();
+    let statuses: Vec<u16> = got.iter().map(|g| g.1).collect();
+    assert_eq!(statuses, [503, 500, 202]);
+    assert!(got.iter().all(|g| g.2 == got[2].2), "every attempt carries the same alert");
+    assert_eq!(got[2].2["condition"], "rejects_ratio");
+    assert!(got[2].2["summary"].as_str().unwrap().contains("rows rejected"), "{}", got[2].2);
+    assert!(err.contains("alert not delivered") && err.contains("after 2 attempts"), "{err}");
+
+    // A config error in an alert is a config error, at its place.
+    let bad = pipeline(
+        dir.path(),
+        "[alerts.x]\nkind = \"pagerduty\"\nrouting_key = \"k\"\non = [\"failed\", \"rejects_ratio > 5\"]\n",
+    );
+    let o = run(&["validate", &bad], &[("INPUT", &sample)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("[alerts.x]: `rejects_ratio > 5`: write rejects_ratio > 0.01"), "{}", stderr(&o));
+}
