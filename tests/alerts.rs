@@ -14,10 +14,12 @@ use crate::out_dir;
 use crate::util::*;
 
 /// An HTTP receiver on 127.0.0.1: answers each request with the next status
-/// of `script` (then 202), records (path, status, body).
+/// of `script` (then 202), records (path, status, body), and each body's
+/// bytes with its `x-engine-signature-256` header.
 struct Receiver {
     port: u16,
     got: Arc<Mutex<Vec<(String, u16, Value)>>>,
+    signed: Arc<Mutex<Vec<(Vec<u8>, Option<String>)>>>,
 }
 
 impl Receiver {
@@ -26,6 +28,8 @@ impl Receiver {
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
         let log = got.clone();
+        let signed = Arc::new(Mutex::new(Vec::new()));
+        let sigs = signed.clone();
         std::thread::spawn(move || {
             let mut script = script.into_iter();
             for stream in listener.incoming() {
@@ -37,23 +41,29 @@ impl Receiver {
                 }
                 let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
                 let mut len = 0;
+                let mut sig = None;
                 loop {
                     let mut h = String::new();
                     if r.read_line(&mut h).is_err() || h.trim().is_empty() {
                         break;
                     }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    let lower = h.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
                         len = v.trim().parse().unwrap_or(0);
+                    }
+                    if let Some(v) = lower.strip_prefix("x-engine-signature-256:") {
+                        sig = Some(v.trim().to_string());
                     }
                 }
                 let mut body = vec![0; len];
                 let _ = r.read_exact(&mut body);
                 let status = script.next().unwrap_or(202);
+                sigs.lock().unwrap().push((body.clone(), sig));
                 log.lock().unwrap().push((path, status, serde_json::from_slice(&body).unwrap_or(Value::Null)));
                 let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
             }
         });
-        Receiver { port, got }
+        Receiver { port, got, signed }
     }
 
     fn url(&self, path: &str) -> String {
@@ -194,6 +204,7 @@ fn alerts_are_retried_and_never_fail_the_run() {
 kind = "webhook"
 url = "{}"
 on = ["rejects_ratio > 0.001"]
+hmac_secret = "whsec-alerts-test-5150"
 
 [alerts.gone]
 kind = "webhook"
@@ -215,6 +226,13 @@ attempts = 2
     assert_eq!(got[2].2["condition"], "rejects_ratio");
     assert!(got[2].2["summary"].as_str().unwrap().contains("rows rejected"), "{}", got[2].2);
     assert!(err.contains("alert not delivered") && err.contains("after 2 attempts"), "{err}");
+    // Signed as GitHub signs webhooks: HMAC-SHA256 of the exact body.
+    let signed = rx.signed.lock().unwrap().clone();
+    assert_eq!(signed.len(), 3);
+    for (body, sig) in &signed {
+        assert_eq!(sig.as_deref(), Some(format!("sha256={}", alerts::sign("whsec-alerts-test-5150", body)).as_str()));
+    }
+    assert!(!err.contains("whsec-alerts-test-5150"));
 
     // A config error in an alert is a config error, at its place.
     let bad = pipeline(

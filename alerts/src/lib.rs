@@ -63,8 +63,10 @@ pub enum Receiver {
     },
     /// A Slack incoming webhook.
     Slack { webhook_url: String },
-    /// Any HTTP endpoint taking JSON.
-    Webhook { url: String },
+    /// Any HTTP endpoint taking JSON; with `hmac_secret`, each body is
+    /// signed (`X-Engine-Signature-256: sha256=<hex HMAC-SHA256 of the body>`,
+    /// as GitHub signs its webhooks).
+    Webhook { url: String, hmac_secret: Option<String> },
 }
 
 fn pagerduty_url() -> String {
@@ -132,7 +134,7 @@ impl AlertSpec {
             Condition::parse(c)?;
         }
         let url = match &spec.receiver {
-            Receiver::Pagerduty { url, .. } | Receiver::Webhook { url } => url,
+            Receiver::Pagerduty { url, .. } | Receiver::Webhook { url, .. } => url,
             Receiver::Slack { webhook_url } => webhook_url,
         };
         if !url.starts_with("https://") && !url.starts_with("http://") && !url.contains("SECRET[") {
@@ -151,7 +153,7 @@ impl AlertSpec {
         match &self.receiver {
             Receiver::Pagerduty { routing_key, .. } => vec![routing_key.as_str()],
             Receiver::Slack { webhook_url } => vec![webhook_url.as_str()],
-            Receiver::Webhook { .. } => vec![],
+            Receiver::Webhook { hmac_secret, .. } => hmac_secret.iter().map(String::as_str).collect(),
         }
     }
 }
@@ -346,10 +348,15 @@ pub fn http_client() -> reqwest::Client {
 /// says what the receiver answered last.
 pub async fn deliver(http: &reqwest::Client, spec: &AlertSpec, e: &Event) -> Result<u32, String> {
     let url = match &spec.receiver {
-        Receiver::Pagerduty { url, .. } | Receiver::Webhook { url } => url,
+        Receiver::Pagerduty { url, .. } | Receiver::Webhook { url, .. } => url,
         Receiver::Slack { webhook_url } => webhook_url,
     };
-    let payload = body(&spec.receiver, e);
+    // The exact bytes sent are the bytes signed.
+    let payload = serde_json::to_vec(&body(&spec.receiver, e)).map_err(|e| e.to_string())?;
+    let signature = match &spec.receiver {
+        Receiver::Webhook { hmac_secret: Some(key), .. } => Some(format!("sha256={}", sign(key, &payload))),
+        _ => None,
+    };
     let attempts = spec.attempts.unwrap_or(4).max(1);
     let timeout = Duration::from_millis(spec.timeout_ms.unwrap_or(10_000));
     let mut last = String::new();
@@ -357,7 +364,11 @@ pub async fn deliver(http: &reqwest::Client, spec: &AlertSpec, e: &Event) -> Res
         if attempt > 1 {
             tokio::time::sleep(Duration::from_millis(500) * (1 << (attempt - 2).min(5))).await;
         }
-        match http.post(url).timeout(timeout).json(&payload).send().await {
+        let mut req = http.post(url).timeout(timeout).header("content-type", "application/json").body(payload.clone());
+        if let Some(s) = &signature {
+            req = req.header("x-engine-signature-256", s);
+        }
+        match req.send().await {
             Ok(r) if r.status().is_success() => return Ok(attempt),
             Ok(r) => {
                 let status = r.status();
@@ -371,6 +382,14 @@ pub async fn deliver(http: &reqwest::Client, spec: &AlertSpec, e: &Event) -> Res
         }
     }
     Err(format!("{last} (after {attempts} attempts)"))
+}
+
+/// Hex HMAC-SHA256 of `body` under `key`.
+pub fn sign(key: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(body);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -448,6 +467,15 @@ mod tests {
     }
 
     #[test]
+    fn signatures_match_the_published_hmac_sha256_test_vector() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            sign("Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
     fn bodies_have_each_receivers_shape() {
         let (ev, _) = events(&[Condition::Failed], &facts(true, 0, 0), &Open::default(), Some("https://c"));
         let pd = body(&Receiver::Pagerduty { routing_key: "RK".into(), url: pagerduty_url() }, &ev[0]);
@@ -459,7 +487,7 @@ mod tests {
         assert!(
             slack["blocks"][0]["text"]["text"].as_str().unwrap().starts_with(":red_circle: pipeline babynames failed")
         );
-        let hook = body(&Receiver::Webhook { url: "https://x".into() }, &ev[0]);
+        let hook = body(&Receiver::Webhook { url: "https://x".into(), hmac_secret: None }, &ev[0]);
         assert_eq!(hook["condition"], "failed");
         assert_eq!(hook["operator"], "db");
     }
