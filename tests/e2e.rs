@@ -4,6 +4,7 @@ mod alerts;
 mod config_limits;
 mod crash;
 mod csv_sink;
+mod history;
 mod hubspot_golive;
 mod hubspot_sim;
 mod hubspot_sink;

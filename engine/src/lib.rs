@@ -20,6 +20,7 @@ pub mod graph;
 pub mod guard;
 pub mod notify;
 pub mod observe;
+pub mod record;
 pub mod report;
 pub mod runtime;
 pub mod secrets;

@@ -82,6 +82,23 @@ enum Command {
         /// holds.
         #[arg(long)]
         allow_mass_delete: bool,
+        /// Record the run in the history under this directory
+        /// (`history.db`, read with `engine runs --state DIR`).
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// The run history kept by `engine run --state DIR`, newest first.
+    Runs {
+        #[arg(long)]
+        state: PathBuf,
+        /// Only this pipeline's runs.
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// One JSON object per run instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// HubSpot: prepare a portal for the pipeline's hubspot sinks.
     Hubspot {
@@ -414,6 +431,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             force_download,
             dry_run,
             allow_mass_delete,
+            state,
         } => {
             let mut pipeline = match load(&file) {
                 Ok(p) => p,
@@ -448,7 +466,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if dry_run {
                 return rt.block_on(plan(pipeline, session));
             }
-            rt.block_on(run(pipeline, session, metrics_addr, !no_progress, allow_mass_delete))
+            rt.block_on(run(pipeline, session, metrics_addr, !no_progress, allow_mass_delete, state))
+        }
+        Command::Runs { state, pipeline, limit, json } => {
+            current_thread()?.block_on(runs(&state, pipeline, limit, json))
         }
         Command::Hubspot { action: HubspotAction::Setup { file } } => {
             let mut pipeline = match load(&file) {
@@ -614,6 +635,7 @@ async fn run(
     metrics_addr: Option<String>,
     progress: bool,
     allow_mass_delete: bool,
+    state: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let live_slot: Arc<OnceLock<Arc<runtime::Live>>> = Arc::new(OnceLock::new());
     if let Some(addr) = metrics_addr {
@@ -646,6 +668,11 @@ async fn run(
             return Ok(ExitCode::from(1));
         }
     }
+    let resumed_from = session.as_ref().and_then(|s| s.resume.as_ref()).map(|r| r.epoch);
+    let history = match &state {
+        Some(dir) => engine::record::start(dir, &pipeline, &run_id, resumed_from).await,
+        None => None,
+    };
     let bar = Progress::start(progress);
     let report = runtime::run(&pipeline, control, session, |live| {
         let _ = live_slot.set(live.clone());
@@ -655,6 +682,9 @@ async fn run(
     bar.finish();
 
     print!("{}", report::summary(&report));
+    if let Some(h) = history {
+        engine::record::finish(h, &run_id, &report).await;
+    }
     engine::notify::send(&pipeline, &report, &run_id).await;
     match &report.outcome {
         runtime::Outcome::Failed { operator, error } => eprintln!("error: operator `{operator}` failed: {error}"),
@@ -664,6 +694,49 @@ async fn run(
         runtime::Outcome::Completed => {}
     }
     Ok(ExitCode::from(report.outcome.exit_code() as u8))
+}
+
+/// `engine runs`: the history, as a table or JSON lines.
+async fn runs(state: &std::path::Path, pipeline: Option<String>, limit: u32, json: bool) -> anyhow::Result<ExitCode> {
+    if !state.join("history.db").exists() {
+        anyhow::bail!(
+            "no run history in {} (runs record it with `engine run --state {}`)",
+            state.display(),
+            state.display()
+        );
+    }
+    let h = history::History::open(state).await?;
+    let rows = h.list(pipeline.as_deref(), limit).await?;
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!(
+            "{:<22} {:<14} {:<9} {:<12} {:>9} {:>10} {:>8}  error",
+            "run", "pipeline", "trigger", "outcome", "seconds", "rows read", "rejects"
+        );
+        for r in &rows {
+            let secs =
+                r.ended_at_ms.map(|e| format!("{:.1}", (e - r.started_at_ms) as f64 / 1000.0)).unwrap_or_default();
+            let error = match (&r.failed_operator, &r.error) {
+                (Some(op), Some(e)) => format!("{op}: {}", e.lines().next().unwrap_or_default()),
+                _ => String::new(),
+            };
+            println!(
+                "{:<22} {:<14} {:<9} {:<12} {:>9} {:>10} {:>8}  {error}",
+                r.id,
+                r.pipeline,
+                r.trigger,
+                r.outcome,
+                secs,
+                r.rows_read.map(|n| n.to_string()).unwrap_or_default(),
+                r.rows_rejected.map(|n| n.to_string()).unwrap_or_default()
+            );
+        }
+    }
+    h.close().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `engine run --dry-run`: the plan, printed; exit 0 unless it failed.
