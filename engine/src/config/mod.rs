@@ -811,11 +811,33 @@ impl Checker<'_> {
 
     /// `[secrets.<name>]` tables, each checked as the backend it declares.
     fn secret_backends(&mut self, root: &Node) -> BTreeMap<String, secrets::BackendSpec> {
+        self.named_tables(root, "secrets", "backends", secrets::backend::KINDS, |v| secrets::BackendSpec::from_json(v))
+    }
+
+    /// `[alerts.<name>]` tables, each checked as the receiver it declares
+    /// (references stand in as placeholders until a run resolves them).
+    fn alerts(&mut self, root: &Node) -> BTreeMap<String, serde_json::Value> {
+        self.named_tables(root, "alerts", "receivers", alerts::KINDS, |v| {
+            alerts::AlertSpec::from_json(&crate::secrets::placeholders(v)).map(|_| v.clone())
+        })
+    }
+
+    /// A section of named tables (`[<section>.<name>]`), each parsed by
+    /// `parse`; a problem is reported at the option it names, else at the
+    /// table's name.
+    fn named_tables<T>(
+        &mut self,
+        root: &Node,
+        section: &str,
+        what: &str,
+        kinds: &[&str],
+        parse: impl Fn(&serde_json::Value) -> Result<T, String>,
+    ) -> BTreeMap<String, T> {
         let mut out = BTreeMap::new();
-        let Some((key, section)) = root.get("secrets") else { return out };
-        let Some(entries) = section.value.as_table() else {
+        let Some((key, table)) = root.get(section) else { return out };
+        let Some(entries) = table.value.as_table() else {
             self.err(
-                format!("`secrets` must be a table of backends, found {}", section.value.type_name()),
+                format!("`{section}` must be a table of {what}, found {}", table.value.type_name()),
                 key.span.clone(),
             );
             return out;
@@ -823,14 +845,14 @@ impl Checker<'_> {
         for (name, node) in entries {
             if !name.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                 self.err(
-                    format!("secret backend name `{}` may hold only letters, digits, `_` and `-`", name.name),
+                    format!("the name `{}` in [{section}] may hold only letters, digits, `_` and `-`", name.name),
                     name.span.clone(),
                 );
                 continue;
             }
-            match secrets::BackendSpec::from_json(&node.value.to_json()) {
-                Ok(spec) => {
-                    out.insert(name.name.clone(), spec);
+            match parse(&node.value.to_json()) {
+                Ok(v) => {
+                    out.insert(name.name.clone(), v);
                 }
                 Err(message) => {
                     let span = quoted_value(node, &message)
@@ -840,41 +862,8 @@ impl Checker<'_> {
                                 .and_then(|f| node.get(f).map(|(k, _)| k.span.clone()))
                         })
                         .unwrap_or_else(|| name.span.clone());
-                    self.err(format!("[secrets.{}]: {message}", name.name), span).help =
-                        Some(format!("kinds: {}", secrets::backend::KINDS.join(", ")));
-                }
-            }
-        }
-        out
-    }
-
-    /// `[alerts.<name>]` tables, each checked as the receiver it declares.
-    fn alerts(&mut self, root: &Node) -> BTreeMap<String, serde_json::Value> {
-        let mut out = BTreeMap::new();
-        let Some((key, section)) = root.get("alerts") else { return out };
-        let Some(entries) = section.value.as_table() else {
-            self.err(
-                format!("`alerts` must be a table of receivers, found {}", section.value.type_name()),
-                key.span.clone(),
-            );
-            return out;
-        };
-        for (name, node) in entries {
-            let value = node.value.to_json();
-            match alerts::AlertSpec::from_json(&crate::secrets::placeholders(&value)) {
-                Ok(_) => {
-                    out.insert(name.name.clone(), value);
-                }
-                Err(message) => {
-                    let span = quoted_value(node, &message)
-                        .or_else(|| {
-                            backticked_after(&message, "field")
-                                .first()
-                                .and_then(|f| node.get(f).map(|(k, _)| k.span.clone()))
-                        })
-                        .unwrap_or_else(|| name.span.clone());
-                    self.err(format!("[alerts.{}]: {message}", name.name), span).help =
-                        Some(format!("kinds: {}", alerts::KINDS.join(", ")));
+                    self.err(format!("[{section}.{}]: {message}", name.name), span).help =
+                        Some(format!("kinds: {}", kinds.join(", ")));
                 }
             }
         }
