@@ -108,10 +108,6 @@ impl Resolver {
         });
         futures::future::join_all(fetches).await.into_iter().flatten().collect()
     }
-
-    pub fn declared(&self, name: &str) -> bool {
-        self.backends.contains_key(name)
-    }
 }
 
 /// `#field` of a secret holding a JSON object (how Secrets Manager stores

@@ -80,11 +80,6 @@ const USERINFO: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b'^')
     .add(b'|');
 
-/// How many values (counting escaped forms) are registered.
-pub fn registered() -> usize {
-    REGISTRY.read().unwrap_or_else(|e| e.into_inner()).values.len()
-}
-
 /// `s` with every registered secret replaced by [`MASK`].
 pub fn redact(s: &str) -> Cow<'_, str> {
     let reg = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
