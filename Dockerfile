@@ -16,14 +16,15 @@ COPY simulators/Cargo.toml simulators/
 COPY secrets/Cargo.toml secrets/
 COPY alerts/Cargo.toml alerts/
 COPY history/Cargo.toml history/
-RUN mkdir -p engine/src operators/src checkpoints/src simulators/src secrets/src alerts/src history/src tests benches \
+COPY server/Cargo.toml server/
+RUN mkdir -p engine/src operators/src checkpoints/src simulators/src secrets/src alerts/src history/src server/src tests benches \
  && echo 'fn main() {}' > engine/src/main.rs \
  && echo 'fn main() {}' > benches/throughput.rs \
  && echo 'fn main() {}' > benches/sql_load.rs \
  && echo 'fn main() {}' > benches/hubspot_sync.rs \
  && echo 'fn main() {}' > benches/checkpoint.rs \
  && echo 'fn main() {}' > benches/kaggle.rs \
- && touch engine/src/lib.rs operators/src/lib.rs checkpoints/src/lib.rs simulators/src/lib.rs secrets/src/lib.rs alerts/src/lib.rs history/src/lib.rs tests/e2e.rs \
+ && touch engine/src/lib.rs operators/src/lib.rs checkpoints/src/lib.rs simulators/src/lib.rs secrets/src/lib.rs alerts/src/lib.rs history/src/lib.rs server/src/lib.rs tests/e2e.rs \
  && cargo build --release --locked -p engine
 
 # 2. Our code. COPY keeps the files' original mtimes, which can be older than
@@ -35,9 +36,10 @@ COPY simulators/ simulators/
 COPY secrets/ secrets/
 COPY alerts/ alerts/
 COPY history/ history/
+COPY server/ server/
 COPY tests/ tests/
 COPY benches/ benches/
-RUN find engine operators checkpoints simulators secrets alerts history -name '*.rs' -exec touch {} + \
+RUN find engine operators checkpoints simulators secrets alerts history server -name '*.rs' -exec touch {} + \
  && cargo build --release --locked -p engine
 
 FROM debian:bookworm-slim

@@ -47,13 +47,13 @@ fn kills_wanted(default: usize) -> usize {
 
 /// (Id, Name, Year, Gender, Count) rows of the input, and the rows that
 /// survive dedupe (first occurrence of each key wins).
-type Row = (i64, String, i64, String, i64);
+pub(crate) type Row = (i64, String, i64, String, i64);
 
 /// Writes `rows` rows; every 50th row from row 40,001 on repeats the key of
 /// the row 39,999 before it (never itself a repeat), with another Id and
 /// Count: duplicates are seconds of input away from their first
 /// occurrence, across checkpoints and crashes.
-fn write_input(path: &Path, rows: i64) -> Vec<Row> {
+pub(crate) fn write_input(path: &Path, rows: i64) -> Vec<Row> {
     use std::io::Write;
     let f = std::fs::File::create(path).expect("create input");
     let mut w = std::io::BufWriter::new(f);

@@ -1,6 +1,7 @@
 //! Integration tests: the real `engine` binary on real files.
 
 mod alerts;
+mod alerts_email;
 mod config_limits;
 mod crash;
 mod csv_sink;
@@ -15,6 +16,7 @@ mod rejects;
 mod resume;
 mod secret_scripts;
 mod secrets;
+mod serve;
 mod slow_sink;
 mod sql_sink;
 mod util;

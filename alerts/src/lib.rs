@@ -4,14 +4,21 @@
 //! `[alerts.<name>]`.
 //!
 //! - [`AlertSpec`]: one `[alerts.<name>]` table (`pagerduty`, `slack`,
-//!   `webhook`) and the conditions it wants (`on`).
+//!   `webhook`, `email`) and the conditions it wants (`on`: `failed`,
+//!   `recovered`, `timeout`, `missed`, `rejects_ratio > R`,
+//!   `hubspot_daily_quota > R`).
 //! - [`RunFacts`] → [`events`]: the triggers and resolutions a run causes,
 //!   given the conditions still open from earlier runs ([`Open`]).
-//! - [`deliver`]: one event to one receiver, retried with backoff; a failure
-//!   is returned for the caller to log and count, never to fail the run.
+//! - [`deliver`]: one event to one receiver (HTTP, or SMTP with STARTTLS
+//!   for `email`, see [`email`]), retried with backoff; a failure is
+//!   returned for the caller to log and count, never to fail the run.
 //!
 //! Nothing here reads the pipeline file or knows the engine's types; the
 //! engine hands in facts, with secrets already resolved.
+
+pub mod email;
+
+pub use email::{EmailSpec, SmtpTls};
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -67,13 +74,16 @@ pub enum Receiver {
     /// signed (`X-Engine-Signature-256: sha256=<hex HMAC-SHA256 of the body>`,
     /// as GitHub signs its webhooks).
     Webhook { url: String, hmac_secret: Option<String> },
+    /// Email over SMTP (STARTTLS by default), one plain-text message per
+    /// alert.
+    Email(EmailSpec),
 }
 
 fn pagerduty_url() -> String {
     "https://events.pagerduty.com/v2/enqueue".into()
 }
 
-pub const KINDS: &[&str] = &["pagerduty", "slack", "webhook"];
+pub const KINDS: &[&str] = &["pagerduty", "slack", "webhook", "email"];
 
 /// A condition a run can meet.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +95,12 @@ pub enum Condition {
     Recovered,
     /// Rejected rows over rows read, above the bound.
     RejectsRatio(f64),
+    /// The run was stopped at its timeout (it resumes on the next run).
+    Timeout,
+    /// Scheduled runs were missed (the service was down at their time).
+    Missed,
+    /// The fraction of the HubSpot daily API quota used, above the bound.
+    HubspotDailyQuota(f64),
 }
 
 impl Condition {
@@ -93,16 +109,28 @@ impl Condition {
         match t {
             "failed" => return Ok(Condition::Failed),
             "recovered" => return Ok(Condition::Recovered),
+            "timeout" => return Ok(Condition::Timeout),
+            "missed" => return Ok(Condition::Missed),
             _ => {}
         }
-        if let Some(rest) = t.strip_prefix("rejects_ratio") {
+        let bounded = |name: &str, example: &str, make: fn(f64) -> Condition| {
+            let rest = t.strip_prefix(name)?;
             let bound = rest.trim().strip_prefix('>').map(str::trim).and_then(|b| b.parse::<f64>().ok());
-            return match bound {
-                Some(b) if (0.0..1.0).contains(&b) => Ok(Condition::RejectsRatio(b)),
-                _ => Err(format!("`{t}`: write rejects_ratio > 0.01 (a ratio from 0 to 1)")),
-            };
+            Some(match bound {
+                Some(b) if (0.0..1.0).contains(&b) => Ok(make(b)),
+                _ => Err(format!("`{t}`: write {name} > {example} (a ratio from 0 to 1)")),
+            })
+        };
+        if let Some(r) = bounded("rejects_ratio", "0.01", Condition::RejectsRatio) {
+            return r;
         }
-        Err(format!("unknown alert condition `{t}`: one of failed, recovered, rejects_ratio > <ratio>"))
+        if let Some(r) = bounded("hubspot_daily_quota", "0.8", Condition::HubspotDailyQuota) {
+            return r;
+        }
+        Err(format!(
+            "unknown alert condition `{t}`: one of failed, recovered, timeout, missed, rejects_ratio > <ratio>, \
+             hubspot_daily_quota > <ratio>"
+        ))
     }
 
     /// The stable name a condition is tracked (and deduplicated) under.
@@ -110,6 +138,9 @@ impl Condition {
         match self {
             Condition::Failed | Condition::Recovered => "failed".into(),
             Condition::RejectsRatio(_) => "rejects_ratio".into(),
+            Condition::Timeout => "timeout".into(),
+            Condition::Missed => "missed".into(),
+            Condition::HubspotDailyQuota(_) => "hubspot_daily_quota".into(),
         }
     }
 }
@@ -136,6 +167,7 @@ impl AlertSpec {
         let url = match &spec.receiver {
             Receiver::Pagerduty { url, .. } | Receiver::Webhook { url, .. } => url,
             Receiver::Slack { webhook_url } => webhook_url,
+            Receiver::Email(email) => return email.check().map(|_| spec),
         };
         if !url.starts_with("https://") && !url.starts_with("http://") && !url.contains("SECRET[") {
             return Err(format!("`{url}` is not an http:// or https:// URL"));
@@ -148,12 +180,14 @@ impl AlertSpec {
     }
 
     /// The values in this table that are credentials (for redaction): a
-    /// routing key, a Slack webhook URL (its path is the secret).
+    /// routing key, a Slack webhook URL (its path is the secret), an SMTP
+    /// password.
     pub fn credentials(&self) -> Vec<&str> {
         match &self.receiver {
             Receiver::Pagerduty { routing_key, .. } => vec![routing_key.as_str()],
             Receiver::Slack { webhook_url } => vec![webhook_url.as_str()],
             Receiver::Webhook { hmac_secret, .. } => hmac_secret.iter().map(String::as_str).collect(),
+            Receiver::Email(email) => email.password.iter().map(String::as_str).collect(),
         }
     }
 }
@@ -168,10 +202,20 @@ pub struct RunFacts {
     pub failed: Option<(String, String)>,
     pub rows_read: u64,
     pub rows_rejected: u64,
+    /// The run was stopped at its timeout (not a failure: it resumes from
+    /// its last checkpoint on the next run).
+    pub timed_out: bool,
+    /// Scheduled runs missed while the service was down, caught up by this
+    /// one.
+    pub missed_slots: u64,
+    /// The fraction of the HubSpot daily API quota used (0 to 1), the
+    /// highest over the run's HubSpot sinks; `None` without one.
+    pub hubspot_daily_quota: Option<f64>,
 }
 
 /// Conditions left open by earlier runs, by key (`failed`,
-/// `rejects_ratio`): what a later run resolves.
+/// `rejects_ratio`, `timeout`, `missed`, `hubspot_daily_quota`): what a
+/// later run resolves.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Open {
     pub conditions: BTreeSet<String>,
@@ -189,7 +233,8 @@ pub enum Action {
 pub struct Event {
     pub pipeline: String,
     pub run_id: String,
-    /// `failed`, `recovered`, `rejects_ratio`.
+    /// `failed`, `recovered`, `rejects_ratio`, `timeout`, `missed`,
+    /// `hubspot_daily_quota`.
     pub condition: String,
     pub action: Action,
     pub summary: String,
@@ -221,6 +266,9 @@ pub fn events(conditions: &[Condition], facts: &RunFacts, open: &Open, public_ur
         host: facts.host.clone(),
     };
     let wants = |c: &Condition| conditions.contains(c);
+    // A run that failed or was stopped at its timeout did not complete: it
+    // resolves nothing that needs a completed run.
+    let completed = facts.failed.is_none() && !facts.timed_out;
     match &facts.failed {
         Some((op, msg)) => {
             if wants(&Condition::Failed) {
@@ -233,7 +281,7 @@ pub fn events(conditions: &[Condition], facts: &RunFacts, open: &Open, public_ur
             now_open.conditions.insert("failed".into());
         }
         None => {
-            if open.conditions.contains("failed") {
+            if completed && open.conditions.contains("failed") {
                 if wants(&Condition::Recovered) {
                     out.push(event(
                         "recovered",
@@ -272,6 +320,74 @@ pub fn events(conditions: &[Condition], facts: &RunFacts, open: &Open, public_ur
                 format!("pipeline {}: rejects back to {:.2}%", facts.pipeline, ratio * 100.0),
             ));
             now_open.conditions.remove("rejects_ratio");
+        }
+    }
+    if wants(&Condition::Timeout) {
+        if facts.timed_out {
+            out.push(event(
+                "timeout",
+                Action::Trigger,
+                format!(
+                    "pipeline {}: run {} was stopped at its timeout; it resumes from its last checkpoint on the next run",
+                    facts.pipeline, facts.run_id
+                ),
+            ));
+            now_open.conditions.insert("timeout".into());
+        } else if completed && open.conditions.contains("timeout") {
+            out.push(event(
+                "timeout",
+                Action::Resolve,
+                format!("pipeline {}: run {} completed within its timeout", facts.pipeline, facts.run_id),
+            ));
+            now_open.conditions.remove("timeout");
+        }
+    }
+    if wants(&Condition::Missed) {
+        if facts.missed_slots > 0 {
+            let n = facts.missed_slots;
+            out.push(event(
+                "missed",
+                Action::Trigger,
+                format!(
+                    "pipeline {}: {n} scheduled run{} missed while the service was down",
+                    facts.pipeline,
+                    if n == 1 { " was" } else { "s were" }
+                ),
+            ));
+            now_open.conditions.insert("missed".into());
+        } else if completed && open.conditions.contains("missed") {
+            out.push(event(
+                "missed",
+                Action::Resolve,
+                format!("pipeline {}: run {} completed on schedule", facts.pipeline, facts.run_id),
+            ));
+            now_open.conditions.remove("missed");
+        }
+    }
+    for c in conditions {
+        let Condition::HubspotDailyQuota(bound) = c else { continue };
+        // A run without a HubSpot figure (it failed before any call) says
+        // nothing either way.
+        let Some(used) = facts.hubspot_daily_quota else { continue };
+        if used > *bound {
+            out.push(event(
+                "hubspot_daily_quota",
+                Action::Trigger,
+                format!(
+                    "pipeline {}: {:.1}% of the HubSpot daily API quota used (above {:.1}%)",
+                    facts.pipeline,
+                    used * 100.0,
+                    bound * 100.0
+                ),
+            ));
+            now_open.conditions.insert("hubspot_daily_quota".into());
+        } else if open.conditions.contains("hubspot_daily_quota") {
+            out.push(event(
+                "hubspot_daily_quota",
+                Action::Resolve,
+                format!("pipeline {}: HubSpot daily API quota use back to {:.1}%", facts.pipeline, used * 100.0),
+            ));
+            now_open.conditions.remove("hubspot_daily_quota");
         }
     }
     (out, now_open)
@@ -323,6 +439,7 @@ pub fn body(receiver: &Receiver, e: &Event) -> Value {
             json!({ "text": e.summary, "blocks": blocks })
         }
         Receiver::Webhook { .. } => serde_json::to_value(e).unwrap_or(Value::Null),
+        Receiver::Email(_) => json!({ "subject": email::subject(e), "text": email::text(e) }),
     }
 }
 
@@ -343,13 +460,20 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// Sends `e` to `spec`'s receiver: retried on 5xx, 429 and network errors
-/// with backoff (0.5 s, 1 s, 2 s…), at most `attempts` times. The error
-/// says what the receiver answered last.
+/// The wait before attempt `attempt` (2, 3…): 0.5 s, 1 s, 2 s… up to 16 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(500) * (1 << attempt.saturating_sub(2).min(5))
+}
+
+/// Sends `e` to `spec`'s receiver: retried with backoff (0.5 s, 1 s, 2 s…),
+/// at most `attempts` times, on 5xx, 429 and network errors (HTTP) or on
+/// connection errors and 4xx replies (SMTP). The error says what the
+/// receiver answered last.
 pub async fn deliver(http: &reqwest::Client, spec: &AlertSpec, e: &Event) -> Result<u32, String> {
     let url = match &spec.receiver {
         Receiver::Pagerduty { url, .. } | Receiver::Webhook { url, .. } => url,
         Receiver::Slack { webhook_url } => webhook_url,
+        Receiver::Email(email) => return email::deliver(spec, email, e).await,
     };
     // The exact bytes sent are the bytes signed.
     let payload = serde_json::to_vec(&body(&spec.receiver, e)).map_err(|e| e.to_string())?;
@@ -362,7 +486,7 @@ pub async fn deliver(http: &reqwest::Client, spec: &AlertSpec, e: &Event) -> Res
     let mut last = String::new();
     for attempt in 1..=attempts {
         if attempt > 1 {
-            tokio::time::sleep(Duration::from_millis(500) * (1 << (attempt - 2).min(5))).await;
+            tokio::time::sleep(backoff(attempt)).await;
         }
         let mut req = http.post(url).timeout(timeout).header("content-type", "application/json").body(payload.clone());
         if let Some(s) = &signature {
@@ -418,6 +542,7 @@ mod tests {
             failed: failed.then(|| ("db".to_string(), "connection refused".to_string())),
             rows_read: read,
             rows_rejected: rejected,
+            ..Default::default()
         }
     }
 
@@ -449,6 +574,67 @@ mod tests {
         let (ev, open) = events(&on, &facts(false, 1000, 10), &open, None);
         assert_eq!(ev[0].action, Action::Resolve);
         assert!(open.conditions.is_empty());
+    }
+
+    #[test]
+    fn timeout_and_missed_trigger_and_only_a_completed_run_resolves_them() {
+        let on = [Condition::parse("timeout").unwrap(), Condition::parse(" missed ").unwrap()];
+        assert_eq!((on[0].key(), on[1].key()), ("timeout".to_string(), "missed".to_string()));
+        let stopped = RunFacts { timed_out: true, missed_slots: 3, ..facts(false, 10, 0) };
+        let (ev, open) = events(&on, &stopped, &Open::default(), None);
+        let got: Vec<(&str, Action)> = ev.iter().map(|e| (e.condition.as_str(), e.action)).collect();
+        assert_eq!(got, [("timeout", Action::Trigger), ("missed", Action::Trigger)]);
+        assert!(
+            ev[0].summary.contains("stopped at its timeout") && ev[0].summary.contains("next run"),
+            "{}",
+            ev[0].summary
+        );
+        assert_eq!(ev[1].summary, "pipeline babynames: 3 scheduled runs were missed while the service was down");
+        assert_eq!(ev[1].dedup_key, "engine/babynames/missed");
+        let one = RunFacts { missed_slots: 1, ..facts(false, 10, 0) };
+        assert!(events(&on, &one, &Open::default(), None).0[0].summary.contains("1 scheduled run was missed"));
+        // A failed run resolves neither.
+        let (ev, open) = events(&on, &facts(true, 0, 0), &open, None);
+        assert!(ev.is_empty(), "{ev:?}");
+        assert!(open.conditions.contains("timeout") && open.conditions.contains("missed"));
+        // A completed run resolves both, with the same keys.
+        let (ev, open) = events(&on, &facts(false, 10, 0), &open, None);
+        let got: Vec<(&str, Action)> = ev.iter().map(|e| (e.dedup_key.as_str(), e.action)).collect();
+        assert_eq!(got, [("engine/babynames/timeout", Action::Resolve), ("engine/babynames/missed", Action::Resolve)]);
+        assert!(open.conditions.is_empty());
+    }
+
+    #[test]
+    fn a_timed_out_run_does_not_resolve_a_failure() {
+        let on = [Condition::Failed, Condition::Recovered];
+        let (_, open) = events(&on, &facts(true, 0, 0), &Open::default(), None);
+        let stopped = RunFacts { timed_out: true, ..facts(false, 10, 0) };
+        let (ev, open) = events(&on, &stopped, &open, None);
+        assert!(ev.is_empty() && open.conditions.contains("failed"), "{ev:?}");
+        let (ev, _) = events(&on, &facts(false, 10, 0), &open, None);
+        assert_eq!(ev[0].condition, "recovered");
+    }
+
+    #[test]
+    fn hubspot_daily_quota_triggers_above_its_bound_and_resolves_below() {
+        let on = [Condition::parse("hubspot_daily_quota > 0.8").unwrap()];
+        assert_eq!(on[0], Condition::HubspotDailyQuota(0.8));
+        let with = |q: Option<f64>| RunFacts { hubspot_daily_quota: q, ..facts(false, 10, 0) };
+        let (ev, open) = events(&on, &with(Some(0.85)), &Open::default(), None);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].summary, "pipeline babynames: 85.0% of the HubSpot daily API quota used (above 80.0%)");
+        // No figure (no HubSpot call made): nothing changes.
+        let (ev, open) = events(&on, &with(None), &open, None);
+        assert!(ev.is_empty() && open.conditions.contains("hubspot_daily_quota"));
+        let (ev, open) = events(&on, &with(Some(0.5)), &open, None);
+        assert_eq!((ev[0].action, ev[0].dedup_key.as_str()), (Action::Resolve, "engine/babynames/hubspot_daily_quota"));
+        assert!(open.conditions.is_empty());
+        let (ev, _) = events(&on, &with(Some(0.5)), &open, None);
+        assert!(ev.is_empty());
+        for bad in ["hubspot_daily_quota > 1.5", "hubspot_daily_quota", "hubspot_daily_quota > x"] {
+            let e = Condition::parse(bad).unwrap_err();
+            assert!(e.contains("write hubspot_daily_quota > 0.8"), "{e}");
+        }
     }
 
     #[test]

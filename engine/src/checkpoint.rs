@@ -451,6 +451,16 @@ pub struct Coordinator {
     /// The run is being aborted: stop waiting; also cancelled by the
     /// coordinator when a commit fails (the run must not go on unprotected).
     pub stop: CancellationToken,
+    /// Checkpoints committed so far, for live figures.
+    pub progress: Arc<Progress>,
+}
+
+/// Checkpoints committed by a run so far (live figures read it).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub committed: std::sync::atomic::AtomicU64,
+    /// The newest committed epoch; 0 before the first.
+    pub last_epoch: std::sync::atomic::AtomicU64,
 }
 
 /// One operator's acknowledgement: its state, a source's position, how long
@@ -458,7 +468,7 @@ pub struct Coordinator {
 type Acked = (Snapshot, Option<String>, Duration);
 
 /// Where the coordinator is, between its phases.
-struct Progress {
+struct Phase {
     done: Committed,
     epoch: u64,
     /// Sources that ended their stream, and sources past their last row.
@@ -498,7 +508,7 @@ impl Coordinator {
     /// every source is at its end and every operator finished, it wants no
     /// more: the run ends. Phases: `trigger` → `collect` → `commit`.
     pub async fn run(mut self) -> Committed {
-        let mut p = Progress {
+        let mut p = Phase {
             done: Committed::default(),
             epoch: self.session.last_epoch(),
             ended: vec![false; self.ids.len()],
@@ -561,18 +571,18 @@ impl Coordinator {
         }
     }
 
-    fn all_sources_at_end(&self, p: &Progress) -> bool {
+    fn all_sources_at_end(&self, p: &Phase) -> bool {
         self.roles.iter().zip(&p.at_end).all(|(r, e)| *r != Role::Source || *e)
     }
 
     /// Every source read its last row and every operator did its
     /// end-of-input work: nothing is left that a checkpoint could protect.
-    fn all_done(&self, p: &Progress) -> bool {
+    fn all_done(&self, p: &Phase) -> bool {
         self.all_sources_at_end(p) && self.roles.iter().zip(&p.finished).all(|(r, f)| *r == Role::Source || *f)
     }
 
     /// Waits for the next checkpoint to be due.
-    async fn trigger(&mut self, p: &mut Progress) -> Trigger {
+    async fn trigger(&mut self, p: &mut Phase) -> Trigger {
         let settings = self.session.settings.clone();
         loop {
             if p.ended.iter().any(|e| *e) {
@@ -609,7 +619,7 @@ impl Coordinator {
     }
 
     /// Waits for every operator's acknowledgement of `p.epoch`.
-    async fn collect(&mut self, p: &mut Progress) -> Collected {
+    async fn collect(&mut self, p: &mut Phase) -> Collected {
         let n = self.ids.len();
         let mut acks: Vec<Option<Acked>> = (0..n).map(|_| None).collect();
         let mut got = 0;
@@ -701,6 +711,8 @@ impl Coordinator {
         metrics::histogram!("engine_checkpoint_alignment_seconds").record(meta.alignment_ms as f64 / 1000.0);
         metrics::gauge!("engine_checkpoint_last_epoch").set(epoch as f64);
         metrics::gauge!("engine_checkpoint_last_commit_timestamp_seconds").set(now_ms() as f64 / 1000.0);
+        self.progress.committed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.progress.last_epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             epoch,
             duration_ms = took.as_millis() as u64,

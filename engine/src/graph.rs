@@ -108,6 +108,7 @@ pub enum Format {
     Ascii,
     Dot,
     Mermaid,
+    Json,
 }
 
 pub fn render(p: &Pipeline, format: Format) -> String {
@@ -115,7 +116,22 @@ pub fn render(p: &Pipeline, format: Format) -> String {
         Format::Ascii => ascii(p),
         Format::Dot => dot(p),
         Format::Mermaid => mermaid(p),
+        Format::Json => format!("{:#}\n", json(p)),
     }
+}
+
+/// The DAG as JSON (the API's and the console's): nodes in topological
+/// order, edges with the output port they leave by.
+pub fn json(p: &Pipeline) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = topo_order(&p.components)
+        .iter()
+        .map(|c| serde_json::json!({ "id": c.id, "kind": c.kind.name, "role": role_name(c.role) }))
+        .collect();
+    let edges: Vec<serde_json::Value> = edges(&p.components)
+        .iter()
+        .map(|e| serde_json::json!({ "from": e.from, "to": e.to, "port": e.port }))
+        .collect();
+    serde_json::json!({ "pipeline": p.name, "nodes": nodes, "edges": edges })
 }
 
 fn role_name(r: Role) -> &'static str {

@@ -86,6 +86,43 @@ enum Command {
         /// (`history.db`, read with `engine runs --state DIR`).
         #[arg(long)]
         state: Option<PathBuf>,
+        /// Stop at a checkpoint after this long (`2h`, `90s`), as SIGTERM
+        /// would; exit code 124 and the `timeout` alert. The next run
+        /// resumes.
+        #[arg(long, value_parser = operators::duration::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Write live figures (rows per operator, rows/s, channel fill,
+        /// checkpoints) to this JSON file 4 times a second.
+        #[arg(long)]
+        live: Option<PathBuf>,
+    },
+    /// Run the pipelines of a folder on their `[pipeline.schedule]`, keep
+    /// their history and answer the HTTP API (SIGHUP reloads the files,
+    /// SIGTERM stops at a checkpoint).
+    Serve {
+        /// A folder of pipeline files (`*.toml`), or one file.
+        pipelines: PathBuf,
+        /// Address of the API (a bare port means 127.0.0.1).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// History, run logs and the scheduler's memory.
+        #[arg(long, default_value = "data/serve")]
+        state: PathBuf,
+        /// Bearer token of the calls that start and stop runs; may be a
+        /// SECRET[backend.key] of a backend the pipeline files declare.
+        /// Default: $ENGINE_API_TOKEN.
+        #[arg(long)]
+        api_token: Option<String>,
+        /// How long SIGTERM waits for runs to stop at a checkpoint before
+        /// killing them.
+        #[arg(long, default_value = "60s", value_parser = operators::duration::parse_duration)]
+        grace: std::time::Duration,
+        /// Run logs older than this are deleted (`14d`, `12h`).
+        #[arg(long, default_value = "14d", value_parser = server::schedule::parse_days)]
+        log_retention: std::time::Duration,
+        /// Print the next 5 fire times of every pipeline and exit.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// The run history kept by `engine run --state DIR`, newest first.
     Runs {
@@ -432,6 +469,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
             allow_mass_delete,
             state,
+            timeout,
+            live,
         } => {
             let mut pipeline = match load(&file) {
                 Ok(p) => p,
@@ -466,7 +505,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if dry_run {
                 return rt.block_on(plan(pipeline, session));
             }
-            rt.block_on(run(pipeline, session, metrics_addr, !no_progress, allow_mass_delete, state))
+            let opts = RunOptions { metrics_addr, progress: !no_progress, allow_mass_delete, state, timeout, live };
+            rt.block_on(run(pipeline, session, opts))
+        }
+        Command::Serve { pipelines, listen, state, api_token, grace, log_retention, dry_run } => {
+            serve(pipelines, listen, state, api_token, grace, log_retention, dry_run)
         }
         Command::Runs { state, pipeline, limit, json } => {
             current_thread()?.block_on(runs(&state, pipeline, limit, json))
@@ -629,14 +672,22 @@ fn checkpoints_command(p: &config::Pipeline, action: CheckpointsAction) -> anyho
     }
 }
 
-async fn run(
-    pipeline: config::Pipeline,
-    session: Option<Arc<engine::checkpoint::Session>>,
+/// `engine run`'s flags beyond the pipeline and where it starts.
+struct RunOptions {
     metrics_addr: Option<String>,
     progress: bool,
     allow_mass_delete: bool,
     state: Option<PathBuf>,
+    timeout: Option<std::time::Duration>,
+    live: Option<PathBuf>,
+}
+
+async fn run(
+    pipeline: config::Pipeline,
+    session: Option<Arc<engine::checkpoint::Session>>,
+    opts: RunOptions,
 ) -> anyhow::Result<ExitCode> {
+    let RunOptions { metrics_addr, progress, allow_mass_delete, state, timeout, live } = opts;
     let live_slot: Arc<OnceLock<Arc<runtime::Live>>> = Arc::new(OnceLock::new());
     if let Some(addr) = metrics_addr {
         let addr = observe::parse_addr(&addr).map_err(anyhow::Error::msg)?;
@@ -647,6 +698,14 @@ async fn run(
 
     let control = Control::default();
     spawn_signal_handler(control.clone());
+    if let Some(limit) = timeout {
+        let c = control.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            tracing::warn!(timeout_s = limit.as_secs_f64(), "timeout: stopping at a checkpoint; the next run resumes");
+            c.request_drain(runtime::TIMEOUT);
+        });
+    }
 
     let run_id = engine::notify::run_id();
     tracing::info!(pipeline = %pipeline.name, file = %pipeline.file.display(), run = %run_id, "starting");
@@ -674,12 +733,27 @@ async fn run(
         None => None,
     };
     let bar = Progress::start(progress);
-    let report = runtime::run(&pipeline, control, session, |live| {
-        let _ = live_slot.set(live.clone());
-        bar.follow(live);
+    let stop_live = tokio_util::sync::CancellationToken::new();
+    let mut live_writer = None;
+    let report = runtime::run(&pipeline, control, session, |shared| {
+        let _ = live_slot.set(shared.clone());
+        if let Some(path) = &live {
+            live_writer = Some(engine::live::spawn(
+                path.clone(),
+                run_id.clone(),
+                pipeline.name.clone(),
+                shared.clone(),
+                stop_live.clone(),
+            ));
+        }
+        bar.follow(shared);
     })
     .await;
     bar.finish();
+    stop_live.cancel();
+    if let Some(w) = live_writer {
+        let _ = w.await;
+    }
 
     print!("{}", report::summary(&report));
     if let Some(h) = history {
@@ -694,6 +768,66 @@ async fn run(
         runtime::Outcome::Completed => {}
     }
     Ok(ExitCode::from(report.outcome.exit_code() as u8))
+}
+
+/// `engine serve`: checks every pipeline file first (exit 2 with their
+/// errors), then serves until SIGTERM.
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    pipelines: PathBuf,
+    listen: String,
+    state: PathBuf,
+    api_token: Option<String>,
+    grace: std::time::Duration,
+    log_retention: std::time::Duration,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let catalog = Arc::new(engine::service::Catalog);
+    if dry_run {
+        let files = match server::pipeline_files(&pipelines) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        return Ok(match server::load_all(catalog.as_ref(), &files) {
+            Ok(defs) => {
+                print!("{}", server::dry_run(&defs, 5));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        });
+    }
+    let listen = observe::parse_addr(&listen).map_err(anyhow::Error::msg)?;
+    let opts = server::ServeOptions {
+        pipelines,
+        listen,
+        state,
+        api_token: api_token.or_else(|| std::env::var("ENGINE_API_TOKEN").ok().filter(|t| !t.is_empty())),
+        grace,
+        log_retention,
+        engine_exe: std::env::current_exe().context("cannot find this program's path to start runs with")?,
+        // Run logs are read back by the API: JSON lines whatever the
+        // service's own format.
+        run_log_format: "json".into(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("engine-serve")
+        .build()
+        .context("cannot start the async runtime")?;
+    match rt.block_on(server::serve(opts, catalog)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ server::ServeError::Pipelines(_)) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `engine runs`: the history, as a table or JSON lines.

@@ -35,6 +35,11 @@ pub fn facts(p: &Pipeline, report: &RunReport, run_id: &str) -> RunFacts {
         },
         rows_read,
         rows_rejected,
+        timed_out: report.outcome == Outcome::Interrupted { signal: crate::runtime::TIMEOUT },
+        // `engine serve` says how many scheduled runs a catch-up run
+        // stands for.
+        missed_slots: std::env::var("ENGINE_MISSED_SLOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+        ..Default::default()
     }
 }
 
@@ -47,10 +52,14 @@ fn hostname() -> String {
         .unwrap_or_else(|| "engine".into())
 }
 
-/// Sends what `report` causes to every receiver of `p`. An interrupted run
-/// (a signal) says nothing: it is neither a failure nor a recovery.
+/// Sends what `report` causes to every receiver of `p`. A run stopped by a
+/// signal says nothing: it is neither a failure nor a recovery. A run
+/// stopped at its timeout says `timeout`.
 pub async fn send(p: &Pipeline, report: &RunReport, run_id: &str) {
-    if p.alerts.is_empty() || matches!(report.outcome, Outcome::Interrupted { .. } | Outcome::Aborted { .. }) {
+    let timed_out = report.outcome == Outcome::Interrupted { signal: crate::runtime::TIMEOUT };
+    if p.alerts.is_empty()
+        || (!timed_out && matches!(report.outcome, Outcome::Interrupted { .. } | Outcome::Aborted { .. }))
+    {
         return;
     }
     let facts = facts(p, report, run_id);
@@ -96,8 +105,15 @@ pub async fn send(p: &Pipeline, report: &RunReport, run_id: &str) {
     }
 }
 
-/// A run id: start time and process id, unique on one machine.
+/// A run id: the one `engine serve` gives its runs (`ENGINE_RUN_ID`), else
+/// start time and process id, unique on one machine.
 pub fn run_id() -> String {
+    if let Ok(id) = std::env::var("ENGINE_RUN_ID") {
+        if !id.is_empty() && id.len() <= 100 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return id;
+        }
+        tracing::warn!("ENGINE_RUN_ID is not a run id (letters, digits, `-`, `_`, `.`; at most 100): ignored");
+    }
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     format!("{ms}-{}", std::process::id())
 }

@@ -21,7 +21,7 @@ pub async fn start(dir: &Path, p: &Pipeline, id: &str, resumed_from: Option<u64>
             return None;
         }
     };
-    match h.mark_lost(&alive).await {
+    match h.mark_lost(&history::process_alive).await {
         Ok(lost) if !lost.is_empty() => {
             tracing::warn!(runs = ?lost, "earlier runs ended without a word (killed): recorded as lost")
         }
@@ -32,7 +32,7 @@ pub async fn start(dir: &Path, p: &Pipeline, id: &str, resumed_from: Option<u64>
         id: id.to_string(),
         pipeline: p.name.clone(),
         trigger: std::env::var("ENGINE_TRIGGER").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| "cli".into()),
-        by: std::env::var("USER").ok(),
+        by: std::env::var("ENGINE_TRIGGERED_BY").ok().filter(|b| !b.is_empty()).or_else(|| std::env::var("USER").ok()),
         started_at_ms: now_ms(),
         pid: std::process::id(),
         resumed_from,
@@ -48,6 +48,7 @@ pub async fn finish(h: History, id: &str, report: &RunReport) {
     let (outcome, failed_operator, error) = match &report.outcome {
         Outcome::Completed if report.up_to_date.is_some() => ("up_to_date", None, None),
         Outcome::Completed => ("completed", None, None),
+        Outcome::Interrupted { signal: crate::runtime::TIMEOUT } => ("timeout", None, None),
         Outcome::Interrupted { .. } => ("interrupted", None, None),
         Outcome::Aborted { .. } => ("aborted", None, None),
         Outcome::Failed { operator, error } => ("failed", Some(operator.clone()), Some(error.clone())),
@@ -85,11 +86,6 @@ pub async fn finish(h: History, id: &str, report: &RunReport) {
         tracing::warn!(error = %e, "cannot record how the run ended");
     }
     h.close().await;
-}
-
-/// Whether process `pid` still exists.
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn now_ms() -> i64 {

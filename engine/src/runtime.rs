@@ -67,10 +67,15 @@ pub enum Outcome {
     },
 }
 
+/// The drain reason of a run stopped at its `--timeout`.
+pub const TIMEOUT: &str = "timeout";
+
 impl Outcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Completed => 0,
+            // As coreutils' timeout(1).
+            Outcome::Interrupted { signal: TIMEOUT } => 124,
             Outcome::Interrupted { signal: "SIGINT" } | Outcome::Aborted { signal: "SIGINT" } => 130,
             Outcome::Interrupted { .. } | Outcome::Aborted { .. } => 143,
             Outcome::Failed { .. } => 1,
@@ -149,10 +154,14 @@ impl Control {
     }
 }
 
-/// Shared view of a running pipeline, for the progress bar and health checks.
+/// Shared view of a running pipeline, for the progress bar, health checks
+/// and live figures (`engine run --live`).
 pub struct Live {
     pub ready: AtomicBool,
     pub stats: Vec<(String, Role, Arc<OperatorStats>)>,
+    /// Per edge: label, messages queued, capacity; sampled 4 times a second.
+    pub channels: std::sync::Mutex<Vec<(String, usize, usize)>>,
+    pub checkpoints: Arc<checkpoint::Progress>,
 }
 
 /// What a run does with its sinks.
@@ -239,7 +248,7 @@ async fn execute(
     let mut wiring = run.wire();
     on_live(run.live.clone());
     let tasks = run.tasks(built, &mut wiring);
-    let sampler = sample_channels(std::mem::take(&mut wiring.edges));
+    let sampler = sample_channels(std::mem::take(&mut wiring.edges), run.live.clone());
     // Senders held here would keep channels open forever.
     drop(wiring);
     let mut ended = run.supervise(tasks).await;
@@ -312,6 +321,8 @@ impl<'p> Runner<'p> {
         let live = Arc::new(Live {
             ready: AtomicBool::new(false),
             stats: p.components.iter().zip(&stats).map(|(c, s)| (c.id.clone(), c.role, s.clone())).collect(),
+            channels: std::sync::Mutex::new(Vec::new()),
+            checkpoints: Arc::new(checkpoint::Progress::default()),
         });
         Runner {
             p,
@@ -551,6 +562,7 @@ impl<'p> Runner<'p> {
             no_more,
             drain: self.control.drain.clone(),
             stop: self.abort.clone(),
+            progress: self.live.checkpoints.clone(),
         };
         Some(c)
     }
@@ -897,9 +909,11 @@ fn longest_path(p: &Pipeline) -> usize {
 
 /// Channel fill gauges, sampled: reading a length is cheap, but not free
 /// enough to do on every send.
-fn sample_channels(edges: Vec<Edge>) -> CancellationToken {
-    let gauges: Vec<(metrics::Gauge, Sender<Message>)> =
-        edges.into_iter().map(|e| (metrics::gauge!("engine_channel_fill_ratio", "edge" => e.label), e.tx)).collect();
+fn sample_channels(edges: Vec<Edge>, live: Arc<Live>) -> CancellationToken {
+    let gauges: Vec<(String, metrics::Gauge, Sender<Message>)> = edges
+        .into_iter()
+        .map(|e| (e.label.clone(), metrics::gauge!("engine_channel_fill_ratio", "edge" => e.label), e.tx))
+        .collect();
     let stop = CancellationToken::new();
     let s2 = stop.clone();
     tokio::spawn(async move {
@@ -908,9 +922,14 @@ fn sample_channels(edges: Vec<Edge>) -> CancellationToken {
             tokio::select! {
                 _ = s2.cancelled() => break,
                 _ = tick.tick() => {
-                    for (g, tx) in &gauges {
-                        let cap = tx.capacity().unwrap_or(1).max(1) as f64;
-                        g.set(tx.len() as f64 / cap);
+                    let mut fill = Vec::with_capacity(gauges.len());
+                    for (label, g, tx) in &gauges {
+                        let cap = tx.capacity().unwrap_or(1).max(1);
+                        g.set(tx.len() as f64 / cap as f64);
+                        fill.push((label.clone(), tx.len(), cap));
+                    }
+                    if let Ok(mut c) = live.channels.lock() {
+                        *c = fill;
                     }
                 }
             }

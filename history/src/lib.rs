@@ -77,6 +77,28 @@ pub struct Run {
     pub report: Option<serde_json::Value>,
 }
 
+/// Whether process `pid` is alive: it exists and is not a zombie (a dead
+/// process its new parent has not reaped, as in a container whose init
+/// does not reap).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// Which runs [`History::find`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub pipeline: Option<String>,
+    pub outcome: Option<String>,
+    pub trigger: Option<String>,
+    pub limit: u32,
+}
+
+const COLUMNS: &str = "id, pipeline, trigger, by, started_at_ms, ended_at_ms, outcome, exit_code, failed_operator,
+    error, resumed_from, checkpoints, rows_read, rows_rejected, pid, report";
+
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     pipeline TEXT NOT NULL,
@@ -181,18 +203,96 @@ impl History {
 
     /// The newest runs first, of one pipeline or all.
     pub async fn list(&self, pipeline: Option<&str>, limit: u32) -> Result<Vec<Run>, HistoryError> {
-        let rows = sqlx::query(
-            "SELECT id, pipeline, trigger, by, started_at_ms, ended_at_ms, outcome, exit_code, failed_operator, error,
-                    resumed_from, checkpoints, rows_read, rows_rejected, pid, report
-             FROM runs WHERE (? IS NULL OR pipeline = ?) ORDER BY started_at_ms DESC, id DESC LIMIT ?",
-        )
-        .bind(pipeline)
-        .bind(pipeline)
-        .bind(limit as i64)
+        self.find(&Filter { pipeline: pipeline.map(str::to_string), limit, ..Filter::default() }).await
+    }
+
+    /// The newest runs first that pass `f`.
+    pub async fn find(&self, f: &Filter) -> Result<Vec<Run>, HistoryError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM runs
+             WHERE (? IS NULL OR pipeline = ?) AND (? IS NULL OR outcome = ?) AND (? IS NULL OR trigger = ?)
+             ORDER BY started_at_ms DESC, id DESC LIMIT ?"
+        )))
+        .bind(&f.pipeline)
+        .bind(&f.pipeline)
+        .bind(&f.outcome)
+        .bind(&f.outcome)
+        .bind(&f.trigger)
+        .bind(&f.trigger)
+        .bind(f.limit as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
         Ok(rows.iter().map(row_to_run).collect())
+    }
+
+    /// One run.
+    pub async fn get(&self, id: &str) -> Result<Option<Run>, HistoryError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM runs WHERE id = ?")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.as_ref().map(row_to_run))
+    }
+
+    /// A scheduled slot that did not run (`skipped`, `missed`), with why.
+    pub async fn not_run(
+        &self,
+        id: &str,
+        pipeline: &str,
+        slot_ms: i64,
+        outcome: &str,
+        why: &str,
+    ) -> Result<(), HistoryError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO runs (id, pipeline, trigger, started_at_ms, ended_at_ms, outcome, error, pid)
+             VALUES (?, ?, 'schedule', ?, ?, ?, ?, 0)",
+        )
+        .bind(id)
+        .bind(pipeline)
+        .bind(slot_ms)
+        .bind(slot_ms)
+        .bind(outcome)
+        .bind(why)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Ends a run its own process could not end (it was killed, or never
+    /// started): only a row still `running`, or none yet, is written.
+    /// Returns whether it wrote.
+    pub async fn end_if_running(
+        &self,
+        s: &Started,
+        ended_at_ms: i64,
+        outcome: &str,
+        exit_code: Option<i32>,
+        error: &str,
+    ) -> Result<bool, HistoryError> {
+        let done = sqlx::query(
+            "INSERT INTO runs (id, pipeline, trigger, by, started_at_ms, ended_at_ms, outcome, exit_code, error, pid)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT(id) DO UPDATE SET ended_at_ms = excluded.ended_at_ms, outcome = excluded.outcome,
+               exit_code = excluded.exit_code, error = excluded.error
+             WHERE runs.outcome = 'running'",
+        )
+        .bind(&s.id)
+        .bind(&s.pipeline)
+        .bind(&s.trigger)
+        .bind(&s.by)
+        .bind(s.started_at_ms)
+        .bind(ended_at_ms)
+        .bind(outcome)
+        .bind(exit_code)
+        .bind(error)
+        .bind(s.pid as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn close(self) {

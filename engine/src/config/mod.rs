@@ -23,7 +23,8 @@ pub const DEFAULT_CHANNEL_CAPACITY: usize = 4;
 /// Options every component accepts, handled by the engine itself.
 const COMMON: &[&str] = &["kind", "inputs", "deletes", "batch_size", "channel_capacity"];
 const TOP_LEVEL: &[&str] = &["pipeline", "secrets", "sources", "transforms", "sinks", "alerts"];
-const PIPELINE_KEYS: &[&str] = &["name", "description", "batch_size", "channel_capacity", "checkpoint"];
+const PIPELINE_KEYS: &[&str] = &["name", "description", "batch_size", "channel_capacity", "checkpoint", "schedule"];
+const SCHEDULE_KEYS: &[&str] = &["cron", "timezone", "on_overlap", "catch_up", "timeout", "retry", "jitter"];
 const CHECKPOINT_KEYS: &[&str] = &["interval", "rows", "dir", "keep"];
 
 /// Checkpoint every few seconds unless told otherwise: a crash then costs
@@ -91,6 +92,8 @@ pub struct Pipeline {
     /// `[alerts.<name>]` tables, interpolated and checked; `SECRET[...]`
     /// references in them are resolved with the components'.
     pub alerts: BTreeMap<String, serde_json::Value>,
+    /// `[pipeline.schedule]`: when `engine serve` runs it.
+    pub schedule: Option<server::Schedule>,
 }
 
 #[derive(Clone, Debug)]
@@ -254,6 +257,7 @@ impl Checker<'_> {
         let mut batch_size = DEFAULT_BATCH_SIZE;
         let mut channel_capacity = DEFAULT_CHANNEL_CAPACITY;
         let mut checkpoint_node = None;
+        let mut schedule = None;
         if let Some((key, p)) = root.get("pipeline") {
             match p.value.as_table() {
                 None => {
@@ -270,6 +274,7 @@ impl Checker<'_> {
                                     self.positive(v, "pipeline.channel_capacity").unwrap_or(channel_capacity)
                             }
                             "checkpoint" => checkpoint_node = Some(v),
+                            "schedule" => schedule = self.schedule(k, v),
                             other => self.unknown_option(k, other, "[pipeline]", PIPELINE_KEYS),
                         }
                     }
@@ -472,6 +477,7 @@ impl Checker<'_> {
             source_text: source.to_string(),
             secrets,
             alerts,
+            schedule,
         })
     }
 
@@ -748,6 +754,125 @@ impl Checker<'_> {
         if out.rows.is_some() && !interval_set {
             out.interval = None;
         }
+    }
+
+    /// `[pipeline.schedule]`; each problem is reported at the option.
+    fn schedule(&mut self, key: &Key, node: &Node) -> Option<server::Schedule> {
+        let Some(entries) = node.value.as_table() else {
+            self.err(
+                format!("`pipeline.schedule` must be a table, found {}", node.value.type_name()),
+                node.span.clone(),
+            );
+            return None;
+        };
+        let get = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, v)| v);
+        for (k, _) in entries {
+            if !SCHEDULE_KEYS.contains(&k.name.as_str()) {
+                self.unknown_option(k, &k.name, "[pipeline.schedule]", SCHEDULE_KEYS);
+            }
+        }
+        let Some(cron_node) = get("cron") else {
+            self.err("`pipeline.schedule.cron` is required, e.g. cron = \"0 2 * * *\"", key.span.clone());
+            return None;
+        };
+        let cron = self.string(cron_node, "pipeline.schedule.cron")?;
+        let tz_node = get("timezone");
+        let tz = match tz_node {
+            Some(v) => Some(self.string(v, "pipeline.schedule.timezone")?),
+            None => None,
+        };
+        let errors_before = self.diags.iter().filter(|d| d.severity == Severity::Error).count();
+        let mut s = match server::Schedule::new(&cron, tz.as_deref()) {
+            Ok(s) => s,
+            Err(e) => {
+                let span = if e.option == "timezone" { tz_node.map(|n| n.span.clone()) } else { None };
+                self.err(
+                    format!("`pipeline.schedule.{}`: {}", e.option, e.message),
+                    span.unwrap_or(cron_node.span.clone()),
+                )
+                .help = Some(if e.option == "timezone" {
+                    "IANA names are listed by `timedatectl list-timezones` (or see /usr/share/zoneinfo)".into()
+                } else {
+                    "5 fields: minute hour day-of-month month day-of-week; 6 with seconds first; or @hourly, @daily, @weekly".into()
+                });
+                // Go on checking the other options against a stand-in.
+                match server::Schedule::new(if e.option == "cron" { "0 0 * * *" } else { &cron }, None) {
+                    Ok(s) => s,
+                    Err(_) => return None,
+                }
+            }
+        };
+        for (name, apply) in [
+            (
+                "on_overlap",
+                server::Schedule::set_overlap
+                    as fn(&mut server::Schedule, &str) -> Result<(), server::schedule::ScheduleError>,
+            ),
+            ("catch_up", server::Schedule::set_catch_up),
+        ] {
+            if let Some(v) = get(name) {
+                let Some(text) = self.string(v, &format!("pipeline.schedule.{name}")) else {
+                    continue;
+                };
+                if let Err(e) = apply(&mut s, &text) {
+                    self.err(format!("`pipeline.schedule.{}`: {}", e.option, e.message), v.span.clone());
+                }
+            }
+        }
+        let duration = |this: &mut Self, name: &str, v: &Node| -> Option<std::time::Duration> {
+            let text = this.string(v, &format!("pipeline.schedule.{name}"))?;
+            match operators::duration::parse_duration(&text) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    this.err(format!("`pipeline.schedule.{name}`: {e}"), v.span.clone()).help = Some(format!(
+                        "write a duration like \"2h\", \"30m\" or \"90s\" ({})",
+                        operators::duration::RANGE
+                    ));
+                    None
+                }
+            }
+        };
+        if let Some(v) = get("timeout") {
+            s.timeout = duration(self, "timeout", v);
+        }
+        if let Some(v) = get("jitter") {
+            s.jitter = duration(self, "jitter", v);
+        }
+        if let Some(v) = get("retry") {
+            match v.value.as_table() {
+                None => {
+                    self.err(
+                        format!("`pipeline.schedule.retry` must be a table like {{ attempts = 3, backoff = \"2m\" }}, found {}", v.value.type_name()),
+                        v.span.clone(),
+                    );
+                }
+                Some(r) => {
+                    for (k, rv) in r {
+                        match k.name.as_str() {
+                            "attempts" => match &rv.value {
+                                Value::Integer(i) if (0..=100).contains(i) => s.retry.attempts = *i as u32,
+                                _ => {
+                                    self.err(
+                                        "`pipeline.schedule.retry.attempts` must be an integer from 0 to 100",
+                                        rv.span.clone(),
+                                    );
+                                }
+                            },
+                            "backoff" => {
+                                if let Some(d) = duration(self, "retry.backoff", rv) {
+                                    s.retry.backoff = d;
+                                }
+                            }
+                            other => {
+                                self.unknown_option(k, other, "[pipeline.schedule] retry", &["attempts", "backoff"]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let errors = self.diags.iter().filter(|d| d.severity == Severity::Error).count();
+        (errors == errors_before).then_some(s)
     }
 
     fn positive_u64(&mut self, v: &Node, what: &str) -> Option<u64> {

@@ -1,0 +1,53 @@
+//! What `engine serve` needs of the engine: pipeline files read into the
+//! service's terms ([`server::PipelineDef`]) and `SECRET[...]` references
+//! resolved with the backends those files declare. The service itself
+//! (schedules, runs, history, API) is the `server` crate's.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::config;
+
+/// Reads pipeline files for `engine serve`.
+pub struct Catalog;
+
+#[async_trait::async_trait]
+impl server::Catalog for Catalog {
+    fn load(&self, file: &Path) -> Result<server::PipelineDef, String> {
+        let p = config::load(file).map_err(|e| e.to_string())?;
+        Ok(server::PipelineDef {
+            name: p.name.clone(),
+            file: p.file.clone(),
+            description: p.description.clone(),
+            schedule: p.schedule.clone(),
+            graph: crate::graph::json(&p),
+        })
+    }
+
+    async fn resolve_secret(&self, files: &[PathBuf], reference: &str) -> Result<String, String> {
+        let refs = secrets::reference::scan(reference)?;
+        let [(range, r)] = refs.as_slice() else {
+            return Err("write one reference, like SECRET[aws.engine/api#token]".into());
+        };
+        if range.start != 0 || range.end != reference.len() {
+            return Err("the token must be a reference alone, like SECRET[aws.engine/api#token]".into());
+        }
+        let declared = files
+            .iter()
+            .filter_map(|f| config::load(f).ok())
+            .find_map(|p| p.secrets.get(&r.backend).map(|spec| (r.backend.clone(), spec.clone())));
+        let Some((name, spec)) = declared else {
+            return Err(format!(
+                "{r}: no pipeline file served declares the secret backend `{}` under [secrets]",
+                r.backend
+            ));
+        };
+        let resolver = secrets::Resolver::new(&[(name, spec)].into_iter().collect())?;
+        let wanted: BTreeSet<_> = [r.clone()].into_iter().collect();
+        match resolver.resolve(&wanted).await.remove(r) {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err(format!("{r} did not resolve")),
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! The HTTP API, JSON under `/api/`, described by `/api/openapi.json`
+//! (`openapi.json` beside this file; a test checks that it and [`ROUTES`]
+//! name the same operations, another walks it against a live service).
+//!
+//! Reads are open (the service listens on 127.0.0.1 by default); calls
+//! that start or stop runs need `Authorization: Bearer <--api-token>`, and
+//! are refused when the service has no token.
+//!
+//! Owns request parsing and response shapes; runs start and stop only
+//! through the supervisor.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::runs::{StopError, Supervisor, Trigger, TriggerError, Triggered};
+use crate::scheduler::Scheduler;
+
+/// Every operation served: (method, path). The OpenAPI document names
+/// exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/api/health"),
+    ("get", "/api/openapi.json"),
+    ("get", "/api/pipelines"),
+    ("get", "/api/pipelines/{name}"),
+    ("get", "/api/pipelines/{name}/graph"),
+    ("post", "/api/pipelines/{name}/runs"),
+    ("get", "/api/runs"),
+    ("get", "/api/runs/{id}"),
+    ("post", "/api/runs/{id}/stop"),
+    ("get", "/api/runs/{id}/log"),
+    ("get", "/api/runs/{id}/log/follow"),
+    ("get", "/api/runs/{id}/live"),
+];
+
+/// The OpenAPI 3.1 document.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// How often live figures and followed logs are read (4 per second).
+const TICK: Duration = Duration::from_millis(250);
+
+#[derive(Clone)]
+pub struct Api {
+    pub sup: Arc<Supervisor>,
+    pub sched: Arc<Scheduler>,
+    pub token: Option<String>,
+}
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/api/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/pipelines", get(pipelines))
+        .route("/api/pipelines/{name}", get(pipeline))
+        .route("/api/pipelines/{name}/graph", get(graph))
+        .route("/api/pipelines/{name}/runs", post(trigger))
+        .route("/api/runs", get(runs))
+        .route("/api/runs/{id}", get(run))
+        .route("/api/runs/{id}/stop", post(stop))
+        .route("/api/runs/{id}/log", get(log))
+        .route("/api/runs/{id}/log/follow", get(log_follow))
+        .route("/api/runs/{id}/live", get(live))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API route; see /api/openapi.json") })
+        .with_state(api)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// `None` when the caller may mutate; else the refusal.
+fn refuse(api: &Api, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &api.token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "starting and stopping runs is disabled: start `engine serve` with --api-token (or ENGINE_API_TOKEN)",
+        ));
+    };
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.trim().as_bytes(), token.as_bytes()) => None,
+        Some(_) => Some(unauthorized("the bearer token is not the service's")),
+        None => Some(unauthorized("this call needs `Authorization: Bearer <token>`")),
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut r = error(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    r
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn pipeline_json(api: &Api, def: &crate::PipelineDef) -> Value {
+    let last = api.sup.history().list(Some(&def.name), 1).await.ok().and_then(|mut v| v.pop());
+    json!({
+        "name": def.name,
+        "file": def.file.display().to_string(),
+        "description": def.description,
+        "schedule": def.schedule,
+        "next_fire_times": api.sched.upcoming(def, 5),
+        "running": api.sup.running(&def.name),
+        "busy": api.sup.busy(&def.name),
+        "last_run": last,
+    })
+}
+
+async fn pipelines(State(api): State<Api>) -> Response {
+    let mut out = Vec::new();
+    for d in api.sup.defs() {
+        out.push(pipeline_json(&api, &d).await);
+    }
+    Json(json!({ "pipelines": out })).into_response()
+}
+
+async fn pipeline(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match api.sup.def(&name) {
+        Some(d) => Json(pipeline_json(&api, &d).await).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no pipeline named `{name}`")),
+    }
+}
+
+async fn graph(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match api.sup.def(&name) {
+        Some(d) => Json(d.graph.clone()).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no pipeline named `{name}`")),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    /// Who asks, for the history.
+    by: Option<String>,
+}
+
+async fn trigger(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = refuse(&api, &headers) {
+        return r;
+    }
+    let body: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TriggerBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body must be JSON like {{\"by\": \"alice\"}}: {e}"),
+                );
+            }
+        }
+    };
+    let by = body.by.map(|b| b.chars().filter(|c| !c.is_control()).take(100).collect::<String>());
+    match api.sup.trigger(&name, Trigger { kind: "api".into(), by: by.or(Some("api".into())), missed: 0 }, false) {
+        Ok(Triggered::Started { run_id }) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "run_id": run_id, "pipeline": name, "links": { "run": format!("/api/runs/{run_id}"), "live": format!("/api/runs/{run_id}/live") } })),
+        )
+            .into_response(),
+        Ok(Triggered::Queued { behind }) => {
+            (StatusCode::ACCEPTED, Json(json!({ "queued_behind": behind, "pipeline": name }))).into_response()
+        }
+        Err(e @ TriggerError::Unknown(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(TriggerError::Busy { pipeline, run_id }) => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": format!("pipeline `{pipeline}` is running ({run_id}); one run at a time"), "running": run_id })),
+        )
+            .into_response(),
+        Err(e @ TriggerError::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsQuery {
+    pipeline: Option<String>,
+    outcome: Option<String>,
+    trigger: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn runs(
+    State(api): State<Api>,
+    q: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let f = history::Filter {
+        pipeline: q.pipeline,
+        outcome: q.outcome,
+        trigger: q.trigger,
+        limit: q.limit.unwrap_or(50).clamp(1, 1000),
+    };
+    match api.sup.history().find(&f).await {
+        Ok(rows) => Json(json!({ "runs": rows })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn run(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match api.sup.history().get(&id).await {
+        Ok(Some(r)) => {
+            let mut v = serde_json::to_value(&r).unwrap_or(Value::Null);
+            v["live"] = json!(api.sup.running_run(&id));
+            v["log"] = json!(format!("/api/runs/{id}/log"));
+            Json(v).into_response()
+        }
+        Ok(None) => match api.sup.running_run(&id) {
+            // Started, not yet recorded by its process.
+            Some(r) => {
+                Json(json!({ "id": id, "pipeline": r.pipeline, "outcome": "starting", "live": r })).into_response()
+            }
+            None => error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
+        },
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn stop(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if let Some(r) = refuse(&api, &headers) {
+        return r;
+    }
+    match api.sup.stop(&id) {
+        Ok(r) => (StatusCode::ACCEPTED, Json(json!({ "stopping": r.run_id, "pipeline": r.pipeline }))).into_response(),
+        Err(e @ StopError::NotRunning(_)) => {
+            let known = matches!(api.sup.history().get(&id).await, Ok(Some(_)));
+            error(if known { StatusCode::CONFLICT } else { StatusCode::NOT_FOUND }, e)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    tail: Option<usize>,
+}
+
+/// The last `tail` lines of `text`.
+fn tail_lines(text: &str, n: usize) -> &str {
+    let mut idx = text.len();
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    let mut count = 0;
+    for (i, _) in body.rmatch_indices('\n') {
+        count += 1;
+        if count == n {
+            idx = i + 1;
+            break;
+        }
+    }
+    if count < n { text } else { &text[idx..] }
+}
+
+async fn log(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match tokio::fs::read(api.sup.log_path(&id)).await {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let out = tail_lines(&text, q.tail.unwrap_or(200).clamp(1, 100_000)).to_string();
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response()
+        }
+        Err(_) => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no log for run `{id}` (runs started by `engine serve` have one; old ones are deleted after the retention)"
+            ),
+        ),
+    }
+}
+
+fn sse(s: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
+    Sse::new(s).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// The log as Server-Sent Events: the last 100 lines, then each new line
+/// (`event: log`), then `event: end` once the run is over.
+async fn log_follow(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let path = api.sup.log_path(&id);
+    if !path.exists() {
+        return error(StatusCode::NOT_FOUND, format!("no log for run `{id}`"));
+    }
+    struct S {
+        api: Api,
+        id: String,
+        path: std::path::PathBuf,
+        offset: usize,
+        first: bool,
+        pending: std::collections::VecDeque<String>,
+        done: bool,
+    }
+    let st = S { api, id, path, offset: 0, first: true, pending: Default::default(), done: false };
+    let stream = futures::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(line) = st.pending.pop_front() {
+                return Some((Ok(Event::default().event("log").data(line)), st));
+            }
+            if st.done {
+                return None;
+            }
+            if !st.first {
+                tokio::time::sleep(TICK).await;
+            }
+            let running = st.api.sup.running_run(&st.id).is_some();
+            let bytes = tokio::fs::read(&st.path).await.unwrap_or_default();
+            // Whole lines only; a half-written last line waits.
+            let end = bytes[st.offset.min(bytes.len())..].iter().rposition(|b| *b == b'\n').map(|p| st.offset + p + 1);
+            if let Some(end) = end {
+                let text = String::from_utf8_lossy(&bytes[st.offset..end]).into_owned();
+                let text = if st.first { tail_lines(&text, 100).to_string() } else { text };
+                st.pending.extend(text.lines().map(str::to_string));
+                st.offset = end;
+            }
+            st.first = false;
+            if st.pending.is_empty() && !running {
+                st.done = true;
+                return Some((Ok(Event::default().event("end").data("{}")), st));
+            }
+        }
+    });
+    sse(stream)
+}
+
+/// Live figures of a running run as Server-Sent Events (`event: figures`,
+/// 4 per second), then `event: end` with the run's history row.
+async fn live(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    if api.sup.running_run(&id).is_none() {
+        return match api.sup.history().get(&id).await {
+            Ok(Some(r)) => sse(futures::stream::iter([Ok(Event::default()
+                .event("end")
+                .data(serde_json::to_string(&r).unwrap_or_default()))])),
+            _ => error(StatusCode::NOT_FOUND, format!("no run `{id}`")),
+        };
+    }
+    let path = api.sup.live_path(&id);
+    let stream =
+        futures::stream::unfold((api, id, path, String::new(), false), |(api, id, path, last, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let running = api.sup.running_run(&id).is_some();
+                if !running {
+                    let row = api.sup.history().get(&id).await.ok().flatten();
+                    let data = serde_json::to_string(&row).unwrap_or_default();
+                    return Some((Ok(Event::default().event("end").data(data)), (api, id, path, last, true)));
+                }
+                let now = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+                if !now.is_empty() && now != last {
+                    return Some((
+                        Ok(Event::default().event("figures").data(now.trim_end())),
+                        (api, id, path, now, false),
+                    ));
+                }
+                tokio::time::sleep(TICK).await;
+            }
+        });
+    sse(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_names_exactly_the_served_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "an OpenAPI 3.1 document");
+        assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+        let mut documented = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                if method == "parameters" {
+                    continue;
+                }
+                documented.push((method.clone(), path.clone()));
+                assert!(op["operationId"].is_string(), "{method} {path}: operationId");
+                assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path}: responses");
+                // Every {param} of the path is declared.
+                for seg in path.split('/').filter(|s| s.starts_with('{')) {
+                    let name = seg.trim_matches(|c| c == '{' || c == '}');
+                    let declared = item["parameters"]
+                        .as_array()
+                        .into_iter()
+                        .chain(op["parameters"].as_array())
+                        .flatten()
+                        .any(|p| p["name"] == name && p["in"] == "path" && p["required"] == true);
+                    assert!(declared, "{method} {path}: path parameter `{name}` declared as required");
+                }
+            }
+        }
+        documented.sort();
+        let mut served: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        served.sort();
+        assert_eq!(documented, served);
+        // Every $ref points at something that exists.
+        fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r);
+                    }
+                    m.values().for_each(|x| refs(x, out));
+                }
+                Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(!all.is_empty());
+        for r in all {
+            let pointer = r.strip_prefix('#').expect("local $ref");
+            assert!(doc.pointer(pointer).is_some(), "$ref {r} resolves");
+        }
+    }
+
+    #[test]
+    fn tails_keep_the_last_lines() {
+        assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail_lines("a\nb\nc\n", 5), "a\nb\nc\n");
+        assert_eq!(tail_lines("a\nb\nc", 1), "c");
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}
