@@ -558,3 +558,132 @@ fn bad_schedules_fail_validate_and_serve_at_the_option() {
     assert!(out.starts_with("good: cron \"30 2 * * *\" in Europe/Berlin"), "{out}");
     assert_eq!(out.lines().filter(|l| l.contains(" 02:30:00 +0")).count(), 5, "{out}");
 }
+
+/// A webhook receiver on 127.0.0.1 that answers 202 and keeps the bodies.
+fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0;
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok() {
+                let l = line.trim().to_ascii_lowercase();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some(v) = l.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            keep.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            let _ = write!(s, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn a_run_past_its_timeout_stops_at_a_checkpoint_alerts_and_the_next_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir(&pipes).unwrap();
+    let input = small_input(dir.path(), 20_000);
+    let (url, got) = receiver();
+    let alerts = format!(
+        "\n[alerts.hook]\nkind = \"webhook\"\nurl = \"{url}\"\non = [\"failed\", \"recovered\", \"timeout\"]\n"
+    );
+    // 40 batches × 100 ms ≈ 4 s; the timeout stops it after 1.5 s.
+    let file = pipeline(&pipes, "slowpoke", &input, 100, None, "", &alerts);
+    let state = dir.path().join("state");
+    let st = state.to_str().unwrap();
+    let o = run(&["run", "--no-progress", "--timeout", "1500ms", "--state", st, &file], &[]);
+    assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
+    assert!(stderr(&o).contains("timeout: stopping at a checkpoint"), "{}", stderr(&o));
+    let hooks = got.lock().unwrap().clone();
+    assert_eq!(hooks.len(), 1, "{hooks:#?}");
+    assert_eq!((hooks[0]["condition"].as_str(), hooks[0]["action"].as_str()), (Some("timeout"), Some("trigger")));
+    assert_eq!(hooks[0]["dedup_key"], "engine/slowpoke/timeout");
+
+    let o = run(&["runs", "--state", st, "--json"], &[]);
+    let first: Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    assert_eq!(first["outcome"], "timeout");
+    assert_eq!(first["exit_code"], 124);
+    assert!(first["checkpoints"].as_i64().unwrap() >= 1, "{first:#}");
+
+    // The next run resumes where the timeout stopped it, and resolves.
+    let o = run(&["run", "--no-progress", "--state", st, &file], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming pipeline"), "{}", stderr(&o));
+    let hooks = got.lock().unwrap().clone();
+    assert_eq!(hooks.len(), 2, "{hooks:#?}");
+    assert_eq!((hooks[1]["condition"].as_str(), hooks[1]["action"].as_str()), (Some("timeout"), Some("resolve")));
+}
+
+#[test]
+fn a_failed_run_is_retried_with_backoff_then_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir(&pipes).unwrap();
+    let missing = dir.path().join("not-there.csv");
+    // Once a year: only the API starts it here.
+    pipeline(&pipes, "flaky", &missing, 0, Some("0 0 1 1 *"), "retry = { attempts = 2, backoff = \"300ms\" }", "");
+    let state = dir.path().join("state");
+    let svc = Service::start(&pipes, &state, &[]);
+    let (s, v) = svc.post("/api/pipelines/flaky/runs", Some(TOKEN));
+    assert_eq!(s, 202, "{v}");
+    wait_for("three failed runs", Duration::from_secs(30), || {
+        svc.runs("flaky").iter().filter(|r| r["outcome"] == "failed").count() == 3
+            && svc.get("/api/pipelines/flaky").1["busy"] == false
+    });
+    let mut runs = svc.runs("flaky");
+    runs.reverse();
+    let triggers: Vec<&str> = runs.iter().map(|r| r["trigger"].as_str().unwrap()).collect();
+    assert_eq!(triggers, ["api", "retry", "retry"], "{runs:#?}");
+    assert!(runs.iter().all(|r| r["failed_operator"] == "names"), "{runs:#?}");
+    // Backoff doubles: ≥ 300 ms, then ≥ 600 ms between attempts.
+    let gap = |a: &Value, b: &Value| b["started_at_ms"].as_i64().unwrap() - a["ended_at_ms"].as_i64().unwrap();
+    assert!(gap(&runs[0], &runs[1]) >= 300 && gap(&runs[1], &runs[2]) >= 600, "{runs:#?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(svc.runs("flaky").len(), 3, "retried more than attempts");
+    svc.stop();
+}
+
+#[test]
+fn sighup_reloads_the_pipeline_folder_and_keeps_the_old_files_when_the_new_ones_are_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir(&pipes).unwrap();
+    let input = small_input(dir.path(), 10);
+    pipeline(&pipes, "first", &input, 0, None, "", "");
+    let state = dir.path().join("state");
+    let svc = Service::start(&pipes, &state, &[]);
+    let names = |svc: &Service| -> Vec<String> {
+        svc.get("/api/pipelines").1["pipelines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&svc), ["first"]);
+    pipeline(&pipes, "second", &input, 0, Some("0 4 * * *"), "", "");
+    unsafe { libc::kill(svc.child.id() as i32, libc::SIGHUP) };
+    wait_for("the reload", Duration::from_secs(10), || names(&svc) == ["first", "second"]);
+
+    std::fs::write(pipes.join("broken.toml"), "[pipeline]\nname = 3\n").unwrap();
+    unsafe { libc::kill(svc.child.id() as i32, libc::SIGHUP) };
+    wait_for("the refused reload to be logged", Duration::from_secs(10), || {
+        svc.log().contains("the pipeline files have errors; the service keeps the ones it had")
+    });
+    assert!(svc.log().contains("broken.toml"), "the error names the file:\n{}", svc.log());
+    assert_eq!(names(&svc), ["first", "second"]);
+    svc.stop();
+}

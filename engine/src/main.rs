@@ -33,6 +33,7 @@ use engine::graph;
 use engine::observe::{self, LogFormat};
 use engine::report::{self, Progress};
 use engine::runtime::{self, Control};
+use tracing::Instrument as _;
 
 #[derive(Parser)]
 #[command(name = "engine", version, about = "Dataflow streaming ETL: run pipelines described in TOML")]
@@ -748,6 +749,8 @@ async fn run(
         }
         bar.follow(shared);
     })
+    // One span per run: every line of it carries the run id.
+    .instrument(tracing::info_span!("run", run = %run_id, pipeline = %pipeline.name))
     .await;
     bar.finish();
     stop_live.cancel();

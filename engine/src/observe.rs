@@ -34,7 +34,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
         .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests calling main twice) is harmless; ignore it.
     let _ = if json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(true).try_init()
     } else {
         builder.compact().try_init()
     };
