@@ -40,11 +40,13 @@ impl Measure {
     }
 }
 
-/// Runs the pipeline once with `bin`; wall time includes process start.
-fn run_engine(bin: &Path, pipeline: &Path) -> Option<Measure> {
+/// Runs the pipeline once with `bin` and `extra` flags; wall time includes
+/// process start.
+fn run_engine(bin: &Path, pipeline: &Path, extra: &[&str]) -> Option<Measure> {
     let t = Instant::now();
     let o = Command::new(bin)
         .args(["run", pipeline.to_str()?, "--no-progress", "--log-level", "warn"])
+        .args(extra)
         .current_dir(repo())
         .output()
         .ok()?;
@@ -95,6 +97,42 @@ fn report(label: &str, m: &Measure) {
     );
 }
 
+/// The work one live-figures update does (snapshot of 8 operators and 7
+/// edges, JSON, write, rename), timed over many updates: its share of one
+/// core at 4 updates a second bounds what `--live` can cost a run, however
+/// noisy the whole-run timings are.
+fn live_update_cost(dir: &Path) -> (f64, f64) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stats: Vec<(String, operators::Role, Arc<operators::OperatorStats>)> = (0..8)
+        .map(|i| {
+            let s = Arc::new(operators::OperatorStats::default());
+            s.rows_in.store(1_000_000 + i, Ordering::Relaxed);
+            (format!("op{i}"), operators::Role::Transform, s)
+        })
+        .collect();
+    let live = engine::runtime::Live {
+        ready: AtomicBool::new(true),
+        stats,
+        channels: std::sync::Mutex::new((0..7).map(|i| (format!("op{i}.out->op{}", i + 1), 3, 4)).collect()),
+        checkpoints: Arc::default(),
+    };
+    let path = dir.join("live-cost.json");
+    let tmp = dir.join("live-cost.json.tmp");
+    let started = Instant::now();
+    let mut before = Vec::new();
+    let n = 2_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        let body = engine::live::snapshot("run", "bench", &live, started, &mut before);
+        std::fs::write(&tmp, body.to_string()).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+    }
+    let per_update = t.elapsed().as_secs_f64() / n as f64;
+    let updates_per_s = 1.0 / engine::live::TICK.as_secs_f64();
+    (per_update * 1e6, per_update * updates_per_s * 100.0)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` would too: only
     // run when asked for benchmarks.
@@ -114,13 +152,33 @@ fn main() {
         std::fs::metadata(&csv).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
     );
     let engine = PathBuf::from(env!("CARGO_BIN_EXE_engine"));
-    let ours = best_of(runs, || run_engine(&engine, &pipeline));
+    // The cost of live figures (what `engine serve` streams): the same run
+    // writing them 4 times a second. Runs alternate, so that drift on a
+    // shared machine (page cache, a neighbour's build) hits both alike.
+    let live_file = dir.join("live.json");
+    let live_flags = ["--live", live_file.to_str().unwrap_or("live.json")];
+    let (mut plain, mut live) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        plain.extend(run_engine(&engine, &pipeline, &[]));
+        live.extend(run_engine(&engine, &pipeline, &live_flags));
+    }
+    let best = |v: Vec<Measure>| v.into_iter().min_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let ours = best(plain);
     match &ours {
         Some(m) => report("engine: file -> validate -> dedupe -> null", m),
         None => println!("engine run failed"),
     }
+    if let (Some(m), Some(l)) = (&ours, best(live)) {
+        report("engine with --live (4 writes/s)", &l);
+        println!(
+            "ratio with --live / without: {:.3}x (whole runs; run-to-run noise here is several %)",
+            l.rows_per_s() / m.rows_per_s()
+        );
+    }
+    let (micros, share) = live_update_cost(&dir);
+    println!("live figures: {micros:.0} µs per update; at 4 updates/s {share:.3}% of one core");
     if let Some(base) = std::env::var_os("ENGINE_BASELINE_BIN") {
-        if let Some(b) = best_of(runs, || run_engine(Path::new(&base), &pipeline)) {
+        if let Some(b) = best_of(runs, || run_engine(Path::new(&base), &pipeline, &[])) {
             report("baseline engine (ENGINE_BASELINE_BIN)", &b);
             if let Some(m) = &ours {
                 println!("ratio engine / baseline: {:.2}x", m.rows_per_s() / b.rows_per_s());

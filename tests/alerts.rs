@@ -243,3 +243,85 @@ attempts = 2
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("[alerts.x]: `rejects_ratio > 5`: write rejects_ratio > 0.01"), "{}", stderr(&o));
 }
+
+/// `hubspot_daily_quota > R`: the share of the daily API quota HubSpot says
+/// is used (its `X-HubSpot-RateLimit-Daily*` headers) after a run. The
+/// simulator allows 20 requests a day: a first run spends half (below its
+/// bound of 0.9: nothing is sent), a second run on the same account goes
+/// past 0.5 and triggers.
+#[test]
+fn alerts_hubspot_daily_quota_triggers_above_its_bound() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let cfg = simulators::hubspot::Config { daily: 20, ..Default::default() };
+    let sim = rt.block_on(simulators::hubspot::serve(cfg, "127.0.0.1:0".parse().unwrap())).unwrap();
+    let rx = Receiver::start(vec![]);
+    let csv_dir = out_dir();
+    let csv = csv_dir.path().join("names.csv");
+    std::fs::write(
+        &csv,
+        "Id,Name,Year,Gender,Count\n1,Ann,1990,F,10\n2,Bob,1990,M,7\n3,Cid,1990,M,5\n4,Dee,1991,F,9\n5,Eve,1991,F,3\n6,Fay,1992,F,4\n",
+    )
+    .unwrap();
+    // One record per request, one request at a time: the last answer is
+    // the last request, and the share is exact.
+    let quota_pipeline = |dir: &std::path::Path, bound: &str| {
+        let body = r#"[pipeline]
+name = "quota"
+[pipeline.checkpoint]
+dir = "@DIR@/checkpoints"
+
+[sources.names]
+kind = "file"
+path = "@CSV@"
+@SCHEMA@
+
+[sinks.crm]
+kind = "hubspot"
+inputs = ["names"]
+base_url = "@BASE@"
+token = "sim-token"
+id_property = "baby_key"
+id = "{Name}|{Gender}|{Year}"
+properties = { firstname = "{Name}" }
+batch_size = 1
+concurrency = 1
+
+[alerts.x]
+kind = "webhook"
+url = "@HOOK@"
+on = ["hubspot_daily_quota > @BOUND@"]
+"#
+        .replace("@DIR@", &dir.display().to_string())
+        .replace("@CSV@", &csv.display().to_string())
+        .replace("@SCHEMA@", SCHEMA)
+        .replace("@BASE@", &sim.base_url())
+        .replace("@HOOK@", &rx.url("/hook"))
+        .replace("@BOUND@", bound);
+        write_pipeline(dir, "quota.toml", &body)
+    };
+
+    // 1. 4 requests to create the properties and 6 upserts: 50% of the
+    //    day, below 0.9.
+    let first = out_dir();
+    let o = run(&["run", "--no-progress", &quota_pipeline(first.path(), "0.9")], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sim.stats().daily_used, 10, "{:?}", sim.stats());
+    assert!(stdout(&o).contains("50.0% of the daily quota used"), "{}", stdout(&o));
+    assert_eq!(rx.take().len(), 0, "50% is not above 0.9");
+
+    // 2. Another run on the same account: over half the day is spent.
+    let second = out_dir();
+    let o = run(&["run", "--no-progress", &quota_pipeline(second.path(), "0.5")], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let used = sim.stats().daily_used as f64 / 20.0;
+    assert!(used > 0.5 && used < 1.0, "{:?}", sim.stats());
+    let got = rx.take();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let hook = &got[0].2;
+    assert_eq!(hook["condition"], "hubspot_daily_quota");
+    assert_eq!(hook["action"], "trigger");
+    let summary = hook["summary"].as_str().unwrap();
+    let want = format!("pipeline quota: {:.1}% of the HubSpot daily API quota used (above 50.0%)", used * 100.0);
+    assert_eq!(summary, want);
+    drop(sim);
+}

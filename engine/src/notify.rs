@@ -39,6 +39,13 @@ pub fn facts(p: &Pipeline, report: &RunReport, run_id: &str) -> RunFacts {
         // `engine serve` says how many scheduled runs a catch-up run
         // stands for.
         missed_slots: std::env::var("ENGINE_MISSED_SLOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+        // The highest share any HubSpot sink of the run reported.
+        hubspot_daily_quota: report
+            .operators
+            .iter()
+            .filter(|o| o.kind == "hubspot")
+            .filter_map(|o| o.daily_quota)
+            .reduce(f64::max),
         ..Default::default()
     }
 }

@@ -80,6 +80,12 @@ pub async fn finish(h: History, id: &str, report: &RunReport) {
             "peak_rss_bytes": report.peak_rss_bytes,
             "resumed_from": checkpoints.and_then(|c| c.resumed_from),
             "last_checkpoint": checkpoints.and_then(|c| c.last),
+            "hubspot_daily_quota": report
+                .operators
+                .iter()
+                .filter(|o| o.kind == "hubspot")
+                .filter_map(|o| o.daily_quota)
+                .reduce(f64::max),
         }),
     };
     if let Err(e) = h.finished(id, &f).await {

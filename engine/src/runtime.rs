@@ -94,6 +94,9 @@ pub struct OperatorReport {
     pub rows_rejected: u64,
     pub rows_dropped: u64,
     pub elapsed: Duration,
+    /// Share (0..=1) of a service's daily request quota used, when the
+    /// operator reported one (the HubSpot sink).
+    pub daily_quota: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -872,6 +875,7 @@ impl<'p> Runner<'p> {
                     rows_rejected: rej,
                     rows_dropped: get(&s.rows_dropped),
                     elapsed: e.elapsed[i],
+                    daily_quota: s.daily_quota(),
                 }
             })
             .collect();

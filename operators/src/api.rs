@@ -87,11 +87,24 @@ pub struct OperatorStats {
     pub rows_dropped: AtomicU64,
     pub batches_in: AtomicU64,
     pub batches_out: AtomicU64,
+    /// Share of a service's daily request quota used (the HubSpot sink), in
+    /// parts per million plus one; 0 when unknown. Read it with
+    /// [`OperatorStats::daily_quota`].
+    pub daily_quota_ppm: AtomicU64,
 }
 
 impl OperatorStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Share (0..=1) of a service's daily request quota the operator last
+    /// reported as used; None when it reported none.
+    pub fn daily_quota(&self) -> Option<f64> {
+        match self.daily_quota_ppm.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some((n - 1) as f64 / 1e6),
+        }
     }
 }
 
@@ -290,6 +303,16 @@ impl Collector {
         self.dropped.increment(n);
     }
 
+    /// Share (0..=1) of a service's daily request quota used, as last known
+    /// (replaces what was recorded before; None leaves it), for the run's
+    /// report and its alerts.
+    pub fn record_daily_quota(&mut self, used: Option<f64>) {
+        if let Some(u) = used.filter(|u| u.is_finite()) {
+            let ppm = (u.clamp(0.0, 1.0) * 1e6).round() as u64;
+            self.stats.daily_quota_ppm.store(ppm + 1, Ordering::Relaxed);
+        }
+    }
+
     pub fn cancel_token(&self) -> &CancellationToken {
         &self.cancel
     }
@@ -466,6 +489,23 @@ mod tests {
     use super::*;
     use arrow::datatypes::{DataType, Field, Schema};
     use arrow::record_batch::RecordBatch;
+
+    /// A daily quota share is kept to the millionth; None or NaN keep
+    /// what was recorded; out-of-range shares are clamped.
+    #[test]
+    fn the_daily_quota_share_round_trips() {
+        let stats = Arc::new(OperatorStats::default());
+        let mut out = Collector::new("op", Vec::new(), stats.clone(), Default::default());
+        assert_eq!(stats.daily_quota(), None);
+        out.record_daily_quota(Some(0.0));
+        assert_eq!(stats.daily_quota(), Some(0.0));
+        out.record_daily_quota(Some(0.75));
+        out.record_daily_quota(None);
+        out.record_daily_quota(Some(f64::NAN));
+        assert_eq!(stats.daily_quota(), Some(0.75));
+        out.record_daily_quota(Some(3.0));
+        assert_eq!(stats.daily_quota(), Some(1.0));
+    }
 
     /// An empty batch goes out once, first, on a data port (it carries the
     /// schema of an input with no rows); never again, never on rejects.

@@ -943,7 +943,7 @@ impl Checker<'_> {
     /// (references stand in as placeholders until a run resolves them).
     fn alerts(&mut self, root: &Node) -> BTreeMap<String, serde_json::Value> {
         self.named_tables(root, "alerts", "receivers", alerts::KINDS, |v| {
-            alerts::AlertSpec::from_json(&crate::secrets::placeholders(v)).map(|_| v.clone())
+            alerts::AlertSpec::from_json(&alert_placeholders(v)).map(|_| v.clone())
         })
     }
 
@@ -1128,6 +1128,46 @@ fn register_credentials(components: &[Component]) {
     }
 }
 
+/// An `[alerts.x]` table with its references replaced for validation: a
+/// whole URL (`webhook_url = "SECRET[...]"`) by a URL, a whole address
+/// (`from`, `to`) by an address, anything else by the usual placeholder, so
+/// that a receiver whose URL is a secret validates.
+fn alert_placeholders(table: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    let stand_in = |key: &str, v: &J| -> J {
+        match v {
+            J::String(s)
+                if s.trim_start().starts_with("SECRET[")
+                    && s.trim_end().ends_with(']')
+                    && s.matches("SECRET[").count() == 1 =>
+            {
+                if key.ends_with("url") {
+                    J::String("https://secret-placeholder.invalid/".into())
+                } else if key == "from" || key == "to" {
+                    J::String("secret-placeholder@example.invalid".into())
+                } else {
+                    crate::secrets::placeholders(v)
+                }
+            }
+            other => crate::secrets::placeholders(other),
+        }
+    };
+    match table {
+        J::Object(m) => J::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        J::Array(items) => J::Array(items.iter().map(|i| stand_in(k, i)).collect()),
+                        other => stand_in(k, other),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        other => crate::secrets::placeholders(other),
+    }
+}
+
 /// A receiver's credentials (a routing key, a Slack webhook URL) as written
 /// or from `${VAR}`; references are registered when they resolve.
 fn register_alert_credentials(alerts: &BTreeMap<String, serde_json::Value>) {
@@ -1307,6 +1347,20 @@ mod tests {
 
     const BASE: &str =
         "[sources.a]\nkind = \"file\"\npath = \"in.csv\"\n[sinks.b]\nkind = \"blackhole\"\ninputs = [\"a\"]\n";
+
+    #[test]
+    fn alert_urls_and_addresses_may_be_secrets() {
+        let text = format!(
+            "[secrets.m]\nkind = \"directory\"\npath = \"/run/secrets\"\n\
+             [alerts.slack]\nkind = \"slack\"\nwebhook_url = \"SECRET[m.slack]\"\n\
+             [alerts.mail]\nkind = \"email\"\nsmtp_host = \"smtp.example.com\"\nfrom = \"SECRET[m.from]\"\nto = [\"SECRET[m.to]\"]\n{BASE}"
+        );
+        let p = load_str(Path::new("p.toml"), &text, &|_| None).expect("valid");
+        assert_eq!(p.alerts["slack"]["webhook_url"], "SECRET[m.slack]", "kept unresolved for the run");
+        // A URL that is not one is still refused.
+        let m = first_error(&format!("[alerts.hook]\nkind = \"webhook\"\nurl = \"ftp://x\"\n{BASE}"));
+        assert!(m.contains("not an http:// or https:// URL"), "{m}");
+    }
 
     #[test]
     fn out_of_range_numbers_say_so_with_the_range() {

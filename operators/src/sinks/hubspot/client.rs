@@ -172,6 +172,9 @@ pub struct Client {
     day: Mutex<(String, u64)>,
     /// Absurd rate-limit headers are reported once, not per request.
     warned_headers: std::sync::atomic::AtomicBool,
+    /// Share of the daily quota used, as the latest response with both
+    /// daily headers said.
+    daily_reported: Mutex<Option<f64>>,
 }
 
 /// Why a single attempt did not produce a final answer.
@@ -223,6 +226,7 @@ impl Client {
             requests: AtomicU64::new(0),
             day: Mutex::new((String::new(), 0)),
             warned_headers: Default::default(),
+            daily_reported: Mutex::new(None),
         })
     }
 
@@ -496,6 +500,19 @@ impl Client {
         if day.0.is_empty() { (self.today(), 0) } else { day.clone() }
     }
 
+    /// Share (0..=1) of the daily quota used: as HubSpot's daily headers
+    /// last said; else, without them (an OAuth app), the requests counted in
+    /// today's client-side budget over that budget; else unknown.
+    pub fn daily_quota(&self) -> Option<f64> {
+        if let Some(used) = *self.daily_reported.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Some(used);
+        }
+        let daily = self.s.daily.filter(|d| *d > 0)?;
+        let (day, used) = self.day_used();
+        let used = if day == self.today() { used } else { 0 };
+        Some((used as f64 / daily as f64).min(1.0))
+    }
+
     /// Requests earlier runs made on `date`: they count when it is today.
     pub fn restore_day(&self, date: &str, used: u64) {
         if date == self.today() {
@@ -663,8 +680,15 @@ impl Client {
     }
 
     /// Other clients share the account's limit: when HubSpot says little is
-    /// left, everyone here waits for the window to roll.
+    /// left, everyone here waits for the window to roll. Also notes how much
+    /// of the day's quota is used.
     fn read_limit_headers(&self, h: &reqwest::header::HeaderMap) {
+        if let Some(used) = headers::daily_used(
+            header(h, "x-hubspot-ratelimit-daily"),
+            header(h, "x-hubspot-ratelimit-daily-remaining"),
+        ) {
+            *self.daily_reported.lock().unwrap_or_else(|p| p.into_inner()) = Some(used);
+        }
         let remaining = header(h, "x-hubspot-ratelimit-remaining");
         let max = header(h, "x-hubspot-ratelimit-max");
         let Some(w) = headers::window(remaining, max, header(h, "x-hubspot-ratelimit-interval-milliseconds")) else {
@@ -879,6 +903,62 @@ mod tests {
         s.api_version = ApiVersion::parse("2025-01").unwrap();
         let err = Client::new(s).unwrap().send(one()).await.err().expect("unknown version").to_string();
         assert!(err.contains("404"), "{err}");
+    }
+
+    /// The day's quota use: from the daily headers of the latest response
+    /// that had both (missing or bad ones change nothing), else from the
+    /// client-side budget, else unknown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn daily_quota_use_comes_from_the_headers_else_the_budget() {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        let cfg = simulators::hubspot::Config { daily: 10, ..portal() };
+        let sim = simulators::hubspot::serve(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let client = Client::new(settings(sim.base_url())).unwrap();
+        assert_eq!(client.daily_quota(), None, "no answer yet, no budget");
+        client.send(one()).await.unwrap();
+        client.send(one()).await.unwrap();
+        assert_eq!(client.daily_quota(), Some(0.2), "2 of 10 used");
+
+        let daily = |d: Option<&[u8]>, r: Option<&[u8]>| {
+            let mut h = HeaderMap::new();
+            if let Some(d) = d {
+                h.insert("x-hubspot-ratelimit-daily", HeaderValue::from_bytes(d).unwrap());
+            }
+            if let Some(r) = r {
+                h.insert("x-hubspot-ratelimit-daily-remaining", HeaderValue::from_bytes(r).unwrap());
+            }
+            h
+        };
+        let ignored: [(Option<&[u8]>, Option<&[u8]>); 8] = [
+            (None, None),
+            (Some(b"10"), None),
+            (None, Some(b"1")),
+            (Some(b"ten"), Some(b"1")),
+            (Some(b"10"), Some(b"11")),
+            (Some(b"0"), Some(b"0")),
+            (Some(b"-5"), Some(b"1")),
+            (Some(b"10\xff"), Some(b"1")),
+        ];
+        for (d, r) in ignored {
+            client.read_limit_headers(&daily(d, r));
+            assert_eq!(client.daily_quota(), Some(0.2), "{d:?} / {r:?} is ignored");
+        }
+        client.read_limit_headers(&daily(Some(b"1000"), Some(b" 250")));
+        assert_eq!(client.daily_quota(), Some(0.75), "the latest believable answer counts");
+
+        // No daily headers (an OAuth app): the client-side budget says.
+        let cfg = simulators::hubspot::Config { rate_limit_headers: false, ..portal() };
+        let sim = simulators::hubspot::serve(cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut s = settings(sim.base_url());
+        s.daily = Some(4);
+        let client = Client::new(s).unwrap();
+        assert_eq!(client.daily_quota(), Some(0.0));
+        client.send(one()).await.unwrap();
+        assert_eq!(client.daily_quota(), Some(0.25));
+        // Neither: unknown.
+        let client = Client::new(settings(sim.base_url())).unwrap();
+        client.send(one()).await.unwrap();
+        assert_eq!(client.daily_quota(), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -512,8 +512,17 @@ impl HubSpotSink {
         w.put(Bytes::from(line)).await.map_err(|e| OperatorError::storage(format!("writing {}", loc.display), e))
     }
 
+    /// The day's quota use as the client knows it now, for the run's report
+    /// (recorded after every answer, also when the request failed).
+    fn note_quota(&self, out: &mut Collector) {
+        if let Mode::Online(c) = &self.mode {
+            out.record_daily_quota(c.daily_quota());
+        }
+    }
+
     async fn reap_one(&mut self, out: &mut Collector) -> Result<(), OperatorError> {
         let Some(joined) = self.in_flight.join_next().await else { return Ok(()) };
+        self.note_quota(out);
         let done = joined.map_err(|e| OperatorError::Data(format!("a request task failed: {e}")))??;
         match done {
             Done::Upserted(ids, outcome) => {
@@ -790,6 +799,8 @@ impl Operator for HubSpotSink {
         {
             w.shutdown().await.map_err(|e| OperatorError::Data(format!("completing {}: {e}", loc.display)))?;
         }
+        // Also when no row came: checking the properties made requests.
+        self.note_quota(out);
         if let Mode::Online(c) = &self.mode {
             tracing::info!(
                 delivered = self.counts.delivered,
@@ -896,6 +907,9 @@ impl Operator for HubSpotSink {
         }
         if let Mode::Online(client) = &self.mode {
             parts.push(format!("{} requests", client.requests()));
+            if let Some(used) = client.daily_quota() {
+                parts.push(format!("{:.1}% of the daily quota used", used * 100.0));
+            }
         }
         Some(parts.join(", "))
     }
