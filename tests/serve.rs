@@ -689,3 +689,28 @@ fn sighup_reloads_the_pipeline_folder_and_keeps_the_old_files_when_the_new_ones_
     assert_eq!(names(&svc), ["first", "second"]);
     svc.stop();
 }
+
+#[test]
+fn on_overlap_queue_runs_the_waiting_slot_right_after_the_current_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir(&pipes).unwrap();
+    let input = small_input(dir.path(), 1_500);
+    // 3 batches × 1 s: each run outlasts the 2 s between slots.
+    pipeline(&pipes, "queued", &input, 1000, Some("*/2 * * * * *"), "on_overlap = \"queue\"", "");
+    let state = dir.path().join("state");
+    let svc = Service::start(&pipes, &state, &[]);
+    wait_for("three runs", Duration::from_secs(30), || {
+        svc.runs("queued").iter().filter(|r| r["outcome"] == "completed").count() >= 2 && svc.runs("queued").len() >= 3
+    });
+    let mut runs = svc.runs("queued");
+    runs.reverse();
+    assert!(runs.iter().all(|r| r["outcome"] != "skipped"), "{runs:#?}");
+    for w in runs.windows(2) {
+        let (end, next) = (w[0]["ended_at_ms"].as_i64().unwrap(), w[1]["started_at_ms"].as_i64().unwrap());
+        assert!(next >= end, "runs overlap: {runs:#?}");
+        // The waiting slot starts as soon as the run before it ends.
+        assert!(next - end < 1000, "a queued run waited {} ms: {runs:#?}", next - end);
+    }
+    svc.stop();
+}

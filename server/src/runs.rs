@@ -402,7 +402,9 @@ impl Supervisor {
         if let Some(t) = def.schedule.as_ref().and_then(|s| s.timeout) {
             cmd.arg("--timeout").arg(format!("{}ms", t.as_millis()));
         }
-        cmd.env("ENGINE_RUN_ID", run_id)
+        // Runs need no API token: least privilege.
+        cmd.env_remove("ENGINE_API_TOKEN")
+            .env("ENGINE_RUN_ID", run_id)
             .env("ENGINE_TRIGGER", &trigger.kind)
             .env("ENGINE_MISSED_SLOTS", trigger.missed.to_string())
             .stdin(std::process::Stdio::null())
