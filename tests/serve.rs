@@ -714,3 +714,60 @@ fn on_overlap_queue_runs_the_waiting_slot_right_after_the_current_run() {
     }
     svc.stop();
 }
+
+#[test]
+fn a_run_that_dies_without_a_word_is_recorded_and_alerted_by_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir(&pipes).unwrap();
+    let input = small_input(dir.path(), 20_000);
+    let (url, got) = receiver();
+    let mounted = dir.path().join("mounted");
+    std::fs::create_dir(&mounted).unwrap();
+    let alerts = format!(
+        "\n[secrets.files]\nkind = \"directory\"\npath = \"{}\"\n\n[alerts.hook]\nkind = \"webhook\"\nurl = \"{url}\"\n",
+        mounted.display()
+    );
+    // A sink credential that is not there: the run stops before it starts.
+    let bad = format!(
+        "{alerts}\n[sinks.copy]\nkind = \"file\"\ninputs = [\"names\"]\npath = \"{}/SECRET[files.out_name].csv\"\n",
+        dir.path().display()
+    );
+    pipeline(&pipes, "nosecret", &input, 0, None, "", &bad);
+    // A slow one, to be killed.
+    pipeline(&pipes, "victim", &input, 200, None, "", &alerts);
+    let state = dir.path().join("state");
+    let svc = Service::start(&pipes, &state, &[]);
+
+    let (s, v) = svc.post("/api/pipelines/nosecret/runs", Some(TOKEN));
+    assert_eq!(s, 202, "{v}");
+    let id = v["run_id"].as_str().unwrap().to_string();
+    wait_for("the alert", Duration::from_secs(20), || !got.lock().unwrap().is_empty());
+    let row = svc.get(&format!("/api/runs/{id}")).1;
+    assert_eq!(row["outcome"], "invalid", "{row:#}");
+    assert_eq!(row["exit_code"], 2);
+    let hook = got.lock().unwrap()[0].clone();
+    assert_eq!((hook["condition"].as_str(), hook["run_id"].as_str()), (Some("failed"), Some(id.as_str())), "{hook:#}");
+    assert!(hook["message"].as_str().unwrap().contains("files.out_name"), "{hook:#}");
+
+    let (s, v) = svc.post("/api/pipelines/victim/runs", Some(TOKEN));
+    assert_eq!(s, 202, "{v}");
+    let id = v["run_id"].as_str().unwrap().to_string();
+    let mut pid = 0;
+    wait_for("the run's process", Duration::from_secs(10), || {
+        pid = svc.get("/api/pipelines/victim").1["running"]["pid"].as_u64().unwrap_or(0);
+        pid > 0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_for("the killed run's alert", Duration::from_secs(20), || got.lock().unwrap().len() >= 2);
+    let row = svc.get(&format!("/api/runs/{id}")).1;
+    assert_eq!(row["outcome"], "killed", "{row:#}");
+    assert_eq!(row["exit_code"], 137);
+    let hook = got.lock().unwrap()[1].clone();
+    assert_eq!(hook["pipeline"], "victim");
+    assert!(hook["message"].as_str().unwrap().contains("killed by signal 9"), "{hook:#}");
+    // The service is still up.
+    assert_eq!(svc.get("/api/health").0, 200);
+    svc.stop();
+}

@@ -50,7 +50,7 @@ pub fn facts(p: &Pipeline, report: &RunReport, run_id: &str) -> RunFacts {
     }
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -69,7 +69,16 @@ pub async fn send(p: &Pipeline, report: &RunReport, run_id: &str) {
     {
         return;
     }
-    let facts = facts(p, report, run_id);
+    send_facts(p, facts(p, report, run_id)).await
+}
+
+/// Sends what `facts` cause to every receiver of `p`, and keeps which
+/// conditions are open. `engine serve` uses it for a run that died before
+/// it could say anything itself (killed, or stopped before it started).
+pub async fn send_facts(p: &Pipeline, facts: RunFacts) {
+    if p.alerts.is_empty() {
+        return;
+    }
     let path = state_file(p);
     let mut state: BTreeMap<String, Open> =
         std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();

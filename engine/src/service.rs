@@ -24,6 +24,34 @@ impl server::Catalog for Catalog {
         })
     }
 
+    async fn run_died(&self, file: &Path, run_id: &str, why: &str) {
+        let mut p = match config::load(file) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "no alert for the dead run: the pipeline file does not load");
+                return;
+            }
+        };
+        if p.alerts.is_empty() {
+            return;
+        }
+        // Only the receivers' references: a component's may be what killed
+        // the run (a credential that no longer resolves).
+        p.components.clear();
+        if let Err(e) = crate::secrets::resolve(&mut p).await {
+            tracing::warn!(pipeline = %p.name, error = %e, "no alert for the dead run: its receivers' secrets do not resolve");
+            return;
+        }
+        let facts = alerts::RunFacts {
+            pipeline: p.name.clone(),
+            run_id: run_id.to_string(),
+            host: crate::notify::hostname(),
+            failed: Some(("(run process)".into(), why.to_string())),
+            ..Default::default()
+        };
+        crate::notify::send_facts(&p, facts).await;
+    }
+
     async fn resolve_secret(&self, files: &[PathBuf], reference: &str) -> Result<String, String> {
         let refs = secrets::reference::scan(reference)?;
         let [(range, r)] = refs.as_slice() else {

@@ -46,6 +46,10 @@ pub trait Catalog: Send + Sync + 'static {
     /// prints for it.
     fn load(&self, file: &Path) -> Result<PipelineDef, String>;
 
+    /// A run died without a word (killed, or exited before it could
+    /// record itself and alert): alert its receivers `failed` with `why`.
+    async fn run_died(&self, file: &Path, run_id: &str, why: &str);
+
     /// Resolves a `SECRET[backend.key]` reference with the backends the
     /// loaded pipeline files declare (for `--api-token`).
     async fn resolve_secret(&self, files: &[PathBuf], reference: &str) -> Result<String, String>;
@@ -182,7 +186,7 @@ pub async fn serve(opts: ServeOptions, catalog: Arc<dyn Catalog>) -> Result<(), 
             "no --api-token (or ENGINE_API_TOKEN): the API answers reads, and refuses to trigger or stop runs"
         );
     }
-    let sup = runs::Supervisor::new(opts.clone(), history.clone());
+    let sup = runs::Supervisor::new(opts.clone(), history.clone(), catalog.clone());
     sup.prune_logs();
     let sched = scheduler::Scheduler::new(sup.clone(), &opts.state);
     sched.install(&defs).await;

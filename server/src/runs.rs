@@ -29,7 +29,7 @@ use history::{History, Started};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::{PipelineDef, ServeError, ServeOptions, now_ms};
+use crate::{Catalog, PipelineDef, ServeError, ServeOptions, now_ms};
 
 /// Why a run starts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -99,6 +99,7 @@ pub enum Triggered {
 
 pub struct Supervisor {
     opts: ServeOptions,
+    catalog: Arc<dyn Catalog>,
     history: Arc<History>,
     slots: Mutex<HashMap<String, Slot>>,
     seq: AtomicU64,
@@ -128,9 +129,10 @@ pub fn lock_state(state: &Path) -> Result<std::fs::File, ServeError> {
 }
 
 impl Supervisor {
-    pub fn new(opts: ServeOptions, history: Arc<History>) -> Arc<Supervisor> {
+    pub fn new(opts: ServeOptions, history: Arc<History>, catalog: Arc<dyn Catalog>) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             opts,
+            catalog,
             history,
             slots: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
@@ -366,7 +368,8 @@ impl Supervisor {
                     };
                     // Only writes when the run could not record itself
                     // (it exited before it opened the history).
-                    let why = format!("exited with code {code} before recording the run; see its log");
+                    let last = last_line(&self.log_path(run_id));
+                    let why = format!("exited with code {code} before recording the run: {last}");
                     self.record_end(&started, outcome, Some(code), &why).await;
                     tracing::info!(pipeline = %def.name, run = %run_id, code, outcome, "run ended");
                     end
@@ -433,9 +436,24 @@ impl Supervisor {
         cmd.spawn()
     }
 
+    /// Records an end the run could not record itself; then, since it could
+    /// not alert either, alerts `failed` for it (unless it was stopped).
     async fn record_end(&self, s: &Started, outcome: &str, code: Option<i32>, why: &str) {
-        if let Err(e) = self.history.end_if_running(s, now_ms(), outcome, code, why).await {
-            tracing::warn!(run = %s.id, error = %e, "cannot record how the run ended");
+        let wrote = match self.history.end_if_running(s, now_ms(), outcome, code, why).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(run = %s.id, error = %e, "cannot record how the run ended");
+                // Unknown: alert rather than stay silent about a failure.
+                true
+            }
+        };
+        let stopped =
+            self.slots().get(&s.pipeline).and_then(|x| x.running.as_ref().map(|r| r.stopping)).unwrap_or(false);
+        if wrote && matches!(outcome, "failed" | "killed" | "invalid") && !stopped {
+            let file = self.def(&s.pipeline).map(|d| d.file.clone());
+            if let Some(file) = file {
+                self.catalog.run_died(&file, &s.id, why).await;
+            }
         }
     }
 
@@ -514,6 +532,14 @@ enum End {
     Killed,
     /// Stopped, timed out, invalid, or never started: not retried.
     Other,
+}
+
+/// The last line a run wrote (its error, when it stopped early), cut to
+/// 500 characters; run output is already redacted by the run.
+fn last_line(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("(no output; see its log)");
+    line.chars().take(500).collect()
 }
 
 fn signal_group(pid: u32, sig: libc::c_int) {
