@@ -293,102 +293,80 @@ pub fn events(conditions: &[Condition], facts: &RunFacts, open: &Open, public_ur
             }
         }
     }
+    // A condition turns on (trigger) or, if open and `resolvable`, off.
+    let mut transition = |key: &str, on: bool, resolvable: bool, trigger: String, resolve: String| {
+        if on {
+            out.push(event(key, Action::Trigger, trigger));
+            now_open.conditions.insert(key.into());
+        } else if resolvable && open.conditions.contains(key) {
+            out.push(event(key, Action::Resolve, resolve));
+            now_open.conditions.remove(key);
+        }
+    };
     for c in conditions {
         let Condition::RejectsRatio(bound) = c else { continue };
         if facts.failed.is_some() {
             continue;
         }
         let ratio = if facts.rows_read == 0 { 0.0 } else { facts.rows_rejected as f64 / facts.rows_read as f64 };
-        if ratio > *bound {
-            out.push(event(
-                "rejects_ratio",
-                Action::Trigger,
-                format!(
-                    "pipeline {}: {} of {} rows rejected ({:.2}%, above {:.2}%)",
-                    facts.pipeline,
-                    facts.rows_rejected,
-                    facts.rows_read,
-                    ratio * 100.0,
-                    bound * 100.0
-                ),
-            ));
-            now_open.conditions.insert("rejects_ratio".into());
-        } else if open.conditions.contains("rejects_ratio") {
-            out.push(event(
-                "rejects_ratio",
-                Action::Resolve,
-                format!("pipeline {}: rejects back to {:.2}%", facts.pipeline, ratio * 100.0),
-            ));
-            now_open.conditions.remove("rejects_ratio");
-        }
+        transition(
+            "rejects_ratio",
+            ratio > *bound,
+            true,
+            format!(
+                "pipeline {}: {} of {} rows rejected ({:.2}%, above {:.2}%)",
+                facts.pipeline,
+                facts.rows_rejected,
+                facts.rows_read,
+                ratio * 100.0,
+                bound * 100.0
+            ),
+            format!("pipeline {}: rejects back to {:.2}%", facts.pipeline, ratio * 100.0),
+        );
     }
     if wants(&Condition::Timeout) {
-        if facts.timed_out {
-            out.push(event(
-                "timeout",
-                Action::Trigger,
-                format!(
-                    "pipeline {}: run {} was stopped at its timeout; it resumes from its last checkpoint on the next run",
-                    facts.pipeline, facts.run_id
-                ),
-            ));
-            now_open.conditions.insert("timeout".into());
-        } else if completed && open.conditions.contains("timeout") {
-            out.push(event(
-                "timeout",
-                Action::Resolve,
-                format!("pipeline {}: run {} completed within its timeout", facts.pipeline, facts.run_id),
-            ));
-            now_open.conditions.remove("timeout");
-        }
+        transition(
+            "timeout",
+            facts.timed_out,
+            completed,
+            format!(
+                "pipeline {}: run {} was stopped at its timeout; it resumes from its last checkpoint on the next run",
+                facts.pipeline, facts.run_id
+            ),
+            format!("pipeline {}: run {} completed within its timeout", facts.pipeline, facts.run_id),
+        );
     }
     if wants(&Condition::Missed) {
-        if facts.missed_slots > 0 {
-            let n = facts.missed_slots;
-            out.push(event(
-                "missed",
-                Action::Trigger,
-                format!(
-                    "pipeline {}: {n} scheduled run{} missed while the service was down",
-                    facts.pipeline,
-                    if n == 1 { " was" } else { "s were" }
-                ),
-            ));
-            now_open.conditions.insert("missed".into());
-        } else if completed && open.conditions.contains("missed") {
-            out.push(event(
-                "missed",
-                Action::Resolve,
-                format!("pipeline {}: run {} completed on schedule", facts.pipeline, facts.run_id),
-            ));
-            now_open.conditions.remove("missed");
-        }
+        let n = facts.missed_slots;
+        transition(
+            "missed",
+            n > 0,
+            completed,
+            format!(
+                "pipeline {}: {n} scheduled run{} missed while the service was down",
+                facts.pipeline,
+                if n == 1 { " was" } else { "s were" }
+            ),
+            format!("pipeline {}: run {} completed on schedule", facts.pipeline, facts.run_id),
+        );
     }
     for c in conditions {
         let Condition::HubspotDailyQuota(bound) = c else { continue };
         // A run without a HubSpot figure (it failed before any call) says
         // nothing either way.
         let Some(used) = facts.hubspot_daily_quota else { continue };
-        if used > *bound {
-            out.push(event(
-                "hubspot_daily_quota",
-                Action::Trigger,
-                format!(
-                    "pipeline {}: {:.1}% of the HubSpot daily API quota used (above {:.1}%)",
-                    facts.pipeline,
-                    used * 100.0,
-                    bound * 100.0
-                ),
-            ));
-            now_open.conditions.insert("hubspot_daily_quota".into());
-        } else if open.conditions.contains("hubspot_daily_quota") {
-            out.push(event(
-                "hubspot_daily_quota",
-                Action::Resolve,
-                format!("pipeline {}: HubSpot daily API quota use back to {:.1}%", facts.pipeline, used * 100.0),
-            ));
-            now_open.conditions.remove("hubspot_daily_quota");
-        }
+        transition(
+            "hubspot_daily_quota",
+            used > *bound,
+            true,
+            format!(
+                "pipeline {}: {:.1}% of the HubSpot daily API quota used (above {:.1}%)",
+                facts.pipeline,
+                used * 100.0,
+                bound * 100.0
+            ),
+            format!("pipeline {}: HubSpot daily API quota use back to {:.1}%", facts.pipeline, used * 100.0),
+        );
     }
     (out, now_open)
 }
