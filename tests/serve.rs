@@ -771,3 +771,109 @@ fn a_run_that_dies_without_a_word_is_recorded_and_alerted_by_the_service() {
     assert_eq!(svc.get("/api/health").0, 200);
     svc.stop();
 }
+
+#[test]
+fn the_console_in_a_real_browser_shows_the_dag_a_live_run_and_markup_as_text() {
+    let chromium =
+        std::process::Command::new(repo().join("scripts/ensure-chromium")).output().expect("scripts/ensure-chromium");
+    assert!(chromium.status.success(), "scripts/ensure-chromium: {}", String::from_utf8_lossy(&chromium.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir(&pipes).unwrap();
+    let input = small_input(dir.path(), 8_000);
+    // No checkpoints: the message bound alone applies, so the slow sink's
+    // input edge fills up and shows as the backpressure point.
+    let slowed = write_pipeline(
+        &pipes,
+        "slowed.toml",
+        &format!(
+            r#"[pipeline]
+name = "slowed"
+batch_size = 500
+channel_capacity = 2
+[pipeline.checkpoint]
+interval = "off"
+
+[sources.names]
+kind = "file"
+path = "{}"
+{SCHEMA}
+
+[transforms.unique]
+kind = "dedupe"
+inputs = ["names"]
+key = ["Id"]
+
+[sinks.hole]
+kind = "blackhole"
+inputs = ["unique"]
+delay_ms = 150
+
+[sinks.rejects]
+kind = "blackhole"
+inputs = ["names.rejects"]
+"#,
+            input.display()
+        ),
+    );
+    let xss = "<img src=x onerror=alert(1)>";
+    let file = pipeline(&pipes, "xss", &input, 0, None, "", "");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("name = \"xss\"", &format!("name = \"xss\"\ndescription = \"{xss}\""));
+    std::fs::write(&file, text).unwrap();
+    let o = run(&["graph", &slowed, "--format", "json"], &[]);
+    let graph: Value = serde_json::from_str(&stdout(&o)).expect("graph JSON");
+    let (nodes, edges) = (graph["nodes"].as_array().unwrap().len(), graph["edges"].as_array().unwrap().len());
+    assert_eq!((nodes, edges), (4, 3));
+
+    let state = dir.path().join("state");
+    let svc = Service::start(&pipes, &state, &[]);
+    let (s, html) = http(&svc.addr, "GET", "/", None, "");
+    assert_eq!(s, 200);
+    assert!(html.contains("<script src=\"/console.js\""), "{html}");
+    let shots = std::env::var_os("CONSOLE_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|| dir.path().to_path_buf());
+    std::fs::create_dir_all(&shots).unwrap();
+    let o = std::process::Command::new("node")
+        .arg(repo().join("tests/browser/console.mjs"))
+        .env("CONSOLE_URL", format!("http://{}/", svc.addr))
+        .env("API_TOKEN", TOKEN)
+        .env("OUT_DIR", &shots)
+        .env("SLOW", "slowed")
+        .env("NODES", nodes.to_string())
+        .env("EDGES", edges.to_string())
+        .env("ROWS", "8000")
+        .env("XSS", "xss")
+        .env("XSS_TEXT", xss)
+        .output()
+        .expect("node runs");
+    let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "browser checks failed:\n{said}\nservice log:\n{}", svc.log());
+    assert!(said.contains("ok: the run completed"), "{said}");
+    assert!(shots.join("run-live.png").exists() && shots.join("run-done.png").exists());
+    svc.stop();
+}
+
+#[test]
+fn the_console_is_served_with_a_strict_content_security_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir(&pipes).unwrap();
+    let input = small_input(dir.path(), 10);
+    pipeline(&pipes, "csp", &input, 0, None, "", "");
+    let svc = Service::start(&pipes, &dir.path().join("state"), &[]);
+    for path in ["/", "/console.js", "/console.css"] {
+        let mut s = TcpStream::connect(&svc.addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let head = raw.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        assert!(head.contains("content-security-policy: default-src 'none'; script-src 'self'"), "{path}: {head}");
+        assert!(head.contains("x-content-type-options: nosniff"), "{path}: {head}");
+    }
+    // No inline script or handler the policy would have to allow.
+    let (_, html) = http(&svc.addr, "GET", "/", None, "");
+    assert!(!html.contains("<script>") && !html.contains(" onclick=") && !html.contains("style="), "{html}");
+    svc.stop();
+}

@@ -70,6 +70,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/runs/{id}/log", get(log))
         .route("/api/runs/{id}/log/follow", get(log_follow))
         .route("/api/runs/{id}/live", get(live))
+        .merge(crate::console::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API route; see /api/openapi.json") })
         .with_state(api)
 }

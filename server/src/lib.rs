@@ -16,6 +16,7 @@
 //! the runs themselves, which record their own start and end.
 
 pub mod api;
+pub mod console;
 pub mod runs;
 pub mod schedule;
 pub mod scheduler;

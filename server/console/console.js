@@ -1,0 +1,287 @@
+// The engine serve console: pipelines, their DAG and history, a run live.
+// Every value from data or logs goes into the page as text (textContent),
+// never as markup. Mutating calls carry the API token from this tab's
+// sessionStorage in an Authorization header (a cross-site page cannot set
+// it without a CORS preflight the API never grants).
+"use strict";
+
+const main = () => document.getElementById("main");
+const TOKEN_KEY = "engine-api-token";
+let closers = []; // EventSources of the page shown
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "text") e.textContent = String(v);
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+
+function svg(tag, attrs, ...children) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "text") e.textContent = String(v);
+    else e.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) if (c) e.append(c);
+  return e;
+}
+
+function notice(text) {
+  const n = document.getElementById("notice");
+  n.textContent = text;
+  n.hidden = !text;
+  if (text) setTimeout(() => { if (n.textContent === text) n.hidden = true; }, 6000);
+}
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json" };
+  if (options.method === "POST") {
+    const t = sessionStorage.getItem(TOKEN_KEY);
+    if (t) headers.Authorization = "Bearer " + t;
+    headers["Content-Type"] = "application/json";
+  }
+  const r = await fetch(path, { ...options, headers, credentials: "omit" });
+  const body = r.headers.get("content-type")?.includes("json") ? await r.json() : await r.text();
+  if (!r.ok) {
+    const e = new Error(typeof body === "object" && body.error ? body.error : `HTTP ${r.status}`);
+    e.status = r.status;
+    throw e;
+  }
+  return body;
+}
+
+const fmt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
+const when = (ms) => (ms ? new Date(ms).toLocaleString() : "–");
+const secs = (a, b) => (a && b ? ((b - a) / 1000).toFixed(1) + " s" : "–");
+const outcome = (o) => el("span", { class: `outcome outcome-${o}`, text: o });
+
+async function act(path, what) {
+  try {
+    const r = await api(path, { method: "POST", body: "{}" });
+    notice(`${what}: ${r.run_id || r.stopping || "ok"}`);
+    if (r.run_id) location.hash = `#/runs/${encodeURIComponent(r.run_id)}`;
+    else route();
+  } catch (e) {
+    notice(e.status === 401 || e.status === 403 ? `${what} refused (${e.status}): enter the API token above` : `${what}: ${e.message}`);
+  }
+}
+
+// ---- Pipelines ----------------------------------------------------------
+
+async function pipelinesPage() {
+  const { pipelines } = await api("/api/pipelines");
+  const rows = pipelines.map((p) =>
+    el("tr", { "data-pipeline": p.name },
+      el("td", {}, el("a", { href: `#/pipelines/${encodeURIComponent(p.name)}`, text: p.name })),
+      el("td", { class: "opt" }, p.schedule ? `${p.schedule.cron} (${p.schedule.timezone})` : el("span", { class: "muted", text: "manual" })),
+      el("td", { class: "opt" }, p.next_fire_times[0] ? p.next_fire_times[0].replace(/\[.*\]$/, "") : "–"),
+      el("td", {}, p.running ? outcome("running") : p.last_run ? outcome(p.last_run.outcome) : el("span", { class: "muted", text: "never ran" })),
+      el("td", {},
+        p.running
+          ? el("button", { type: "button", onclick: () => act(`/api/runs/${encodeURIComponent(p.running.run_id)}/stop`, "stop") , text: "Stop" })
+          : el("button", { type: "button", onclick: () => act(`/api/pipelines/${encodeURIComponent(p.name)}/runs`, "run"), text: "Run now" }))));
+  main().replaceChildren(
+    el("h1", { text: "Pipelines" }),
+    el("div", { class: "table-wrap" }, el("table", {},
+      el("thead", {}, el("tr", {}, el("th", { text: "Pipeline" }), el("th", { class: "opt", text: "Schedule" }), el("th", { class: "opt", text: "Next run" }), el("th", { text: "Last outcome" }), el("th", { text: "Action" }))),
+      el("tbody", {}, rows))));
+}
+
+// ---- DAG ----------------------------------------------------------------
+
+const edgeKey = (e) => `${e.from}.${e.port}->${e.to}`;
+
+/// Layered layout: a node's layer is its longest path from a source.
+function drawDag(graph) {
+  const layer = new Map(graph.nodes.map((n) => [n.id, 0]));
+  for (let pass = 0; pass < graph.nodes.length; pass++) {
+    for (const e of graph.edges) layer.set(e.to, Math.max(layer.get(e.to), layer.get(e.from) + 1));
+  }
+  const columns = [];
+  for (const n of graph.nodes) (columns[layer.get(n.id)] ||= []).push(n);
+  const W = 190, H = 74, GX = 90, GY = 26;
+  const pos = new Map();
+  columns.forEach((col, x) => col.forEach((n, y) => pos.set(n.id, { x: 20 + x * (W + GX), y: 20 + y * (H + GY) })));
+  const width = 40 + columns.length * (W + GX) - GX;
+  const height = 40 + Math.max(...columns.map((c) => c.length)) * (H + GY) - GY;
+  const root = svg("svg", { class: "dag", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": `DAG of ${graph.pipeline}` });
+  for (const e of graph.edges) {
+    const a = pos.get(e.from), b = pos.get(e.to);
+    const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2, mx = (x1 + x2) / 2;
+    const label = svg("text", { x: mx, y: (y1 + y2) / 2 - 6, "text-anchor": "middle", class: "edge-label", text: e.port === "out" ? "" : e.port });
+    const fill = svg("text", { x: mx, y: (y1 + y2) / 2 + 14, "text-anchor": "middle", class: "edge-fill", text: "" });
+    root.append(svg("g", { class: "edge", "data-edge": edgeKey(e) },
+      svg("path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, "marker-end": "" }), label, fill));
+  }
+  for (const n of graph.nodes) {
+    const p = pos.get(n.id);
+    root.append(svg("g", { class: `node ${n.role}`, "data-node": n.id, transform: `translate(${p.x},${p.y})` },
+      svg("rect", { width: W, height: H, rx: 6 }),
+      svg("text", { x: 10, y: 18, class: "title", text: n.id }),
+      svg("text", { x: 10, y: 34, class: "kind", text: `${n.kind} ${n.role}` }),
+      svg("text", { x: 10, y: 50, class: "rows", text: "" }),
+      svg("text", { x: 10, y: 66, class: "rate", text: "" })));
+  }
+  return root;
+}
+
+/// Figures onto a drawn DAG: rows per node, fill per edge (coloured, and
+/// said in words: "full" / "busy").
+function paint(root, f) {
+  for (const o of f.operators || []) {
+    const g = root.querySelector(`g.node[data-node="${CSS.escape(o.id)}"]`);
+    if (!g) continue;
+    g.querySelector("text.rows").textContent = `in ${fmt(o.rows_in)} · out ${fmt(o.rows_out)} · rej ${fmt(o.rows_rejected)}`;
+    g.querySelector("text.rate").textContent = `${fmt(Math.round(o.rows_per_s || 0))} rows/s`;
+  }
+  for (const c of f.channels || []) {
+    const g = root.querySelector(`g.edge[data-edge="${CSS.escape(c.edge)}"]`);
+    if (!g) continue;
+    const ratio = c.capacity ? c.len / c.capacity : 0;
+    const state = ratio >= 0.75 ? "full" : ratio >= 0.4 ? "busy" : "";
+    g.classList.toggle("full", state === "full");
+    g.classList.toggle("busy", state === "busy");
+    g.querySelector("text.edge-fill").textContent = `${c.len}/${c.capacity}${state ? " " + state : ""}`;
+  }
+}
+
+// ---- Pipeline -----------------------------------------------------------
+
+function runsTable(runs) {
+  return el("div", { class: "table-wrap" }, el("table", { class: "runs" },
+    el("thead", {}, el("tr", {}, ["Run", "Trigger", "Started", "Took", "Outcome", "Rows read", "Rejected", "Error"].map((h, i) => el("th", { class: i >= 5 && i <= 6 ? "num" : i === 1 || i === 7 ? "opt" : null, text: h })))),
+    el("tbody", {}, runs.map((r) => el("tr", { "data-run": r.id },
+      el("td", {}, el("a", { href: `#/runs/${encodeURIComponent(r.id)}`, text: r.id })),
+      el("td", { class: "opt", text: r.trigger + (r.by ? ` (${r.by})` : "") }),
+      el("td", { text: when(r.started_at_ms) }),
+      el("td", { text: secs(r.started_at_ms, r.ended_at_ms) }),
+      el("td", {}, outcome(r.outcome)),
+      el("td", { class: "num", text: fmt(r.rows_read) }),
+      el("td", { class: "num", text: fmt(r.rows_rejected) }),
+      el("td", { class: "opt", text: r.error ? (r.failed_operator ? r.failed_operator + ": " : "") + r.error.split("\n")[0] : "" }))))));
+}
+
+async function pipelinePage(name) {
+  const [p, graph, { runs }] = await Promise.all([
+    api(`/api/pipelines/${encodeURIComponent(name)}`),
+    api(`/api/pipelines/${encodeURIComponent(name)}/graph`),
+    api(`/api/runs?pipeline=${encodeURIComponent(name)}&limit=50`),
+  ]);
+  main().replaceChildren(
+    el("h1", { text: `Pipeline ${p.name}` }),
+    el("p", {}, el("span", { class: "muted", text: p.file }), p.description ? " — " + p.description : ""),
+    el("p", {},
+      p.schedule ? `Schedule: ${p.schedule.cron} (${p.schedule.timezone}), next ${p.next_fire_times[0] || "–"}` : "No schedule: runs when started here or through the API.",
+      " ",
+      p.running
+        ? el("button", { type: "button", onclick: () => act(`/api/runs/${encodeURIComponent(p.running.run_id)}/stop`, "stop"), text: "Stop" })
+        : el("button", { type: "button", onclick: () => act(`/api/pipelines/${encodeURIComponent(p.name)}/runs`, "run"), text: "Run now" })),
+    drawDag(graph),
+    el("h2", { text: "Runs" }),
+    runsTable(runs));
+}
+
+// ---- Run ----------------------------------------------------------------
+
+function reportTable(report) {
+  if (!report || !report.operators) return el("p", { class: "muted", text: "No report." });
+  return el("div", { class: "table-wrap" }, el("table", { class: "report" },
+    el("thead", {}, el("tr", {}, ["Operator", "Kind", "Rows in", "Rows out", "Rejected", "Time"].map((h, i) => el("th", { class: i >= 2 ? "num" : null, text: h })))),
+    el("tbody", {}, report.operators.map((o) => el("tr", { "data-operator": o.id },
+      el("td", { text: o.id }), el("td", { text: o.kind }),
+      el("td", { class: "num", text: fmt(o.rows_in) }), el("td", { class: "num", text: fmt(o.rows_out) }),
+      el("td", { class: "num", text: fmt(o.rows_rejected) }), el("td", { class: "num", text: `${(o.elapsed_ms / 1000).toFixed(2)} s` }))))));
+}
+
+async function runPage(id) {
+  const run = await api(`/api/runs/${encodeURIComponent(id)}`);
+  const graph = await api(`/api/pipelines/${encodeURIComponent(run.pipeline)}/graph`);
+  const dag = drawDag(graph);
+  const state = el("span", { id: "run-outcome" }, outcome(run.outcome));
+  const read = el("b", { "data-figure": "rows-read", text: fmt(run.rows_read) });
+  const rate = el("b", { "data-figure": "rows-per-s", text: "–" });
+  const cps = el("b", { "data-figure": "checkpoints", text: fmt(run.checkpoints) });
+  const report = el("div", { id: "report" }, reportTable(run.report));
+  const log = el("pre", { class: "log", id: "log", tabindex: 0 });
+  const lines = [];
+  const level = el("select", { id: "log-level", "aria-label": "Log level" }, ["all", "ERROR", "WARN", "INFO", "DEBUG"].map((l) => el("option", { value: l, text: l })));
+  const search = el("input", { id: "log-search", type: "search", placeholder: "search the log", "aria-label": "Search the log" });
+  const shown = () => {
+    const want = level.value, q = search.value.toLowerCase();
+    log.textContent = lines.filter((l) => (want === "all" || l.includes(`"level":"${want}"`)) && (!q || l.toLowerCase().includes(q))).join("\n");
+    log.scrollTop = log.scrollHeight;
+  };
+  level.addEventListener("change", shown);
+  search.addEventListener("input", shown);
+  main().replaceChildren(
+    el("h1", {}, `Run ${id} of `, el("a", { href: `#/pipelines/${encodeURIComponent(run.pipeline)}`, text: run.pipeline }), " ", state),
+    el("div", { class: "figures" },
+      el("div", {}, "Rows read", read), el("div", {}, "Rows/s", rate), el("div", {}, "Checkpoints", cps),
+      el("div", {}, "Trigger", el("b", { text: run.trigger || (run.live && run.live.trigger && run.live.trigger.kind) || "–" }))),
+    dag,
+    el("h2", { text: "Report" }), report,
+    el("h2", { text: "Log" }), el("div", { class: "log-tools" }, level, search), log);
+
+  const live = new EventSource(`/api/runs/${encodeURIComponent(id)}/live`);
+  closers.push(live);
+  live.addEventListener("figures", (ev) => {
+    const f = JSON.parse(ev.data);
+    paint(dag, f);
+    const src = (f.operators || []).filter((o) => o.role === "source");
+    read.textContent = fmt(src.reduce((a, o) => a + o.rows_out + o.rows_rejected, 0));
+    rate.textContent = fmt(Math.round(src.reduce((a, o) => a + (o.rows_per_s || 0), 0)));
+    cps.textContent = fmt(f.checkpoints && f.checkpoints.committed);
+    state.replaceChildren(outcome("running"));
+  });
+  live.addEventListener("end", (ev) => {
+    live.close();
+    const row = JSON.parse(ev.data || "null");
+    if (!row) return;
+    state.replaceChildren(outcome(row.outcome));
+    read.textContent = fmt(row.rows_read);
+    cps.textContent = fmt(row.checkpoints);
+    report.replaceChildren(reportTable(row.report));
+    if (row.report) paint(dag, { operators: row.report.operators.map((o) => ({ ...o, rows_per_s: 0 })) });
+  });
+  const follow = new EventSource(`/api/runs/${encodeURIComponent(id)}/log/follow`);
+  closers.push(follow);
+  follow.addEventListener("log", (ev) => { lines.push(ev.data); if (lines.length > 5000) lines.shift(); shown(); });
+  follow.addEventListener("end", () => follow.close());
+  follow.onerror = () => follow.close();
+}
+
+// ---- Router -------------------------------------------------------------
+
+async function route() {
+  closers.forEach((c) => c.close());
+  closers = [];
+  const [, page, arg] = (location.hash || "#/").match(/^#\/?([^/]*)\/?(.*)$/) || [];
+  try {
+    if (page === "pipelines" && arg) await pipelinePage(decodeURIComponent(arg));
+    else if (page === "runs" && arg) await runPage(decodeURIComponent(arg));
+    else await pipelinesPage();
+  } catch (e) {
+    main().replaceChildren(el("h1", { text: "Not available" }), el("p", { text: e.message }));
+  }
+}
+
+function tokenForm() {
+  const state = document.getElementById("token-state");
+  const show = () => { state.textContent = sessionStorage.getItem(TOKEN_KEY) ? "token kept for this tab" : "no token"; };
+  document.getElementById("token-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const input = document.getElementById("token");
+    if (input.value) sessionStorage.setItem(TOKEN_KEY, input.value); else sessionStorage.removeItem(TOKEN_KEY);
+    input.value = "";
+    show();
+  });
+  show();
+}
+
+window.addEventListener("hashchange", route);
+document.addEventListener("DOMContentLoaded", () => { tokenForm(); route(); });

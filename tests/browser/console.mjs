@@ -1,0 +1,113 @@
+// The console in a real browser (Debian's chromium, headless, driven by
+// playwright-core). Run by tests/serve.rs against a live `engine serve`:
+//   CONSOLE_URL, API_TOKEN, OUT_DIR, SLOW (pipeline name), NODES, EDGES,
+//   ROWS (rows the slow pipeline reads), XSS (pipeline whose description is
+//   markup), XSS_TEXT (that markup).
+// Prints one line per check; exits 1 at the first failure.
+import { chromium } from "playwright-core";
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const url = env("CONSOLE_URL");
+const out = env("OUT_DIR");
+const slow = env("SLOW");
+const rows = Number(env("ROWS"));
+const fmt = (n) => n.toLocaleString("en-US");
+
+function check(ok, what) {
+  if (!ok) throw new Error(`FAILED: ${what}`);
+  console.log(`ok: ${what}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
+});
+let failed = false;
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const dialogs = [];
+  page.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss(); });
+  const cspErrors = [];
+  page.on("console", (m) => { if (m.type() === "error") cspErrors.push(m.text()); });
+
+  // Pipelines.
+  await page.goto(url);
+  await page.waitForSelector(`tr[data-pipeline="${slow}"]`);
+  const names = await page.$$eval("tr[data-pipeline]", (trs) => trs.map((t) => t.dataset.pipeline));
+  check(names.includes(slow) && names.includes(env("XSS")), `the pipelines are listed: ${names.join(", ")}`);
+
+  // Without the token, actions are refused.
+  await page.click(`tr[data-pipeline="${slow}"] button`);
+  await page.waitForSelector("#notice:not([hidden])");
+  const refused = await page.textContent("#notice");
+  check(/refused \(401\)/.test(refused), `Run now without the token is refused: "${refused}"`);
+  const direct = await page.evaluate(async (p) => (await fetch(`/api/pipelines/${p}/runs`, { method: "POST" })).status, slow);
+  check(direct === 401, `a POST without the token gets ${direct}`);
+
+  // The pipeline's DAG against the file.
+  await page.goto(`${url}#/pipelines/${slow}`);
+  await page.waitForSelector("svg.dag g.node");
+  const nodes = await page.$$eval("svg.dag g.node", (g) => g.length);
+  const edges = await page.$$eval("svg.dag g.edge", (g) => g.length);
+  check(nodes === Number(env("NODES")) && edges === Number(env("EDGES")), `the DAG has ${nodes} nodes and ${edges} edges`);
+
+  // The token, then a run, live.
+  await page.fill("#token", env("API_TOKEN"));
+  await page.click("#token-form button");
+  await page.click("main button");
+  await page.waitForFunction(() => location.hash.startsWith("#/runs/"));
+  const runId = decodeURIComponent((await page.evaluate(() => location.hash)).slice("#/runs/".length));
+  check(runId.length > 0, `the run started: ${runId}`);
+  const seen = [];
+  let full = "";
+  let shot = false;
+  const until = Date.now() + 60_000;
+  while (Date.now() < until) {
+    const text = await page.textContent('[data-figure="rows-read"]');
+    const n = Number((text || "").replace(/[^0-9]/g, ""));
+    if (Number.isFinite(n) && n > 0 && (seen.length === 0 || n > seen[seen.length - 1])) seen.push(n);
+    const f = await page.$$eval("svg.dag g.edge.full", (g) => g.map((e) => `${e.dataset.edge}: ${e.querySelector(".edge-fill").textContent}`));
+    if (f.length && !full) full = f[0];
+    if (seen.length >= 2 && full && !shot) {
+      await page.screenshot({ path: `${out}/run-live.png`, fullPage: true });
+      shot = true;
+    }
+    const outcome = await page.textContent("#run-outcome");
+    if (outcome.trim() === "completed") break;
+    await page.waitForTimeout(150);
+  }
+  check(seen.length >= 3, `the rows counter rose ${seen.length} times: ${seen.join(" < ")}`);
+  check(/ full$/.test(full), `a backpressured edge is marked: ${full}`);
+  await page.waitForFunction(() => document.querySelector("#run-outcome").textContent.trim() === "completed", null, { timeout: 60_000 });
+  check(true, "the run completed");
+  await page.waitForSelector('#report tr[data-operator="hole"]');
+  const holeIn = await page.textContent('#report tr[data-operator="hole"] td:nth-child(3)');
+  check(holeIn === fmt(rows), `the report says the sink got ${holeIn} rows`);
+  const read = await page.textContent('[data-figure="rows-read"]');
+  check(read === fmt(rows), `rows read ${read}`);
+  await page.screenshot({ path: `${out}/run-done.png`, fullPage: true });
+
+  // Markup from data is shown as text.
+  await page.goto(`${url}#/pipelines/${env("XSS")}`);
+  await page.waitForSelector("svg.dag");
+  const body = await page.textContent("main");
+  check(body.includes(env("XSS_TEXT")), "the markup in a description shows as its characters");
+  check((await page.$$("main img")).length === 0 && dialogs.length === 0, "and makes no element and runs no script");
+
+  // A phone-width window still shows the table.
+  await page.setViewportSize({ width: 390, height: 800 });
+  await page.goto(url);
+  await page.waitForSelector(`tr[data-pipeline="${slow}"] button`);
+  check(await page.isVisible(`tr[data-pipeline="${slow}"] button`), "the action button is visible at 390 px");
+  check(cspErrors.filter((e) => /Content Security Policy/.test(e)).length === 0, `no CSP violations (${cspErrors.length} console errors)`);
+} catch (e) {
+  failed = true;
+  console.log(e.message);
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
