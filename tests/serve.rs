@@ -687,6 +687,12 @@ fn sighup_reloads_the_pipeline_folder_and_keeps_the_old_files_when_the_new_ones_
     });
     assert!(svc.log().contains("broken.toml"), "the error names the file:\n{}", svc.log());
     assert_eq!(names(&svc), ["first", "second"]);
+    // The API says so too, until a reload succeeds.
+    let error = svc.get("/api/pipelines").1["reload_error"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("broken.toml") && error.contains("pipeline.name"), "{error}");
+    std::fs::remove_file(pipes.join("broken.toml")).unwrap();
+    unsafe { libc::kill(svc.child.id() as i32, libc::SIGHUP) };
+    wait_for("a clean reload", Duration::from_secs(10), || svc.get("/api/pipelines").1["reload_error"].is_null());
     svc.stop();
 }
 

@@ -73,8 +73,16 @@ async function act(path, what) {
 
 // ---- Pipelines ----------------------------------------------------------
 
+/// The errors of a reload the service refused, as text.
+function reloadError(re) {
+  if (!re) return null;
+  return el("div", { class: "reload-error", role: "alert" },
+    el("p", {}, el("b", { text: "The pipeline files have errors" }), ` (reload at ${when(re.at_ms)}); the service runs the version it loaded before:`),
+    el("pre", { text: re.error }));
+}
+
 async function pipelinesPage() {
-  const { pipelines } = await api("/api/pipelines");
+  const { pipelines, reload_error } = await api("/api/pipelines");
   const rows = pipelines.map((p) =>
     el("tr", { "data-pipeline": p.name },
       el("td", {}, el("a", { href: `#/pipelines/${encodeURIComponent(p.name)}`, text: p.name })),
@@ -87,6 +95,7 @@ async function pipelinesPage() {
           : el("button", { type: "button", onclick: () => act(`/api/pipelines/${encodeURIComponent(p.name)}/runs`, "run"), text: "Run now" }))));
   main().replaceChildren(
     el("h1", { text: "Pipelines" }),
+    reloadError(reload_error),
     el("div", { class: "table-wrap" }, el("table", {},
       el("thead", {}, el("tr", {}, el("th", { text: "Pipeline" }), el("th", { class: "opt", text: "Schedule" }), el("th", { class: "opt", text: "Next run" }), el("th", { text: "Last outcome" }), el("th", { text: "Action" }))),
       el("tbody", {}, rows))));
@@ -175,6 +184,7 @@ async function pipelinePage(name) {
   main().replaceChildren(
     el("h1", { text: `Pipeline ${p.name}` }),
     el("p", {}, el("span", { class: "muted", text: p.file }), p.description ? " — " + p.description : ""),
+    reloadError(p.reload_error),
     el("p", {},
       p.schedule ? `Schedule: ${p.schedule.cron} (${p.schedule.timezone}), next ${p.next_fire_times[0] || "–"}` : "No schedule: runs when started here or through the API.",
       " ",

@@ -112,7 +112,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn pipeline_json(api: &Api, def: &crate::PipelineDef) -> Value {
     let last = api.sup.history().list(Some(&def.name), 1).await.ok().and_then(|mut v| v.pop());
+    // The last reload's errors about this pipeline's file.
+    let file = def.file.display().to_string();
+    let reload_error =
+        api.sup.reload_error().filter(|(_, e)| e.contains(&file)).map(|(at, e)| json!({ "at_ms": at, "error": e }));
     json!({
+        "reload_error": reload_error,
         "name": def.name,
         "file": def.file.display().to_string(),
         "description": def.description,
@@ -129,7 +134,8 @@ async fn pipelines(State(api): State<Api>) -> Response {
     for d in api.sup.defs() {
         out.push(pipeline_json(&api, &d).await);
     }
-    Json(json!({ "pipelines": out })).into_response()
+    let reload_error = api.sup.reload_error().map(|(at, e)| json!({ "at_ms": at, "error": e }));
+    Json(json!({ "pipelines": out, "reload_error": reload_error })).into_response()
 }
 
 async fn pipeline(State(api): State<Api>, Path(name): Path<String>) -> Response {

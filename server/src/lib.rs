@@ -243,9 +243,13 @@ async fn signals(
                 match loaded {
                     Ok(defs) => {
                         tracing::info!(pipelines = defs.len(), "SIGHUP: pipeline files reloaded");
+                        sup.set_reload_error(None);
                         sched.install(&defs).await;
                     }
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: the pipeline files have errors; the service keeps the ones it had"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: the pipeline files have errors; the service keeps the ones it had");
+                        sup.set_reload_error(Some(e));
+                    }
                 }
                 sup.prune_logs();
             }

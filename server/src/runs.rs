@@ -105,6 +105,9 @@ pub struct Supervisor {
     seq: AtomicU64,
     shutdown: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
+    /// The errors of the last reload that failed (the service kept the
+    /// files it had), and when; None once a reload succeeds.
+    reload_error: Mutex<Option<(i64, String)>>,
 }
 
 /// Holds `<state>/serve.lock` (flock) for the life of the service: two
@@ -138,7 +141,17 @@ impl Supervisor {
             seq: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
+            reload_error: Mutex::new(None),
         })
+    }
+
+    pub fn set_reload_error(&self, error: Option<String>) {
+        *self.reload_error.lock().unwrap_or_else(|p| p.into_inner()) = error.map(|e| (now_ms(), e));
+    }
+
+    /// (when, errors) of the last failed reload, if the files are still bad.
+    pub fn reload_error(&self) -> Option<(i64, String)> {
+        self.reload_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn history(&self) -> &History {
