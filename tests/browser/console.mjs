@@ -50,6 +50,7 @@ try {
 
   // The pipeline's DAG against the file.
   await page.goto(`${url}#/pipelines/${slow}`);
+  await page.waitForFunction((n) => document.querySelector("main h1")?.textContent === `Pipeline ${n}`, slow);
   await page.waitForSelector("svg.dag g.node");
   const nodes = await page.$$eval("svg.dag g.node", (g) => g.length);
   const edges = await page.$$eval("svg.dag g.edge", (g) => g.length);
@@ -92,8 +93,10 @@ try {
   await page.screenshot({ path: `${out}/run-done.png`, fullPage: true });
 
   // Markup from data is shown as text.
+  // Only the hash changes: wait for this page's heading, not the run page's DAG.
   await page.goto(`${url}#/pipelines/${env("XSS")}`);
-  await page.waitForSelector("svg.dag");
+  await page.waitForFunction((n) => document.querySelector("main h1")?.textContent === `Pipeline ${n}`, env("XSS"));
+  await page.waitForSelector("main svg.dag");
   const body = await page.textContent("main");
   check(body.includes(env("XSS_TEXT")), "the markup in a description shows as its characters");
   check((await page.$$("main img")).length === 0 && dialogs.length === 0, "and makes no element and runs no script");
