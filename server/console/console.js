@@ -81,14 +81,33 @@ function reloadError(re) {
     el("pre", { text: re.error }));
 }
 
+/// The last runs as bars: height is the duration, the label says rows and
+/// seconds in words (the colour only repeats the outcome).
+function runChart(runs) {
+  const done = runs.filter((r) => r.ended_at_ms && r.outcome !== "skipped" && r.outcome !== "missed").reverse();
+  if (!done.length) return el("span", { class: "muted", text: "no runs yet" });
+  const W = 12, G = 3, H = 28;
+  const longest = Math.max(...done.map((r) => r.ended_at_ms - r.started_at_ms), 1);
+  const words = done.map((r) => `${r.outcome} ${((r.ended_at_ms - r.started_at_ms) / 1000).toFixed(1)} s, ${fmt(r.rows_read)} rows`);
+  const chart = svg("svg", { class: "runs-chart", width: done.length * (W + G), height: H, role: "img", "aria-label": `last ${done.length} runs: ${words.join("; ")}` });
+  done.forEach((r, i) => {
+    const h = Math.max(2, Math.round(((r.ended_at_ms - r.started_at_ms) / longest) * (H - 2)));
+    chart.append(svg("rect", { x: i * (W + G), y: H - h, width: W, height: h, class: `bar outcome-${r.outcome}` }, svg("title", { text: words[i] })));
+  });
+  return chart;
+}
+
 async function pipelinesPage() {
   const { pipelines, reload_error } = await api("/api/pipelines");
-  const rows = pipelines.map((p) =>
+  const recent = await Promise.all(
+    pipelines.map((p) => api(`/api/runs?pipeline=${encodeURIComponent(p.name)}&limit=10`).then((r) => r.runs).catch(() => [])));
+  const rows = pipelines.map((p, i) =>
     el("tr", { "data-pipeline": p.name },
       el("td", {}, el("a", { href: `#/pipelines/${encodeURIComponent(p.name)}`, text: p.name })),
       el("td", { class: "opt" }, p.schedule ? `${p.schedule.cron} (${p.schedule.timezone})` : el("span", { class: "muted", text: "manual" })),
       el("td", { class: "opt" }, p.next_fire_times[0] ? p.next_fire_times[0].replace(/\[.*\]$/, "") : "–"),
       el("td", {}, p.running ? outcome("running") : p.last_run ? outcome(p.last_run.outcome) : el("span", { class: "muted", text: "never ran" })),
+      el("td", { class: "opt" }, runChart(recent[i])),
       el("td", {},
         p.running
           ? el("button", { type: "button", onclick: () => act(`/api/runs/${encodeURIComponent(p.running.run_id)}/stop`, "stop") , text: "Stop" })
@@ -97,7 +116,7 @@ async function pipelinesPage() {
     el("h1", { text: "Pipelines" }),
     reloadError(reload_error),
     el("div", { class: "table-wrap" }, el("table", {},
-      el("thead", {}, el("tr", {}, el("th", { text: "Pipeline" }), el("th", { class: "opt", text: "Schedule" }), el("th", { class: "opt", text: "Next run" }), el("th", { text: "Last outcome" }), el("th", { text: "Action" }))),
+      el("thead", {}, el("tr", {}, el("th", { text: "Pipeline" }), el("th", { class: "opt", text: "Schedule" }), el("th", { class: "opt", text: "Next run" }), el("th", { text: "Last outcome" }), el("th", { class: "opt", text: "Last runs" }), el("th", { text: "Action" }))),
       el("tbody", {}, rows))));
 }
 
@@ -257,6 +276,11 @@ async function runPage(id) {
     cps.textContent = fmt(row.checkpoints);
     report.replaceChildren(reportTable(row.report));
     if (row.report) paint(dag, { operators: row.report.operators.map((o) => ({ ...o, rows_per_s: 0 })) });
+    // The run is over: its channels are gone, so is their fill.
+    for (const g of dag.querySelectorAll("g.edge")) {
+      g.classList.remove("full", "busy");
+      g.querySelector("text.edge-fill").textContent = "";
+    }
   });
   const follow = new EventSource(`/api/runs/${encodeURIComponent(id)}/log/follow`);
   closers.push(follow);

@@ -90,6 +90,7 @@ try {
   check(holeIn === fmt(rows), `the report says the sink got ${holeIn} rows`);
   const read = await page.textContent('[data-figure="rows-read"]');
   check(read === fmt(rows), `rows read ${read}`);
+  check((await page.$$("svg.dag g.edge.full")).length === 0, "no edge stays marked full after the run");
   await page.screenshot({ path: `${out}/run-done.png`, fullPage: true });
 
   // Markup from data is shown as text.
@@ -100,6 +101,13 @@ try {
   const body = await page.textContent("main");
   check(body.includes(env("XSS_TEXT")), "the markup in a description shows as its characters");
   check((await page.$$("main img")).length === 0 && dialogs.length === 0, "and makes no element and runs no script");
+
+  // The pipelines page charts the last runs, in words too.
+  await page.goto(url);
+  await page.waitForSelector(`tr[data-pipeline="${slow}"] svg.runs-chart rect`);
+  const bars = await page.$$eval(`tr[data-pipeline="${slow}"] svg.runs-chart rect`, (r) => r.length);
+  const label = await page.getAttribute(`tr[data-pipeline="${slow}"] svg.runs-chart`, "aria-label");
+  check(bars === 1 && label.includes("completed") && label.includes(`${fmt(rows)} rows`), `the last runs chart: ${bars} bar, "${label}"`);
 
   // A phone-width window still shows the table.
   await page.setViewportSize({ width: 390, height: 800 });
