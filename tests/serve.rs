@@ -455,6 +455,9 @@ fn the_api_needs_the_token_to_trigger_and_stop_and_streams_live_figures_that_mat
         svc.get("/api/pipelines/api").1["running"]["run_id"] == second.as_str()
     });
     std::thread::sleep(Duration::from_millis(800));
+    // The store belongs to the run while it goes.
+    let (s, v) = svc.get("/api/pipelines/api/checkpoints");
+    assert_eq!(s, 409, "{v}");
     let (s, _) = svc.post(&format!("/api/runs/{second}/stop"), None);
     assert_eq!(s, 401);
     let (s, v) = svc.post(&format!("/api/runs/{second}/stop"), Some(TOKEN));
@@ -467,6 +470,13 @@ fn the_api_needs_the_token_to_trigger_and_stop_and_streams_live_figures_that_mat
     assert!(row["rows_read"].as_i64().unwrap() < 8_000, "{row:#}");
     let (s, _) = svc.post(&format!("/api/runs/{second}/stop"), Some(TOKEN));
     assert_eq!(s, 409, "stopping a run that ended");
+    // Afterwards: what `engine checkpoints list` and `show` print.
+    let (s, v) = svc.get("/api/pipelines/api/checkpoints");
+    assert_eq!(s, 200, "{v}");
+    let text = v["text"].as_str().unwrap();
+    let cli = stdout(&crate::util::run(&["checkpoints", "list", pipes.join("api.toml").to_str().unwrap()], &[]));
+    assert!(text.starts_with(&cli), "API:\n{text}\nCLI:\n{cli}");
+    assert!(text.contains("epoch"), "{text}");
     svc.stop();
 }
 
@@ -518,7 +528,7 @@ fn every_operation_in_the_openapi_document_is_served_as_documented() {
             }
         }
     }
-    assert_eq!(walked, 12);
+    assert_eq!(walked, 13);
     let (s, _) = svc.get("/api/nothing-here");
     assert_eq!(s, 404);
     // The pipeline's next fire times are at 03:00 Berlin.

@@ -52,6 +52,25 @@ impl server::Catalog for Catalog {
         crate::notify::send_facts(&p, facts).await;
     }
 
+    async fn checkpoints(&self, file: &Path) -> Result<String, String> {
+        let p = config::load(file).map_err(|e| e.to_string())?;
+        let dir = crate::checkpoint::store_dir(&p);
+        if !dir.exists() {
+            return Ok(format!("no checkpoints for pipeline {} (no store at {})\n", p.name, dir.display()));
+        }
+        // sled does its I/O synchronously: off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let store = crate::checkpoint::open_store(&p).map_err(|e| e.to_string())?;
+            let mut text = format!("pipeline {}: checkpoints in {}\n", p.name, dir.display());
+            text.push_str(&crate::checkpoint::list(&store).map_err(|e| e.to_string())?);
+            text.push('\n');
+            text.push_str(&crate::checkpoint::show(&store, None).map_err(|e| e.to_string())?);
+            Ok(text)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     async fn resolve_secret(&self, files: &[PathBuf], reference: &str) -> Result<String, String> {
         let refs = secrets::reference::scan(reference)?;
         let [(range, r)] = refs.as_slice() else {

@@ -200,6 +200,7 @@ async function pipelinePage(name) {
     api(`/api/pipelines/${encodeURIComponent(name)}/graph`),
     api(`/api/runs?pipeline=${encodeURIComponent(name)}&limit=50`),
   ]);
+  const checkpoints = el("div", { id: "checkpoints" }, el("p", { class: "muted", text: "Reading…" }));
   main().replaceChildren(
     el("h1", { text: `Pipeline ${p.name}` }),
     el("p", {}, el("span", { class: "muted", text: p.file }), p.description ? " — " + p.description : ""),
@@ -212,7 +213,15 @@ async function pipelinePage(name) {
         : el("button", { type: "button", onclick: () => act(`/api/pipelines/${encodeURIComponent(p.name)}/runs`, "run"), text: "Run now" })),
     drawDag(graph),
     el("h2", { text: "Runs" }),
-    runsTable(runs));
+    runsTable(runs),
+    el("h2", { text: "Checkpoints" }),
+    checkpoints);
+  try {
+    const r = await api(`/api/pipelines/${encodeURIComponent(name)}/checkpoints`);
+    checkpoints.replaceChildren(el("pre", { class: "checkpoints", text: r.text }));
+  } catch (e) {
+    checkpoints.replaceChildren(el("p", { class: "muted", text: e.message }));
+  }
 }
 
 // ---- Run ----------------------------------------------------------------

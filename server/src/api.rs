@@ -34,6 +34,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/pipelines"),
     ("get", "/api/pipelines/{name}"),
     ("get", "/api/pipelines/{name}/graph"),
+    ("get", "/api/pipelines/{name}/checkpoints"),
     ("post", "/api/pipelines/{name}/runs"),
     ("get", "/api/runs"),
     ("get", "/api/runs/{id}"),
@@ -63,6 +64,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/pipelines", get(pipelines))
         .route("/api/pipelines/{name}", get(pipeline))
         .route("/api/pipelines/{name}/graph", get(graph))
+        .route("/api/pipelines/{name}/checkpoints", get(checkpoints))
         .route("/api/pipelines/{name}/runs", post(trigger))
         .route("/api/runs", get(runs))
         .route("/api/runs/{id}", get(run))
@@ -149,6 +151,18 @@ async fn graph(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match api.sup.def(&name) {
         Some(d) => Json(d.graph.clone()).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no pipeline named `{name}`")),
+    }
+}
+
+async fn checkpoints(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match api.sup.checkpoints(&name).await {
+        Ok(text) => Json(json!({ "pipeline": name, "text": text })).into_response(),
+        Err(e @ TriggerError::Unknown(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(TriggerError::Busy { run_id, .. }) => error(
+            StatusCode::CONFLICT,
+            format!("run {run_id} holds the checkpoint store; its checkpoints are on its live feed"),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 

@@ -51,6 +51,10 @@ pub trait Catalog: Send + Sync + 'static {
     /// record itself and alert): alert its receivers `failed` with `why`.
     async fn run_died(&self, file: &Path, run_id: &str, why: &str);
 
+    /// What `engine checkpoints list` and `show` print for the pipeline of
+    /// `file`. Opens the store: the caller makes sure no run has it.
+    async fn checkpoints(&self, file: &Path) -> Result<String, String>;
+
     /// Resolves a `SECRET[backend.key]` reference with the backends the
     /// loaded pipeline files declare (for `--api-token`).
     async fn resolve_secret(&self, files: &[PathBuf], reference: &str) -> Result<String, String>;

@@ -71,6 +71,9 @@ struct Slot {
     /// Gone from the pipeline folder at the last reload (kept while a run
     /// of it still goes).
     removed: bool,
+    /// Its checkpoint store is being read (the store takes one process at
+    /// a time): no run starts meanwhile.
+    held: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -181,7 +184,7 @@ impl Supervisor {
                 None => {
                     slots.insert(
                         d.name.clone(),
-                        Slot { def: d.clone(), busy: false, running: None, queued: None, removed: false },
+                        Slot { def: d.clone(), busy: false, running: None, queued: None, removed: false, held: false },
                     );
                 }
             }
@@ -239,8 +242,12 @@ impl Supervisor {
             let mut slots = self.slots();
             let slot =
                 slots.get_mut(pipeline).filter(|s| !s.removed).ok_or_else(|| TriggerError::Unknown(pipeline.into()))?;
-            if slot.busy {
-                let current = slot.running.as_ref().map(|r| r.run_id.clone()).unwrap_or_else(|| "a retry".into());
+            if slot.busy || slot.held {
+                let current = match (&slot.running, slot.held) {
+                    (Some(r), _) => r.run_id.clone(),
+                    (None, true) => "a read of its checkpoints".into(),
+                    (None, false) => "a retry".into(),
+                };
                 if queue {
                     slot.queued.get_or_insert(trigger);
                     return Ok(Triggered::Queued { behind: current });
@@ -468,6 +475,27 @@ impl Supervisor {
                 self.catalog.run_died(&file, &s.id, why).await;
             }
         }
+    }
+
+    /// What `engine checkpoints list|show` says of `pipeline`, read while
+    /// no run of it goes (none starts meanwhile).
+    pub async fn checkpoints(&self, pipeline: &str) -> Result<String, TriggerError> {
+        let file = {
+            let mut slots = self.slots();
+            let slot =
+                slots.get_mut(pipeline).filter(|s| !s.removed).ok_or_else(|| TriggerError::Unknown(pipeline.into()))?;
+            if slot.busy || slot.held {
+                let run_id = slot.running.as_ref().map(|r| r.run_id.clone()).unwrap_or_else(|| "a retry".into());
+                return Err(TriggerError::Busy { pipeline: pipeline.into(), run_id });
+            }
+            slot.held = true;
+            slot.def.file.clone()
+        };
+        let text = self.catalog.checkpoints(&file).await;
+        if let Some(s) = self.slots().get_mut(pipeline) {
+            s.held = false;
+        }
+        Ok(text.unwrap_or_else(|e| format!("error: {e}\n")))
     }
 
     /// Asks run `run_id` to stop at its next checkpoint (SIGTERM to its

@@ -55,6 +55,9 @@ try {
   const nodes = await page.$$eval("svg.dag g.node", (g) => g.length);
   const edges = await page.$$eval("svg.dag g.edge", (g) => g.length);
   check(nodes === Number(env("NODES")) && edges === Number(env("EDGES")), `the DAG has ${nodes} nodes and ${edges} edges`);
+  await page.waitForSelector("#checkpoints pre");
+  const cps = await page.textContent("#checkpoints pre");
+  check(/checkpoints/.test(cps), `the checkpoints section: ${cps.split("\n")[0]}`);
 
   // The token, then a run, live.
   await page.fill("#token", env("API_TOKEN"));
