@@ -5,7 +5,7 @@
 //! `engine serve` streams them to the API.
 //!
 //! Reads the run's shared counters only; never touches the data path, so
-//! its cost is one small file write per tick.
+//! its cost is one small file write per tick, on the blocking pool.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,8 +40,14 @@ pub fn spawn(
                 _ = tick.tick() => false,
                 _ = stop.cancelled() => true,
             };
-            let body = snapshot(&run_id, &pipeline, &live, started, &mut before);
-            let written = std::fs::write(&tmp, body.to_string()).and_then(|_| std::fs::rename(&tmp, &path));
+            let body = snapshot(&run_id, &pipeline, &live, started, &mut before).to_string();
+            // File I/O on the blocking pool, never on a worker the
+            // operators run on.
+            let (t, p) = (tmp.clone(), path.clone());
+            let written =
+                tokio::task::spawn_blocking(move || std::fs::write(&t, body).and_then(|_| std::fs::rename(&t, &p)))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             if let Err(e) = written
                 && !warned
             {
