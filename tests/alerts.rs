@@ -76,12 +76,18 @@ impl Receiver {
 }
 
 fn pipeline(dir: &std::path::Path, alerts: &str) -> String {
+    alert_pipeline(dir, "alerting", alerts)
+}
+
+/// Pipeline `name`: `$INPUT` to a CSV file, rejects to NDJSON, with the
+/// `[alerts]` and `[secrets]` tables of `alerts`.
+pub(crate) fn alert_pipeline(dir: &std::path::Path, name: &str, alerts: &str) -> String {
     write_pipeline(
         dir,
-        "alerting.toml",
+        &format!("{name}.toml"),
         &format!(
             r#"[pipeline]
-name = "alerting"
+name = "{name}"
 [pipeline.checkpoint]
 dir = "{dir}/checkpoints"
 

@@ -88,34 +88,7 @@ impl Drop for Smtp {
 }
 
 fn pipeline(dir: &Path, alerts: &str) -> String {
-    write_pipeline(
-        dir,
-        "mailing.toml",
-        &format!(
-            r#"[pipeline]
-name = "mailing"
-[pipeline.checkpoint]
-dir = "{dir}/checkpoints"
-
-[sources.names]
-kind = "file"
-path = "${{INPUT}}"
-{SCHEMA}
-
-[sinks.out]
-kind = "file"
-inputs = ["names"]
-path = "{dir}/out.csv"
-
-[sinks.rejects]
-kind = "file"
-inputs = ["names.rejects"]
-path = "{dir}/rejects.ndjson"
-
-{alerts}"#,
-            dir = dir.display()
-        ),
-    )
+    crate::alerts::alert_pipeline(dir, "mailing", alerts)
 }
 
 fn header<'v>(m: &'v Value, name: &str) -> &'v str {
