@@ -528,7 +528,7 @@ fn every_operation_in_the_openapi_document_is_served_as_documented() {
             }
         }
     }
-    assert_eq!(walked, 13);
+    assert_eq!(walked, 14);
     let (s, _) = svc.get("/api/nothing-here");
     assert_eq!(s, 404);
     // The pipeline's next fire times are at 03:00 Berlin.
@@ -843,8 +843,40 @@ inputs = ["names.rejects"]
     let (nodes, edges) = (graph["nodes"].as_array().unwrap().len(), graph["edges"].as_array().unwrap().len());
     assert_eq!((nodes, edges), (4, 3));
 
+    // Rejected rows with markup in them, for the rejects page.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "Id,Name,Year,Gender,Count\n1,Ann,1990,F,5\n2,<b>Bo</b>,19x0,M,3\n3,Cy,1991,F,oops\n4,Di,1992,F\n",
+    )
+    .unwrap();
+    let rejects_file = dir.path().join("rejects.ndjson");
+    pipeline(
+        &pipes,
+        "rejecting",
+        &bad,
+        0,
+        None,
+        "",
+        &format!(
+            "\n[sinks.rejected]\nkind = \"file\"\ninputs = [\"names.rejects\"]\npath = \"{}\"\n",
+            rejects_file.display()
+        ),
+    );
     let state = dir.path().join("state");
     let svc = Service::start(&pipes, &state, &[]);
+    let (s, v) = svc.post("/api/pipelines/rejecting/runs", Some(TOKEN));
+    assert_eq!(s, 202, "{v}");
+    wait_for("the rejecting run", Duration::from_secs(20), || {
+        svc.runs("rejecting").first().is_some_and(|r| r["outcome"] == "completed")
+    });
+    let (s, r) = svc.get("/api/pipelines/rejecting/rejects?rule=parse");
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["total"], 3, "{r:#}");
+    assert_eq!(r["matching"], 2, "{r:#}");
+    let (_, r) = svc.get("/api/pipelines/rejecting/rejects?q=%3Cb%3E");
+    assert_eq!(r["matching"], 1, "{r:#}");
+    assert_eq!(r["rows"][0]["line"], 3, "{r:#}");
     let (s, html) = http(&svc.addr, "GET", "/", None, "");
     assert_eq!(s, 200);
     assert!(html.contains("<script src=\"/console.js\""), "{html}");

@@ -52,6 +52,17 @@ impl server::Catalog for Catalog {
         crate::notify::send_facts(&p, facts).await;
     }
 
+    fn rejects_files(&self, file: &Path) -> Result<Vec<PathBuf>, String> {
+        let p = config::load(file).map_err(|e| e.to_string())?;
+        Ok(p.components
+            .iter()
+            .filter(|c| c.role == operators::Role::Sink && c.kind.name == "file")
+            .filter(|c| c.inputs.iter().any(|i| i.port_name == "rejects"))
+            .filter_map(|c| c.options.get("path").and_then(|v| v.as_str()).map(PathBuf::from))
+            .filter(|path| path.extension().is_some_and(|x| x == "ndjson" || x == "jsonl" || x == "json"))
+            .collect())
+    }
+
     async fn checkpoints(&self, file: &Path) -> Result<String, String> {
         let p = config::load(file).map_err(|e| e.to_string())?;
         let dir = crate::checkpoint::store_dir(&p);

@@ -203,7 +203,8 @@ async function pipelinePage(name) {
   const checkpoints = el("div", { id: "checkpoints" }, el("p", { class: "muted", text: "Reading…" }));
   main().replaceChildren(
     el("h1", { text: `Pipeline ${p.name}` }),
-    el("p", {}, el("span", { class: "muted", text: p.file }), p.description ? " — " + p.description : ""),
+    el("p", {}, el("span", { class: "muted", text: p.file }), p.description ? " — " + p.description : "", " · ",
+      el("a", { href: `#/rejects/${encodeURIComponent(p.name)}`, text: "rejected rows" })),
     reloadError(p.reload_error),
     el("p", {},
       p.schedule ? `Schedule: ${p.schedule.cron} (${p.schedule.timezone}), next ${p.next_fire_times[0] || "–"}` : "No schedule: runs when started here or through the API.",
@@ -298,14 +299,61 @@ async function runPage(id) {
   follow.onerror = () => follow.close();
 }
 
+// ---- Rejects ------------------------------------------------------------
+
+async function rejectsPage(name, params) {
+  const qs = new URLSearchParams(params);
+  const r = await api(`/api/pipelines/${encodeURIComponent(name)}/rejects?${qs}`);
+  const go = (changes) => {
+    const next = new URLSearchParams(params);
+    for (const [k, v] of Object.entries(changes)) if (v === "" || v === undefined) next.delete(k); else next.set(k, String(v));
+    if (!("offset" in changes)) next.delete("offset");
+    location.hash = `#/rejects/${encodeURIComponent(name)}?${next}`;
+  };
+  const operators = [...new Set(r.counts.map((c) => c.operator))];
+  const rules = [...new Set(r.counts.map((c) => c.rule))];
+  const select = (id, label, values, current) =>
+    el("label", {}, `${label} `, el("select", { id, onchange: (e) => go({ [id]: e.target.value }) },
+      el("option", { value: "", text: "all" }), values.map((v) => el("option", { value: v, text: v, selected: v === current ? "selected" : null }))));
+  const search = el("input", { id: "q", type: "search", value: params.get("q") || "", placeholder: "reason, value or raw text", "aria-label": "Search rejected rows" });
+  const offset = Number(params.get("offset") || 0);
+  main().replaceChildren(
+    el("h1", {}, "Rejected rows of ", el("a", { href: `#/pipelines/${encodeURIComponent(name)}`, text: name })),
+    el("p", { class: "muted", text: r.files.length ? `${fmt(r.total)} rows in ${r.files.join(", ")}${r.truncated ? " (only the first ones read)" : ""}` : "No file sink reads a .rejects port of this pipeline." }),
+    el("h2", { text: "By operator, rule and reason" }),
+    el("div", { class: "table-wrap" }, el("table", { class: "reject-counts" },
+      el("thead", {}, el("tr", {}, ["Operator", "Rule", "Reason", "Rows"].map((h, i) => el("th", { class: i === 3 ? "num" : null, text: h })))),
+      el("tbody", {}, r.counts.map((c) => el("tr", {},
+        el("td", { text: c.operator }),
+        el("td", {}, el("button", { type: "button", class: "link", onclick: () => go({ operator: c.operator, rule: c.rule }), text: c.rule })),
+        el("td", { text: c.reason }), el("td", { class: "num", text: fmt(c.rows) })))))),
+    el("h2", { text: "Rows" }),
+    el("form", { class: "reject-filters", onsubmit: (e) => { e.preventDefault(); go({ q: search.value }); } },
+      select("operator", "Operator", operators, params.get("operator")), " ",
+      select("rule", "Rule", rules, params.get("rule")), " ", search, " ",
+      el("button", { type: "submit", text: "Filter" })),
+    el("p", { id: "reject-matching", text: `${fmt(r.matching)} matching; showing ${r.rows.length ? offset + 1 : 0}–${offset + r.rows.length}` }),
+    el("div", { class: "table-wrap" }, el("table", { class: "rejects" },
+      el("thead", {}, el("tr", {}, ["Line", "Operator", "Column", "Rule", "Value", "Reason", "Raw"].map((h, i) => el("th", { class: i === 0 ? "num" : i === 2 || i === 6 ? "opt" : null, text: h })))),
+      el("tbody", {}, r.rows.map((x) => el("tr", { "data-rule": x.rule },
+        el("td", { class: "num", text: x.line ?? "–" }), el("td", { text: x.operator }), el("td", { class: "opt", text: x.column ?? "" }),
+        el("td", { text: x.rule }), el("td", { text: x.value === null || x.value === undefined ? "" : typeof x.value === "string" ? x.value : JSON.stringify(x.value) }),
+        el("td", { text: x.reason }), el("td", { class: "opt raw", text: x.raw ?? "" })))))),
+    el("p", {},
+      el("button", { type: "button", disabled: offset === 0 ? "disabled" : null, onclick: () => go({ offset: Math.max(0, offset - 50) }), text: "Previous" }), " ",
+      el("button", { type: "button", disabled: offset + r.rows.length >= r.matching ? "disabled" : null, onclick: () => go({ offset: offset + 50 }), text: "Next" })));
+}
+
 // ---- Router -------------------------------------------------------------
 
 async function route() {
   closers.forEach((c) => c.close());
   closers = [];
-  const [, page, arg] = (location.hash || "#/").match(/^#\/?([^/]*)\/?(.*)$/) || [];
+  const [, page, rest] = (location.hash || "#/").match(/^#\/?([^/]*)\/?(.*)$/) || [];
+  const [arg, query] = (rest || "").split("?");
   try {
     if (page === "pipelines" && arg) await pipelinePage(decodeURIComponent(arg));
+    else if (page === "rejects" && arg) await rejectsPage(decodeURIComponent(arg), new URLSearchParams(query || ""));
     else if (page === "runs" && arg) await runPage(decodeURIComponent(arg));
     else await pipelinesPage();
   } catch (e) {

@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/pipelines/{name}"),
     ("get", "/api/pipelines/{name}/graph"),
     ("get", "/api/pipelines/{name}/checkpoints"),
+    ("get", "/api/pipelines/{name}/rejects"),
     ("post", "/api/pipelines/{name}/runs"),
     ("get", "/api/runs"),
     ("get", "/api/runs/{id}"),
@@ -65,6 +66,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/pipelines/{name}", get(pipeline))
         .route("/api/pipelines/{name}/graph", get(graph))
         .route("/api/pipelines/{name}/checkpoints", get(checkpoints))
+        .route("/api/pipelines/{name}/rejects", get(rejects))
         .route("/api/pipelines/{name}/runs", post(trigger))
         .route("/api/runs", get(runs))
         .route("/api/runs/{id}", get(run))
@@ -164,6 +166,83 @@ async fn checkpoints(State(api): State<Api>, Path(name): Path<String>) -> Respon
         ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectsQuery {
+    operator: Option<String>,
+    rule: Option<String>,
+    /// Text to find in the reason, the value or the raw row.
+    q: Option<String>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+/// Rejected rows read from a rejects file stop here: a page is for people.
+const REJECTS_READ_MAX: usize = 200_000;
+
+/// The rejected rows the pipeline's rejects files hold (the last run that
+/// wrote them): counts by operator, rule and reason, and one filtered page.
+async fn rejects(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    q: Result<Query<RejectsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let files = match api.sup.rejects_files(&name) {
+        None => return error(StatusCode::NOT_FOUND, format!("no pipeline named `{name}`")),
+        Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Some(Ok(f)) => f,
+    };
+    let mut rows: Vec<Value> = Vec::new();
+    let mut truncated = false;
+    for f in &files {
+        let Ok(text) = tokio::fs::read_to_string(f).await else { continue };
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if rows.len() >= REJECTS_READ_MAX {
+                truncated = true;
+                break;
+            }
+            if let Ok(mut v) = serde_json::from_str::<Value>(line) {
+                v["file"] = json!(f.display().to_string());
+                rows.push(v);
+            }
+        }
+    }
+    let mut counts: std::collections::BTreeMap<(String, String, String), u64> = Default::default();
+    let field = |v: &Value, k: &str| {
+        v.get(k).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).unwrap_or_default()
+    };
+    for r in &rows {
+        *counts.entry((field(r, "operator"), field(r, "rule"), field(r, "reason"))).or_default() += 1;
+    }
+    let needle = q.q.as_deref().map(str::to_lowercase).filter(|n| !n.is_empty());
+    let matching: Vec<&Value> = rows
+        .iter()
+        .filter(|r| q.operator.as_ref().is_none_or(|o| &field(r, "operator") == o))
+        .filter(|r| q.rule.as_ref().is_none_or(|o| &field(r, "rule") == o))
+        .filter(|r| {
+            needle.as_ref().is_none_or(|n| {
+                ["reason", "value", "raw", "column"].iter().any(|k| field(r, k).to_lowercase().contains(n.as_str()))
+            })
+        })
+        .collect();
+    let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(50).clamp(1, 500));
+    Json(json!({
+        "pipeline": name,
+        "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        "total": rows.len(),
+        "truncated": truncated,
+        "counts": counts.iter().map(|((o, r, why), n)| json!({ "operator": o, "rule": r, "reason": why, "rows": n })).collect::<Vec<_>>(),
+        "matching": matching.len(),
+        "offset": offset,
+        "rows": matching.iter().skip(offset).take(limit).collect::<Vec<_>>(),
+    }))
+    .into_response()
 }
 
 #[derive(Deserialize, Default)]

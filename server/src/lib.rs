@@ -55,6 +55,10 @@ pub trait Catalog: Send + Sync + 'static {
     /// `file`. Opens the store: the caller makes sure no run has it.
     async fn checkpoints(&self, file: &Path) -> Result<String, String>;
 
+    /// The NDJSON files the pipeline's file sinks write rejected rows to
+    /// (sinks reading a `.rejects` port), as the file names them now.
+    fn rejects_files(&self, file: &Path) -> Result<Vec<PathBuf>, String>;
+
     /// Resolves a `SECRET[backend.key]` reference with the backends the
     /// loaded pipeline files declare (for `--api-token`).
     async fn resolve_secret(&self, files: &[PathBuf], reference: &str) -> Result<String, String>;

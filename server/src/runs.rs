@@ -213,6 +213,12 @@ impl Supervisor {
         self.slots().get(pipeline).is_some_and(|s| s.busy)
     }
 
+    /// The rejects files of `pipeline` (see [`crate::Catalog::rejects_files`]).
+    pub fn rejects_files(&self, pipeline: &str) -> Option<Result<Vec<PathBuf>, String>> {
+        let def = self.def(pipeline)?;
+        Some(self.catalog.rejects_files(&def.file))
+    }
+
     /// The run `run_id` if it is going on now.
     pub fn running_run(&self, run_id: &str) -> Option<Running> {
         self.slots().values().filter_map(|s| s.running.clone()).find(|r| r.run_id == run_id)

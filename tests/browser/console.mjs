@@ -38,7 +38,7 @@ try {
   await page.goto(url);
   await page.waitForSelector(`tr[data-pipeline="${slow}"]`);
   const names = await page.$$eval("tr[data-pipeline]", (trs) => trs.map((t) => t.dataset.pipeline));
-  check(names.includes(slow) && names.includes(env("XSS")), `the pipelines are listed: ${names.join(", ")}`);
+  check(names.includes(slow) && names.includes(env("XSS")) && names.includes("rejecting"), `the pipelines are listed: ${names.join(", ")}`);
 
   // Without the token, actions are refused.
   await page.click(`tr[data-pipeline="${slow}"] button`);
@@ -111,6 +111,18 @@ try {
   const bars = await page.$$eval(`tr[data-pipeline="${slow}"] svg.runs-chart rect`, (r) => r.length);
   const label = await page.getAttribute(`tr[data-pipeline="${slow}"] svg.runs-chart`, "aria-label");
   check(bars === 1 && label.includes("completed") && label.includes(`${fmt(rows)} rows`), `the last runs chart: ${bars} bar, "${label}"`);
+
+  // Rejected rows: counts, a filter by rule, markup as text.
+  await page.goto(`${url}#/rejects/rejecting`);
+  await page.waitForSelector("table.reject-counts tbody tr");
+  const countRows = await page.$$eval("table.reject-counts tbody tr", (t) => t.length);
+  check(countRows >= 2, `rejects counted by operator, rule and reason: ${countRows} groups`);
+  await page.selectOption("#rule", "parse");
+  await page.waitForFunction(() => location.hash.includes("rule=parse"));
+  await page.waitForFunction(() => [...document.querySelectorAll("table.rejects tbody tr")].every((t) => t.dataset.rule === "parse") && document.querySelectorAll("table.rejects tbody tr").length === 2);
+  check(true, "filtering by rule parse shows its 2 rows");
+  const rawCells = await page.$$eval("table.rejects td.raw", (t) => t.map((c) => c.textContent));
+  check(rawCells.some((c) => c.includes("<b>Bo</b>")) && (await page.$$("table.rejects b")).length === 0, "markup in a rejected row shows as text");
 
   // A phone-width window still shows the table.
   await page.setViewportSize({ width: 390, height: 800 });
