@@ -468,6 +468,10 @@ fn the_api_needs_the_token_to_trigger_and_stop_and_streams_live_figures_that_mat
     let row = svc.get(&format!("/api/runs/{second}")).1;
     assert_eq!(row["exit_code"], 143, "{row:#}");
     assert!(row["rows_read"].as_i64().unwrap() < 8_000, "{row:#}");
+    // The run records its end just before its process exits.
+    wait_for("the service to see the run end", Duration::from_secs(10), || {
+        svc.get("/api/pipelines/api").1["busy"] == false
+    });
     let (s, _) = svc.post(&format!("/api/runs/{second}/stop"), Some(TOKEN));
     assert_eq!(s, 409, "stopping a run that ended");
     // Afterwards: what `engine checkpoints list` and `show` print.
