@@ -16,14 +16,14 @@ use crate::util::*;
 /// An HTTP receiver on 127.0.0.1: answers each request with the next status
 /// of `script` (then 202), records (path, status, body), and each body's
 /// bytes with its `x-engine-signature-256` header.
-struct Receiver {
+pub(crate) struct Receiver {
     port: u16,
     got: Arc<Mutex<Vec<(String, u16, Value)>>>,
     signed: Arc<Mutex<Vec<(Vec<u8>, Option<String>)>>>,
 }
 
 impl Receiver {
-    fn start(script: Vec<u16>) -> Receiver {
+    pub(crate) fn start(script: Vec<u16>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -66,8 +66,13 @@ impl Receiver {
         Receiver { port, got, signed }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The bodies received so far (kept).
+    pub(crate) fn bodies(&self) -> Vec<Value> {
+        self.got.lock().unwrap().iter().map(|g| g.2.clone()).collect()
     }
 
     fn take(&self) -> Vec<(String, u16, Value)> {

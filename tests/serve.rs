@@ -575,44 +575,14 @@ fn bad_schedules_fail_validate_and_serve_at_the_option() {
     assert_eq!(out.lines().filter(|l| l.contains(" 02:30:00 +0")).count(), 5, "{out}");
 }
 
-/// A webhook receiver on 127.0.0.1 that answers 202 and keeps the bodies.
-fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let keep = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut len = 0;
-            let mut line = String::new();
-            while r.read_line(&mut line).is_ok() {
-                let l = line.trim().to_ascii_lowercase();
-                if l.is_empty() {
-                    break;
-                }
-                if let Some(v) = l.strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                line.clear();
-            }
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
-            keep.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-            let _ = write!(s, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (url, got)
-}
-
 #[test]
 fn a_run_past_its_timeout_stops_at_a_checkpoint_alerts_and_the_next_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let pipes = dir.path().join("pipelines");
     std::fs::create_dir(&pipes).unwrap();
     let input = small_input(dir.path(), 20_000);
-    let (url, got) = receiver();
+    let rx = crate::alerts::Receiver::start(vec![]);
+    let url = rx.url("/hook");
     let alerts = format!(
         "\n[alerts.hook]\nkind = \"webhook\"\nurl = \"{url}\"\non = [\"failed\", \"recovered\", \"timeout\"]\n"
     );
@@ -623,7 +593,7 @@ fn a_run_past_its_timeout_stops_at_a_checkpoint_alerts_and_the_next_run_resumes(
     let o = run(&["run", "--no-progress", "--timeout", "1500ms", "--state", st, &file], &[]);
     assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
     assert!(stderr(&o).contains("timeout: stopping at a checkpoint"), "{}", stderr(&o));
-    let hooks = got.lock().unwrap().clone();
+    let hooks = rx.bodies();
     assert_eq!(hooks.len(), 1, "{hooks:#?}");
     assert_eq!((hooks[0]["condition"].as_str(), hooks[0]["action"].as_str()), (Some("timeout"), Some("trigger")));
     assert_eq!(hooks[0]["dedup_key"], "engine/slowpoke/timeout");
@@ -638,7 +608,7 @@ fn a_run_past_its_timeout_stops_at_a_checkpoint_alerts_and_the_next_run_resumes(
     let o = run(&["run", "--no-progress", "--state", st, &file], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resuming pipeline"), "{}", stderr(&o));
-    let hooks = got.lock().unwrap().clone();
+    let hooks = rx.bodies();
     assert_eq!(hooks.len(), 2, "{hooks:#?}");
     assert_eq!((hooks[1]["condition"].as_str(), hooks[1]["action"].as_str()), (Some("timeout"), Some("resolve")));
 }
@@ -741,7 +711,8 @@ fn a_run_that_dies_without_a_word_is_recorded_and_alerted_by_the_service() {
     let pipes = dir.path().join("pipelines");
     std::fs::create_dir(&pipes).unwrap();
     let input = small_input(dir.path(), 20_000);
-    let (url, got) = receiver();
+    let rx = crate::alerts::Receiver::start(vec![]);
+    let url = rx.url("/hook");
     let mounted = dir.path().join("mounted");
     std::fs::create_dir(&mounted).unwrap();
     let alerts = format!(
@@ -762,11 +733,11 @@ fn a_run_that_dies_without_a_word_is_recorded_and_alerted_by_the_service() {
     let (s, v) = svc.post("/api/pipelines/nosecret/runs", Some(TOKEN));
     assert_eq!(s, 202, "{v}");
     let id = v["run_id"].as_str().unwrap().to_string();
-    wait_for("the alert", Duration::from_secs(20), || !got.lock().unwrap().is_empty());
+    wait_for("the alert", Duration::from_secs(20), || !rx.bodies().is_empty());
     let row = svc.get(&format!("/api/runs/{id}")).1;
     assert_eq!(row["outcome"], "invalid", "{row:#}");
     assert_eq!(row["exit_code"], 2);
-    let hook = got.lock().unwrap()[0].clone();
+    let hook = rx.bodies()[0].clone();
     assert_eq!((hook["condition"].as_str(), hook["run_id"].as_str()), (Some("failed"), Some(id.as_str())), "{hook:#}");
     assert!(hook["message"].as_str().unwrap().contains("files.out_name"), "{hook:#}");
 
@@ -780,11 +751,11 @@ fn a_run_that_dies_without_a_word_is_recorded_and_alerted_by_the_service() {
     });
     std::thread::sleep(Duration::from_millis(500));
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    wait_for("the killed run's alert", Duration::from_secs(20), || got.lock().unwrap().len() >= 2);
+    wait_for("the killed run's alert", Duration::from_secs(20), || rx.bodies().len() >= 2);
     let row = svc.get(&format!("/api/runs/{id}")).1;
     assert_eq!(row["outcome"], "killed", "{row:#}");
     assert_eq!(row["exit_code"], 137);
-    let hook = got.lock().unwrap()[1].clone();
+    let hook = rx.bodies()[1].clone();
     assert_eq!(hook["pipeline"], "victim");
     assert!(hook["message"].as_str().unwrap().contains("killed by signal 9"), "{hook:#}");
     // The service is still up.
