@@ -13,6 +13,7 @@ mod kaggle;
 mod locks;
 mod parquet_damage;
 mod rejects;
+mod replay;
 mod resume;
 mod secret_scripts;
 mod secrets;

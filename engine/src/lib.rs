@@ -22,6 +22,7 @@ pub mod live;
 pub mod notify;
 pub mod observe;
 pub mod record;
+pub mod replay;
 pub mod report;
 pub mod runtime;
 pub mod secrets;

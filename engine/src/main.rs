@@ -97,6 +97,34 @@ enum Command {
         #[arg(long)]
         live: Option<PathBuf>,
     },
+    /// Send rejected rows through the pipeline again, once the data or the
+    /// rules were fixed: rows that now pass reach the sinks (exactly once,
+    /// with checkpoints as in any run), rows that still fail are rejected
+    /// again at their original line, and the ledger beside the rejects file
+    /// keeps a row from being replayed twice.
+    Replay {
+        file: PathBuf,
+        /// The rejects file (NDJSON) whose rows to replay, with what earlier
+        /// replays wrote beside it. Default: the pipeline's rejects file.
+        #[arg(long)]
+        rejects: Option<PathBuf>,
+        /// Which rows: `operator=valid,rule=one_of,column=Gender` (each key
+        /// optional). Default: every row no replay took yet.
+        #[arg(long = "where", value_name = "FILTER")]
+        filter: Option<String>,
+        /// Say what would be replayed, and replay nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Record the replay in the history under this directory.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// No progress line, even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
+        /// Write live figures to this JSON file (as `run --live`).
+        #[arg(long)]
+        live: Option<PathBuf>,
+    },
     /// Run the pipelines of a folder on their `[pipeline.schedule]`, keep
     /// their history and answer the HTTP API (SIGHUP reloads the files,
     /// SIGTERM stops at a checkpoint).
@@ -506,8 +534,37 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if dry_run {
                 return rt.block_on(plan(pipeline, session));
             }
-            let opts = RunOptions { metrics_addr, progress: !no_progress, allow_mass_delete, state, timeout, live };
+            let opts = RunOptions {
+                metrics_addr,
+                progress: !no_progress,
+                allow_mass_delete,
+                state,
+                timeout,
+                live,
+                run_id: None,
+                trigger: "cli",
+            };
             rt.block_on(run(pipeline, session, opts))
+        }
+        Command::Replay { file, rejects, filter, dry_run, state, no_progress, live } => {
+            let pipeline = match load(&file) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            let filter: replays::Filter = match filter.as_deref().unwrap_or("").parse() {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("error: --where: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let opts = ReplayOptions { rejects, filter, dry_run, state, progress: !no_progress, live };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("engine-worker")
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(replay(pipeline, opts))
         }
         Command::Serve { pipelines, listen, state, api_token, grace, log_retention, dry_run } => {
             serve(pipelines, listen, state, api_token, grace, log_retention, dry_run)
@@ -681,6 +738,10 @@ struct RunOptions {
     state: Option<PathBuf>,
     timeout: Option<std::time::Duration>,
     live: Option<PathBuf>,
+    /// The run's id; by default `ENGINE_RUN_ID`, else a new one.
+    run_id: Option<String>,
+    /// What started it, for the history (`ENGINE_TRIGGER` overrides).
+    trigger: &'static str,
 }
 
 async fn run(
@@ -688,7 +749,7 @@ async fn run(
     session: Option<Arc<engine::checkpoint::Session>>,
     opts: RunOptions,
 ) -> anyhow::Result<ExitCode> {
-    let RunOptions { metrics_addr, progress, allow_mass_delete, state, timeout, live } = opts;
+    let RunOptions { metrics_addr, progress, allow_mass_delete, state, timeout, live, run_id, trigger } = opts;
     let live_slot: Arc<OnceLock<Arc<runtime::Live>>> = Arc::new(OnceLock::new());
     if let Some(addr) = metrics_addr {
         let addr = observe::parse_addr(&addr).map_err(anyhow::Error::msg)?;
@@ -708,7 +769,7 @@ async fn run(
         });
     }
 
-    let run_id = engine::notify::run_id();
+    let run_id = run_id.unwrap_or_else(engine::notify::run_id);
     tracing::info!(pipeline = %pipeline.name, file = %pipeline.file.display(), run = %run_id, "starting");
     match &session {
         Some(s) => tracing::info!(
@@ -730,7 +791,7 @@ async fn run(
     }
     let resumed_from = session.as_ref().and_then(|s| s.resume.as_ref()).map(|r| r.epoch);
     let history = match &state {
-        Some(dir) => engine::record::start(dir, &pipeline, &run_id, resumed_from).await,
+        Some(dir) => engine::record::start(dir, &pipeline, &run_id, resumed_from, trigger).await,
         None => None,
     };
     let bar = Progress::start(progress);
@@ -771,6 +832,185 @@ async fn run(
         runtime::Outcome::Completed => {}
     }
     Ok(ExitCode::from(report.outcome.exit_code() as u8))
+}
+
+struct ReplayOptions {
+    rejects: Option<PathBuf>,
+    filter: replays::Filter,
+    dry_run: bool,
+    state: Option<PathBuf>,
+    progress: bool,
+    live: Option<PathBuf>,
+}
+
+/// `engine replay`: first the replays a crash left unfinished (same rows,
+/// resumed from their checkpoints), then the rows `--where` picks, one
+/// run per source and refusing sink.
+async fn replay(pipeline: config::Pipeline, opts: ReplayOptions) -> anyhow::Result<ExitCode> {
+    use engine::replay as rp;
+    let family = match rp::family(&pipeline, opts.rejects.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let ledger_path = family.ledger_path();
+    let ledger = replays::Ledger::read(&ledger_path).with_context(|| "reading the replay ledger")?;
+    if !opts.dry_run {
+        for started in ledger.pending() {
+            println!(
+                "resuming replay {} ({} rows of source `{}`, {}), which did not finish",
+                started.replay,
+                started.rows.len(),
+                started.source,
+                started.filter
+            );
+            let code = replay_run(&pipeline, &family, started, &opts, None).await?;
+            if code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+        }
+    }
+    let ledger = replays::Ledger::read(&ledger_path).with_context(|| "reading the replay ledger")?;
+    let selection = rp::select(&pipeline, &family, &ledger, &opts.filter)
+        .with_context(|| format!("reading the rejects of {}", family.main().display()))?;
+    println!(
+        "{} rejected rows match ({}) in {} and the files of its replays; {} of them were replayed already",
+        selection.matched,
+        opts.filter,
+        family.main().display(),
+        selection.taken
+    );
+    for (why, n) in &selection.skipped {
+        println!("  {n} cannot be replayed: {why}");
+    }
+    for g in &selection.groups {
+        match &g.sink {
+            Some(sink) => {
+                println!("  {} rows of source `{}` refused by sink `{sink}`: to `{sink}` again", g.rows.len(), g.source)
+            }
+            None => println!("  {} rows of source `{}`: through the pipeline again", g.rows.len(), g.source),
+        }
+    }
+    if selection.rows() == 0 {
+        println!("nothing to replay");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if opts.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let base_id = engine::notify::run_id();
+    for (n, group) in selection.groups.into_iter().enumerate() {
+        let id = if n == 0 { base_id.clone() } else { format!("{base_id}-{}", n + 1) };
+        let input = rp::input_path(&family, &id);
+        let header = match rp::header_line(&pipeline, &group.source).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        rp::write_input(&input, header.as_deref(), &group.rows)?;
+        let started = replays::Started {
+            replay: id.clone(),
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            pipeline: pipeline.name.clone(),
+            source: group.source.clone(),
+            sink: group.sink.clone(),
+            filter: opts.filter.to_string(),
+            input,
+            rows: group
+                .rows
+                .iter()
+                .map(|r| replays::Picked { id: r.id.clone(), line: r.reject.line, replays: r.replays })
+                .collect(),
+        };
+        // Before the run: from here on the rows are this replay's, and a
+        // crash resumes it rather than picking them again.
+        replays::Ledger::append(&ledger_path, &replays::Entry::Started(started.clone()))?;
+        let code = replay_run(&pipeline, &family, &started, &opts, Some(id)).await?;
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One replay's run; on success, its end in the ledger and its input and
+/// checkpoint store removed.
+async fn replay_run(
+    pipeline: &config::Pipeline,
+    family: &replays::Family,
+    started: &replays::Started,
+    opts: &ReplayOptions,
+    run_id: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use engine::replay as rp;
+    let header = rp::header_line(pipeline, &started.source).await.map(|h| h.is_some()).unwrap_or(true);
+    let mut p = match rp::rewrite(pipeline, started, header) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if let Err(code) = resolve_secrets(&mut p).await {
+        return Ok(code);
+    }
+    let session = match open_session(&p, false, false) {
+        Ok(s) => s.map(Arc::new),
+        Err(code) => return Ok(code),
+    };
+    let run_opts = RunOptions {
+        metrics_addr: None,
+        progress: opts.progress,
+        allow_mass_delete: false,
+        state: opts.state.clone(),
+        timeout: None,
+        live: opts.live.clone(),
+        run_id,
+        trigger: "replay",
+    };
+    let code = run(p.clone(), session, run_opts).await?;
+    if code != ExitCode::SUCCESS {
+        eprintln!(
+            "replay {} stopped; `engine replay {}` resumes it from its last checkpoint",
+            started.replay,
+            pipeline.file.display()
+        );
+        return Ok(code);
+    }
+    let again_file = family.replay_file(&started.replay);
+    let again = rp::count_rows(&again_file);
+    let finished = replays::Finished {
+        replay: started.replay.clone(),
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        rows: started.rows.len() as u64,
+        rejected_again: again,
+    };
+    replays::Ledger::append(&family.ledger_path(), &replays::Entry::Finished(finished))?;
+    let _ = std::fs::remove_file(&started.input);
+    if p.checkpoint.enabled() {
+        let _ = std::fs::remove_dir_all(engine::checkpoint::store_dir(&p));
+    }
+    if again > 0 {
+        println!(
+            "replay {}: {} rows replayed, {again} rejected again (in {})",
+            started.replay,
+            started.rows.len(),
+            again_file.display()
+        );
+    } else {
+        println!("replay {}: {} rows replayed, none rejected again", started.replay, started.rows.len());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `engine serve`: checks every pipeline file first (exit 2 with their

@@ -13,7 +13,9 @@ use crate::runtime::{Outcome, RunReport};
 
 /// Opens the history and records the start of run `id`; None (logged) when
 /// the history cannot be written.
-pub async fn start(dir: &Path, p: &Pipeline, id: &str, resumed_from: Option<u64>) -> Option<History> {
+/// `trigger` is what started the run unless `ENGINE_TRIGGER` says (a
+/// service starting it does).
+pub async fn start(dir: &Path, p: &Pipeline, id: &str, resumed_from: Option<u64>, trigger: &str) -> Option<History> {
     let h = match History::open(dir).await {
         Ok(h) => h,
         Err(e) => {
@@ -31,7 +33,7 @@ pub async fn start(dir: &Path, p: &Pipeline, id: &str, resumed_from: Option<u64>
     let started = Started {
         id: id.to_string(),
         pipeline: p.name.clone(),
-        trigger: std::env::var("ENGINE_TRIGGER").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| "cli".into()),
+        trigger: std::env::var("ENGINE_TRIGGER").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| trigger.into()),
         by: std::env::var("ENGINE_TRIGGERED_BY").ok().filter(|b| !b.is_empty()).or_else(|| std::env::var("USER").ok()),
         started_at_ms: now_ms(),
         pid: std::process::id(),

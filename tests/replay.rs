@@ -1,0 +1,255 @@
+//! `engine replay`: rejected rows through the pipeline again, after a rule
+//! was fixed (a second pipeline file), into the real MariaDB and files.
+//! The reference for "exactly once" is a run of the fixed pipeline from the
+//! start into a database of its own: after a run of the strict pipeline and
+//! a replay, the two databases hold the same rows.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::crash::write_input;
+use crate::sql_sink::TestDb;
+use crate::util::*;
+
+/// A pipeline: `input` validated (Gender one of `genders`), deduplicated,
+/// into MariaDB and `out/names.csv`; rejects to `out/rejects.ndjson`;
+/// `delay_ms` per batch in a blackhole beside them slows a run down.
+fn pipeline(dir: &Path, name: &str, input: &Path, genders: &str, db: &TestDb, delay_ms: u64) -> String {
+    write_pipeline(
+        dir,
+        name,
+        &format!(
+            r#"
+[pipeline]
+name = "names"
+batch_size = 1000
+channel_capacity = 2
+[pipeline.checkpoint]
+interval = "100ms"
+dir = "{dir}/ck"
+
+[sources.names]
+kind = "file"
+path = "{input}"
+{SCHEMA}
+
+[transforms.valid]
+kind = "validate"
+inputs = ["names"]
+[transforms.valid.rules.Name]
+max_len = 64
+[transforms.valid.rules.Year]
+min = 1880
+max = 2100
+[transforms.valid.rules.Gender]
+one_of = {genders}
+
+[transforms.unique]
+kind = "dedupe"
+inputs = ["valid"]
+key = ["Name", "Year", "Gender"]
+
+[sinks.db]
+kind = "sql"
+inputs = ["unique"]
+url = "{url}"
+table = "baby_names"
+key = ["name", "year", "gender"]
+columns = {{ name = "Name", year = "Year", gender = "Gender", count = "Count", source_id = "Id" }}
+migrations = "pipelines/migrations/babynames"
+auto_migrate = true
+
+[sinks.out]
+kind = "file"
+inputs = ["unique"]
+path = "{dir}/out/names.csv"
+
+[sinks.slow]
+kind = "blackhole"
+inputs = ["unique"]
+delay_ms = {delay_ms}
+
+[sinks.rejects]
+kind = "file"
+inputs = ["names.rejects", "valid.rejects"]
+path = "{dir}/out/rejects.ndjson"
+"#,
+            dir = dir.display(),
+            input = input.display(),
+            url = db.url(),
+        ),
+    )
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// The files of `dir` whose names start with `prefix` and end with `suffix`.
+fn files(dir: &Path, prefix: &str, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(prefix) && n.ends_with(suffix)
+        })
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+fn ledger(dir: &Path) -> Vec<serde_json::Value> {
+    lines(&dir.join("out/rejects.replays.ndjson"))
+}
+
+/// The sample, with a rule too strict (only M): the F rows are rejected.
+/// After the rule is fixed (a second file), a replay of the `one_of`
+/// rejects brings the database to exactly what the fixed pipeline writes
+/// from the start; rows still wrong are rejected again at their original
+/// lines; a second replay sends nothing twice.
+#[test]
+fn a_fixed_rule_replays_rejected_rows_into_mariadb_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = repo().join("pipelines/data/NationalNames.sample.csv");
+    let db = TestDb::new("replay");
+    let strict = pipeline(dir.path(), "strict.toml", &input, r#"["M"]"#, &db, 0);
+    let fixed = pipeline(dir.path(), "fixed.toml", &input, r#"["M", "F"]"#, &db, 0);
+    let o = run(&["run", &strict], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rejected = lines(&dir.path().join("out/rejects.ndjson"));
+    let one_of = rejected.iter().filter(|r| r["rule"] == "one_of").count();
+    assert!(one_of > 1000, "the strict rule rejects the F rows: {one_of}");
+    let before = db.rows();
+    assert!(before.iter().all(|r| r.2 == "M"));
+
+    // The reference: the fixed pipeline from the start, elsewhere.
+    let ref_dir = tempfile::tempdir().unwrap();
+    let ref_db = TestDb::new("replay_ref");
+    let reference = pipeline(ref_dir.path(), "fixed.toml", &input, r#"["M", "F"]"#, &ref_db, 0);
+    let o = run(&["run", &reference], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = ref_db.rows();
+    let ref_rejects = lines(&ref_dir.path().join("out/rejects.ndjson"));
+
+    // A bad filter is refused before anything runs.
+    let o = run(&["replay", &fixed, "--where", "colour=F"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown key `colour`"), "{}", stderr(&o));
+    assert!(!dir.path().join("out/rejects.replays.ndjson").exists());
+
+    let o = run(&["replay", &fixed, "--where", "rule=one_of", "--no-progress"], &[]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains(&format!("{one_of} rejected rows match (rule=one_of)")), "{out}");
+    let got = db.rows();
+    assert_eq!(got.len(), want.len(), "{out}");
+    assert_eq!(got, want, "after the replay the database holds what the fixed pipeline writes");
+
+    // Rows still wrong (another rule now) are rejected again, at the lines
+    // the reference run gives them, with their text.
+    let again_files = files(&dir.path().join("out"), "rejects.replay-", ".ndjson");
+    assert_eq!(again_files.len(), 1, "{again_files:?}");
+    let again = lines(&again_files[0]);
+    assert!(!again.is_empty());
+    for r in &again {
+        let same = ref_rejects.iter().find(|x| x["line"] == r["line"]);
+        let same = same.unwrap_or_else(|| panic!("{r} is not rejected by the reference run"));
+        assert_eq!((&same["raw"], &same["rule"]), (&r["raw"], &r["rule"]));
+    }
+    // The replay's own CSV output: the F rows, each once.
+    let csv = files(&dir.path().join("out"), "names.replay-", ".csv");
+    assert_eq!(csv.len(), 1, "{csv:?}");
+    let f_rows = want.iter().filter(|r| r.2 == "F").count();
+    assert_eq!(csv_rows(&csv[0]), f_rows);
+    // The pipeline's own outputs are untouched, the replay's input and
+    // checkpoint store are gone.
+    assert_eq!(lines(&dir.path().join("out/rejects.ndjson")).len(), rejected.len());
+    assert!(files(&dir.path().join("out"), ".rejects.replay-", ".csv").is_empty());
+    assert!(files(dir.path(), "ck.replay-", "").is_empty());
+    let l = ledger(dir.path());
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert_eq!((&l[0]["event"], l[0]["rows"].as_array().map(Vec::len)), (&"started".into(), Some(one_of)));
+    assert_eq!((&l[1]["event"], &l[1]["rejected_again"]), (&"finished".into(), &again.len().into()));
+
+    // A second replay takes only the rows rejected again (their first
+    // replay), nothing that reached the sinks.
+    let still_one_of = again.iter().filter(|r| r["rule"] == "one_of").count();
+    let o = run(&["replay", &fixed, "--where", "rule=one_of", "--no-progress"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains(&format!("{one_of} of them were replayed already")), "{out}");
+    let l = ledger(dir.path());
+    assert_eq!(l[2]["rows"].as_array().map(Vec::len), Some(still_one_of), "{out}");
+    assert!(l[2]["rows"].as_array().unwrap().iter().all(|r| r["replays"] == 1));
+    assert_eq!(db.rows(), want, "nothing was sent twice");
+    let o = run(&["replay", &fixed, "--where", "rule=max", "--dry-run"], &[]);
+    assert!(stdout(&o).contains("rows of source `names`: through the pipeline again"), "{}", stdout(&o));
+}
+
+/// kill -9 in the middle of a replay: the next `engine replay` resumes it
+/// (the same rows, from its checkpoint) before anything else, and every
+/// replayed row ends in the database and in the replay's file exactly once.
+#[test]
+fn a_replay_killed_mid_way_resumes_and_writes_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("names.csv");
+    let unique = write_input(&input, 60_000);
+    let db = TestDb::new("replay_kill");
+    let strict = pipeline(dir.path(), "strict.toml", &input, r#"["M"]"#, &db, 0);
+    let fixed = pipeline(dir.path(), "fixed.toml", &input, r#"["M", "F"]"#, &db, 60);
+    let o = run(&["run", &strict], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f_rows: Vec<_> = unique.iter().filter(|r| r.3 == "F").collect();
+    assert_eq!(lines(&dir.path().join("out/rejects.ndjson")).len(), f_rows.len());
+
+    let mut child = engine()
+        .args(["replay", &fixed, "--no-progress"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed a third of the way, after some checkpoints (every 100 ms).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.scalar("SELECT COUNT(*) FROM baby_names WHERE gender = 'F'") < 10_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), None, "the replay was killed, not finished");
+    let l = ledger(dir.path());
+    assert_eq!(l.len(), 1, "started, not finished: {l:?}");
+    let partial = db.scalar("SELECT COUNT(*) FROM baby_names WHERE gender = 'F'");
+    assert!((partial as usize) < f_rows.len(), "killed before the end: {partial}");
+
+    let o = run(&["replay", &fixed, "--no-progress"], &[]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    let id = l[0]["replay"].as_str().unwrap();
+    assert!(out.contains(&format!("resuming replay {id}")), "{out}");
+    assert!(stderr(&o).contains("resuming pipeline names from checkpoint"), "{}", stderr(&o));
+    assert!(out.contains("nothing to replay"), "the rows were the killed replay's: {out}");
+
+    let want: std::collections::BTreeSet<_> =
+        unique.iter().map(|(id, n, y, g, c)| (n.clone(), *y, g.clone(), *c, *id)).collect();
+    assert_eq!(db.rows(), want);
+    let csv = dir.path().join(format!("out/names.replay-{id}.csv"));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut ids: Vec<i64> = text.lines().skip(1).map(|l| l.split(',').next().unwrap().parse().unwrap()).collect();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "a row twice in the replay's file");
+    assert_eq!(n, f_rows.len());
+    let l = ledger(dir.path());
+    assert_eq!(
+        (&l[1]["event"], &l[1]["rows"], &l[1]["rejected_again"]),
+        (&"finished".into(), &f_rows.len().into(), &0.into())
+    );
+}
