@@ -11,22 +11,30 @@ use crate::crash::write_input;
 use crate::sql_sink::TestDb;
 use crate::util::*;
 
-/// A pipeline: `input` validated (Gender one of `genders`), deduplicated,
+/// Pipeline `name`: `input` validated (Gender one of `genders`), deduplicated,
 /// into MariaDB and `out/names.csv`; rejects to `out/rejects.ndjson`;
 /// `delay_ms` per batch in a blackhole beside them slows a run down.
-fn pipeline(dir: &Path, name: &str, input: &Path, genders: &str, db: &TestDb, delay_ms: u64) -> String {
+pub(crate) fn pipeline(
+    dir: &Path,
+    file: &str,
+    name: &str,
+    input: &Path,
+    genders: &str,
+    db: &TestDb,
+    delay_ms: u64,
+) -> String {
     write_pipeline(
         dir,
-        name,
+        file,
         &format!(
             r#"
 [pipeline]
-name = "names"
+name = "{name}"
 batch_size = 1000
 channel_capacity = 2
 [pipeline.checkpoint]
 interval = "100ms"
-dir = "{dir}/ck"
+dir = "{dir}/ck-{name}"
 
 [sources.names]
 kind = "file"
@@ -90,7 +98,7 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
 }
 
 /// The files of `dir` whose names start with `prefix` and end with `suffix`.
-fn files(dir: &Path, prefix: &str, suffix: &str) -> Vec<std::path::PathBuf> {
+pub(crate) fn files(dir: &Path, prefix: &str, suffix: &str) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -118,8 +126,8 @@ fn a_fixed_rule_replays_rejected_rows_into_mariadb_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let input = repo().join("pipelines/data/NationalNames.sample.csv");
     let db = TestDb::new("replay");
-    let strict = pipeline(dir.path(), "strict.toml", &input, r#"["M"]"#, &db, 0);
-    let fixed = pipeline(dir.path(), "fixed.toml", &input, r#"["M", "F"]"#, &db, 0);
+    let strict = pipeline(dir.path(), "strict.toml", "names", &input, r#"["M"]"#, &db, 0);
+    let fixed = pipeline(dir.path(), "fixed.toml", "names", &input, r#"["M", "F"]"#, &db, 0);
     let o = run(&["run", &strict], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let rejected = lines(&dir.path().join("out/rejects.ndjson"));
@@ -131,7 +139,7 @@ fn a_fixed_rule_replays_rejected_rows_into_mariadb_exactly_once() {
     // The reference: the fixed pipeline from the start, elsewhere.
     let ref_dir = tempfile::tempdir().unwrap();
     let ref_db = TestDb::new("replay_ref");
-    let reference = pipeline(ref_dir.path(), "fixed.toml", &input, r#"["M", "F"]"#, &ref_db, 0);
+    let reference = pipeline(ref_dir.path(), "fixed.toml", "names", &input, r#"["M", "F"]"#, &ref_db, 0);
     let o = run(&["run", &reference], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let want = ref_db.rows();
@@ -171,7 +179,7 @@ fn a_fixed_rule_replays_rejected_rows_into_mariadb_exactly_once() {
     // checkpoint store are gone.
     assert_eq!(lines(&dir.path().join("out/rejects.ndjson")).len(), rejected.len());
     assert!(files(&dir.path().join("out"), ".rejects.replay-", ".csv").is_empty());
-    assert!(files(dir.path(), "ck.replay-", "").is_empty());
+    assert!(files(dir.path(), "ck-names.replay-", "").is_empty());
     let l = ledger(dir.path());
     assert_eq!(l.len(), 2, "{l:?}");
     assert_eq!((&l[0]["event"], l[0]["rows"].as_array().map(Vec::len)), (&"started".into(), Some(one_of)));
@@ -201,8 +209,8 @@ fn a_replay_killed_mid_way_resumes_and_writes_every_row_once() {
     let input = dir.path().join("names.csv");
     let unique = write_input(&input, 60_000);
     let db = TestDb::new("replay_kill");
-    let strict = pipeline(dir.path(), "strict.toml", &input, r#"["M"]"#, &db, 0);
-    let fixed = pipeline(dir.path(), "fixed.toml", &input, r#"["M", "F"]"#, &db, 60);
+    let strict = pipeline(dir.path(), "strict.toml", "names", &input, r#"["M"]"#, &db, 0);
+    let fixed = pipeline(dir.path(), "fixed.toml", "names", &input, r#"["M", "F"]"#, &db, 60);
     let o = run(&["run", &strict], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let f_rows: Vec<_> = unique.iter().filter(|r| r.3 == "F").collect();

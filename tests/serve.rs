@@ -532,7 +532,7 @@ fn every_operation_in_the_openapi_document_is_served_as_documented() {
             }
         }
     }
-    assert_eq!(walked, 14);
+    assert_eq!(walked, 15);
     let (s, _) = svc.get("/api/nothing-here");
     assert_eq!(s, 404);
     // The pipeline's next fire times are at 03:00 Berlin.
@@ -898,5 +898,85 @@ fn the_console_is_served_with_a_strict_content_security_policy() {
     // No inline script or handler the policy would have to allow.
     let (_, html) = http(&svc.addr, "GET", "/", None, "");
     assert!(!html.contains("<script>") && !html.contains(" onclick=") && !html.contains("style="), "{html}");
+    svc.stop();
+}
+
+/// Rejects fixed and replayed from the console: a pipeline rejected the F
+/// rows (rule one_of), its fixed version (a second file) replays them from
+/// the rejects page, and MariaDB ends with exactly what the fixed pipeline
+/// writes from the start.
+#[test]
+fn the_console_replays_fixed_rejects_and_the_rows_reach_mariadb_once() {
+    let chromium =
+        std::process::Command::new(repo().join("scripts/ensure-chromium")).output().expect("scripts/ensure-chromium");
+    assert!(chromium.status.success(), "scripts/ensure-chromium: {}", String::from_utf8_lossy(&chromium.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir(&pipes).unwrap();
+    let input = repo().join("pipelines/data/NationalNames.sample.csv");
+    let db = crate::sql_sink::TestDb::new("console_replay");
+    let strict = r#"["M"]"#;
+    let fixed = r#"["M", "F"]"#;
+    crate::replay::pipeline(dir.path(), "pipelines/names.toml", "names", &input, strict, &db, 0);
+    // Slowed, so that its checkpoints commit while it runs.
+    crate::replay::pipeline(dir.path(), "pipelines/names_fixed.toml", "names_fixed", &input, fixed, &db, 300);
+    let ref_dir = tempfile::tempdir().unwrap();
+    let ref_db = crate::sql_sink::TestDb::new("console_replay_ref");
+    let reference = crate::replay::pipeline(ref_dir.path(), "fixed.toml", "names", &input, fixed, &ref_db, 0);
+    let o = run(&["run", &reference], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = ref_db.rows();
+
+    let svc = Service::start(&pipes, &dir.path().join("state"), &[]);
+    let (s, v) = svc.post("/api/pipelines/names/runs", Some(TOKEN));
+    assert_eq!(s, 202, "{v}");
+    wait_for("the strict run", Duration::from_secs(30), || {
+        svc.runs("names").first().is_some_and(|r| r["outcome"] == "completed")
+    });
+    assert!(db.rows().iter().all(|r| r.2 == "M"));
+    let (s, r) = svc.get("/api/pipelines/names_fixed/rejects?rule=one_of");
+    assert_eq!(s, 200, "{r}");
+    let one_of = r["matching"].as_u64().unwrap();
+    assert!(one_of > 1000, "{r:#}");
+    assert_eq!(r["replayable"], one_of, "{r:#}");
+    let (s, _) = svc.post("/api/pipelines/names_fixed/replay", None);
+    assert_eq!(s, 401);
+
+    let shots = std::env::var_os("CONSOLE_SCREENSHOTS").map(PathBuf::from).unwrap_or_else(|| dir.path().to_path_buf());
+    std::fs::create_dir_all(&shots).unwrap();
+    let o = std::process::Command::new("node")
+        .arg(repo().join("tests/browser/replay.mjs"))
+        .env("CONSOLE_URL", format!("http://{}/", svc.addr))
+        .env("API_TOKEN", TOKEN)
+        .env("OUT_DIR", &shots)
+        .env("PIPELINE", "names_fixed")
+        .env("ONE_OF", one_of.to_string())
+        .output()
+        .expect("node runs");
+    let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "browser checks failed:\n{said}\nservice log:\n{}", svc.log());
+    assert!(said.contains("ok: the replay run completed"), "{said}");
+    assert_eq!(db.rows(), want, "after the replay MariaDB holds what the fixed pipeline writes");
+    let runs = svc.runs("names_fixed");
+    assert_eq!((runs[0]["trigger"].as_str(), runs[0]["outcome"].as_str()), (Some("replay"), Some("completed")));
+
+    // Asking again replays only what was rejected again, which reaches
+    // nothing: the database is unchanged.
+    let (_, r) = svc.get("/api/pipelines/names_fixed/rejects?rule=one_of&replayed=false");
+    let left = r["replayable"].as_u64().unwrap();
+    assert!(left < one_of, "{r:#}");
+    assert!(r["rows"].as_array().unwrap().iter().all(|x| x["replays"] == 1), "{r:#}");
+    let (s, v) = http(&svc.addr, "POST", "/api/pipelines/names_fixed/replay", Some(TOKEN), r#"{"rule":"one_of"}"#);
+    let v: Value = serde_json::from_str(&v).unwrap();
+    if left == 0 {
+        assert_eq!(s, 409, "{v}");
+    } else {
+        assert_eq!((s, v["rows"].as_u64()), (202, Some(left)), "{v}");
+        let id = v["run_id"].as_str().unwrap().to_string();
+        wait_for("the second replay", Duration::from_secs(30), || {
+            svc.get(&format!("/api/runs/{id}")).1["outcome"] == "completed"
+        });
+    }
+    assert_eq!(db.rows(), want);
     svc.stop();
 }

@@ -246,6 +246,8 @@ async function runPage(id) {
   const rate = el("b", { "data-figure": "rows-per-s", text: "–" });
   const cps = el("b", { "data-figure": "checkpoints", text: fmt(run.checkpoints) });
   const report = el("div", { id: "report" }, reportTable(run.report));
+  // Checkpoint commits as they happen, from the run's log.
+  const commits = el("ol", { id: "checkpoint-events", class: "events" });
   const log = el("pre", { class: "log", id: "log", tabindex: 0 });
   const lines = [];
   const level = el("select", { id: "log-level", "aria-label": "Log level" }, ["all", "ERROR", "WARN", "INFO", "DEBUG"].map((l) => el("option", { value: l, text: l })));
@@ -263,6 +265,7 @@ async function runPage(id) {
       el("div", {}, "Rows read", read), el("div", {}, "Rows/s", rate), el("div", {}, "Checkpoints", cps),
       el("div", {}, "Trigger", el("b", { text: run.trigger || (run.live && run.live.trigger && run.live.trigger.kind) || "–" }))),
     dag,
+    el("h2", { text: "Checkpoints committed" }), commits,
     el("h2", { text: "Report" }), report,
     el("h2", { text: "Log" }), el("div", { class: "log-tools" }, level, search), log);
 
@@ -294,7 +297,19 @@ async function runPage(id) {
   });
   const follow = new EventSource(`/api/runs/${encodeURIComponent(id)}/log/follow`);
   closers.push(follow);
-  follow.addEventListener("log", (ev) => { lines.push(ev.data); if (lines.length > 5000) lines.shift(); shown(); });
+  follow.addEventListener("log", (ev) => {
+    lines.push(ev.data);
+    if (lines.length > 5000) lines.shift();
+    shown();
+    let e = null;
+    try { e = JSON.parse(ev.data); } catch { return; }
+    // Run logs are JSON with the event's fields at the top level.
+    const f = e && (e.fields || e);
+    if (f && f.message === "checkpoint committed") {
+      const at = e.timestamp ? new Date(e.timestamp).toLocaleTimeString() : "";
+      commits.append(el("li", { "data-epoch": f.epoch, text: `epoch ${f.epoch} committed ${at} (${fmt(f.duration_ms)} ms, state ${fmt(f.state_bytes)} bytes)` }));
+    }
+  });
   follow.addEventListener("end", () => follow.close());
   follow.onerror = () => follow.close();
 }
@@ -317,9 +332,36 @@ async function rejectsPage(name, params) {
       el("option", { value: "", text: "all" }), values.map((v) => el("option", { value: v, text: v, selected: v === current ? "selected" : null }))));
   const search = el("input", { id: "q", type: "search", value: params.get("q") || "", placeholder: "reason, value or raw text", "aria-label": "Search rejected rows" });
   const offset = Number(params.get("offset") || 0);
+  const shown = params.get("replayed");
+  const which = el("label", {}, "Show ", el("select", { id: "replayed", onchange: (e) => go({ replayed: e.target.value }) },
+    [["", "all rows"], ["false", "not replayed"], ["true", "replayed"]].map(([v, t]) => el("option", { value: v, text: t, selected: (shown || "") === v ? "selected" : null }))));
+  const filter = { operator: params.get("operator") || undefined, rule: params.get("rule") || undefined };
+  const filterText = Object.entries(filter).filter(([, v]) => v).map(([k, v]) => `${k}=${v}`).join(", ") || "all operators and rules";
+  const replay = el("button", {
+    type: "button", id: "replay", disabled: r.replayable ? null : "disabled",
+    onclick: async () => {
+      try {
+        const res = await api(`/api/pipelines/${encodeURIComponent(name)}/replay`, { method: "POST", body: JSON.stringify(filter) });
+        notice(`replay of ${fmt(res.rows)} rows started: ${res.run_id}`);
+        location.hash = `#/runs/${encodeURIComponent(res.run_id)}`;
+      } catch (e) {
+        notice(e.status === 401 || e.status === 403 ? `Replay refused (${e.status}): enter the API token above` : `Replay: ${e.message}`);
+      }
+    },
+    text: r.replayable ? `Replay ${fmt(r.replayable)} row${r.replayable === 1 ? "" : "s"} (${filterText})` : `Nothing to replay (${filterText})`,
+  });
+  const replays = (r.replays || []).slice().reverse();
   main().replaceChildren(
     el("h1", {}, "Rejected rows of ", el("a", { href: `#/pipelines/${encodeURIComponent(name)}`, text: name })),
-    el("p", { class: "muted", text: r.files.length ? `${fmt(r.total)} rows in ${r.files.join(", ")}${r.truncated ? " (only the first ones read)" : ""}` : "No file sink reads a .rejects port of this pipeline." }),
+    el("p", { class: "muted", text: r.files.length ? `${fmt(r.total)} rows in ${r.files.map((f) => f.written_by ? `${f.path} (replay ${f.written_by})` : `${f.path} (last run)`).join(", ")}${r.truncated ? " (only the first ones read)" : ""}` : "No file sink reads a .rejects port of this pipeline." }),
+    el("div", { class: "replay-box" },
+      el("p", {}, "Fixed the data or the rules? Send the rows that match the filter below through the pipeline again: rows that now pass reach the sinks once, rows still wrong are rejected again at their line, and no row is replayed twice."),
+      replay),
+    replays.length ? el("details", { id: "replays", open: "open" }, el("summary", { text: `Replays (${replays.length})` }),
+      el("ul", {}, replays.map((x) => el("li", { "data-replay": x.replay },
+        el("a", { href: `#/runs/${encodeURIComponent(x.replay)}`, text: x.replay }),
+        ` ${when(x.at_ms)}: ${fmt(x.rows)} rows (${x.filter})${x.sink ? ` to sink ${x.sink}` : ""}, `,
+        x.finished ? `${fmt(x.rejected_again)} rejected again` : "not finished (the next replay resumes it)")))) : null,
     el("h2", { text: "By operator, rule and reason" }),
     el("div", { class: "table-wrap" }, el("table", { class: "reject-counts" },
       el("thead", {}, el("tr", {}, ["Operator", "Rule", "Reason", "Rows"].map((h, i) => el("th", { class: i === 3 ? "num" : null, text: h })))),
@@ -330,15 +372,17 @@ async function rejectsPage(name, params) {
     el("h2", { text: "Rows" }),
     el("form", { class: "reject-filters", onsubmit: (e) => { e.preventDefault(); go({ q: search.value }); } },
       select("operator", "Operator", operators, params.get("operator")), " ",
-      select("rule", "Rule", rules, params.get("rule")), " ", search, " ",
+      select("rule", "Rule", rules, params.get("rule")), " ", which, " ", search, " ",
       el("button", { type: "submit", text: "Filter" })),
     el("p", { id: "reject-matching", text: `${fmt(r.matching)} matching; showing ${r.rows.length ? offset + 1 : 0}–${offset + r.rows.length}` }),
     el("div", { class: "table-wrap" }, el("table", { class: "rejects" },
-      el("thead", {}, el("tr", {}, ["Line", "Operator", "Column", "Rule", "Value", "Reason", "Raw"].map((h, i) => el("th", { class: i === 0 ? "num" : i === 2 || i === 6 ? "opt" : null, text: h })))),
-      el("tbody", {}, r.rows.map((x) => el("tr", { "data-rule": x.rule },
+      el("thead", {}, el("tr", {}, ["Line", "Operator", "Column", "Rule", "Value", "Reason", "Raw", "Replays", "Status"].map((h, i) => el("th", { class: i === 0 || i === 7 ? "num" : i === 2 || i === 6 ? "opt" : null, text: h })))),
+      el("tbody", {}, r.rows.map((x) => el("tr", { "data-rule": x.rule, "data-replayed": x.replayed_by ? "yes" : "no", "data-replays": x.replays },
         el("td", { class: "num", text: x.line ?? "–" }), el("td", { text: x.operator }), el("td", { class: "opt", text: x.column ?? "" }),
         el("td", { text: x.rule }), el("td", { text: x.value === null || x.value === undefined ? "" : typeof x.value === "string" ? x.value : JSON.stringify(x.value) }),
-        el("td", { text: x.reason }), el("td", { class: "opt raw", text: x.raw ?? "" })))))),
+        el("td", { text: x.reason }), el("td", { class: "opt raw", text: x.raw ?? "" }),
+        el("td", { class: "num", text: x.replays ?? 0 }),
+        el("td", { class: "status", text: x.replayed_by ? `replayed by ${x.replayed_by}` : x.raw == null ? "cannot be replayed (no text kept)" : "not replayed" })))))),
     el("p", {},
       el("button", { type: "button", disabled: offset === 0 ? "disabled" : null, onclick: () => go({ offset: Math.max(0, offset - 50) }), text: "Previous" }), " ",
       el("button", { type: "button", disabled: offset + r.rows.length >= r.matching ? "disabled" : null, onclick: () => go({ offset: offset + 50 }), text: "Next" })));

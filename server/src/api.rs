@@ -37,6 +37,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/pipelines/{name}/checkpoints"),
     ("get", "/api/pipelines/{name}/rejects"),
     ("post", "/api/pipelines/{name}/runs"),
+    ("post", "/api/pipelines/{name}/replay"),
     ("get", "/api/runs"),
     ("get", "/api/runs/{id}"),
     ("post", "/api/runs/{id}/stop"),
@@ -68,6 +69,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/pipelines/{name}/checkpoints", get(checkpoints))
         .route("/api/pipelines/{name}/rejects", get(rejects))
         .route("/api/pipelines/{name}/runs", post(trigger))
+        .route("/api/pipelines/{name}/replay", post(replay))
         .route("/api/runs", get(runs))
         .route("/api/runs/{id}", get(run))
         .route("/api/runs/{id}/stop", post(stop))
@@ -175,15 +177,19 @@ struct RejectsQuery {
     rule: Option<String>,
     /// Text to find in the reason, the value or the raw row.
     q: Option<String>,
+    /// Only rows a replay took (`true`) or did not take (`false`).
+    replayed: Option<bool>,
     offset: Option<usize>,
     limit: Option<usize>,
 }
 
-/// Rejected rows read from a rejects file stop here: a page is for people.
+/// Rejected rows read from a rejects family stop here: a page is for people.
 const REJECTS_READ_MAX: usize = 200_000;
 
-/// The rejected rows the pipeline's rejects files hold (the last run that
-/// wrote them): counts by operator, rule and reason, and one filtered page.
+/// What the pipeline's rejects families hold (the last run's rejects and
+/// each replay's), with the ledger's word on each row: counts by operator,
+/// rule and reason, one filtered page, the rows a replay would take, and
+/// the replays so far.
 async fn rejects(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -193,56 +199,177 @@ async fn rejects(
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let files = match api.sup.rejects_files(&name) {
+    let mains = match api.sup.rejects_files(&name) {
         None => return error(StatusCode::NOT_FOUND, format!("no pipeline named `{name}`")),
         Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Some(Ok(f)) => f,
     };
-    let mut rows: Vec<Value> = Vec::new();
-    let mut truncated = false;
-    for f in &files {
-        let Ok(text) = tokio::fs::read_to_string(f).await else { continue };
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            if rows.len() >= REJECTS_READ_MAX {
-                truncated = true;
-                break;
-            }
-            if let Ok(mut v) = serde_json::from_str::<Value>(line) {
-                v["file"] = json!(f.display().to_string());
-                rows.push(v);
-            }
-        }
-    }
-    let mut counts: std::collections::BTreeMap<(String, String, String), u64> = Default::default();
-    let field = |v: &Value, k: &str| {
-        v.get(k).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).unwrap_or_default()
+    let read = tokio::task::spawn_blocking(move || read_rejects(&mains)).await;
+    let fam = match read {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    for r in &rows {
-        *counts.entry((field(r, "operator"), field(r, "rule"), field(r, "reason"))).or_default() += 1;
+    let mut counts: std::collections::BTreeMap<(&str, &str, &str), u64> = Default::default();
+    for r in &fam.rows {
+        *counts.entry((&r.reject.operator, &r.reject.rule, &r.reject.reason)).or_default() += 1;
     }
     let needle = q.q.as_deref().map(str::to_lowercase).filter(|n| !n.is_empty());
-    let matching: Vec<&Value> = rows
+    let filter = replays::Filter { operator: q.operator.clone(), rule: q.rule.clone(), column: None };
+    let matching: Vec<&replays::Row> = fam
+        .rows
         .iter()
-        .filter(|r| q.operator.as_ref().is_none_or(|o| &field(r, "operator") == o))
-        .filter(|r| q.rule.as_ref().is_none_or(|o| &field(r, "rule") == o))
+        .filter(|r| filter.matches(&r.reject))
+        .filter(|r| q.replayed.is_none_or(|want| want == r.replayed_by.is_some()))
         .filter(|r| {
             needle.as_ref().is_none_or(|n| {
-                ["reason", "value", "raw", "column"].iter().any(|k| field(r, k).to_lowercase().contains(n.as_str()))
+                let x = &r.reject;
+                [Some(&x.reason), x.value.as_ref(), x.raw.as_ref(), x.column.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t.to_lowercase().contains(n.as_str()))
             })
         })
         .collect();
+    let replayable = fam.rows.iter().filter(|r| filter.matches(&r.reject) && replayable(r)).count();
     let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(50).clamp(1, 500));
     Json(json!({
         "pipeline": name,
-        "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
-        "total": rows.len(),
-        "truncated": truncated,
+        "files": fam.files.iter().map(|(f, by)| json!({ "path": f.display().to_string(), "written_by": by })).collect::<Vec<_>>(),
+        "total": fam.rows.len(),
+        "truncated": fam.truncated,
         "counts": counts.iter().map(|((o, r, why), n)| json!({ "operator": o, "rule": r, "reason": why, "rows": n })).collect::<Vec<_>>(),
         "matching": matching.len(),
+        "replayable": replayable,
         "offset": offset,
         "rows": matching.iter().skip(offset).take(limit).collect::<Vec<_>>(),
+        "replays": fam.replays,
     }))
     .into_response()
+}
+
+/// A row a replay would take: nobody took it, and its text was kept.
+fn replayable(r: &replays::Row) -> bool {
+    r.replayed_by.is_none() && r.reject.raw.is_some()
+}
+
+struct Rejects {
+    files: Vec<(std::path::PathBuf, Option<String>)>,
+    rows: Vec<replays::Row>,
+    truncated: bool,
+    replays: Vec<Value>,
+}
+
+/// Reads the families of `mains` (blocking file reads).
+fn read_rejects(mains: &[std::path::PathBuf]) -> Result<Rejects, replays::Error> {
+    let mut out = Rejects { files: Vec::new(), rows: Vec::new(), truncated: false, replays: Vec::new() };
+    for main in mains {
+        let fam = replays::Family::new(main);
+        let ledger = replays::Ledger::read(&fam.ledger_path())?;
+        out.files.extend(fam.files()?);
+        for s in ledger.started() {
+            let end = ledger.finished(&s.replay);
+            out.replays.push(json!({
+                "replay": s.replay,
+                "at_ms": s.at_ms,
+                "filter": s.filter,
+                "source": s.source,
+                "sink": s.sink,
+                "rows": s.rows.len(),
+                "finished": end.is_some(),
+                "rejected_again": end.map(|e| e.rejected_again),
+            }));
+        }
+        fam.for_each(&ledger, |row| {
+            if out.rows.len() >= REJECTS_READ_MAX {
+                out.truncated = true;
+                return false;
+            }
+            out.rows.push(row);
+            true
+        })?;
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    operator: Option<String>,
+    rule: Option<String>,
+    column: Option<String>,
+    /// Who asks, for the history.
+    by: Option<String>,
+}
+
+/// Starts `engine replay` of the rejects that match, as a run of the
+/// pipeline (one at a time with its other runs).
+async fn replay(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = refuse(&api, &headers) {
+        return r;
+    }
+    let body: ReplayBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body must be JSON like {{\"operator\": \"valid\", \"rule\": \"one_of\"}}: {e}"),
+                );
+            }
+        }
+    };
+    let mains = match api.sup.rejects_files(&name) {
+        None => return error(StatusCode::NOT_FOUND, format!("no pipeline named `{name}`")),
+        Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Some(Ok(f)) => f,
+    };
+    let filter = replays::Filter { operator: body.operator, rule: body.rule, column: body.column };
+    let read = tokio::task::spawn_blocking(move || read_rejects(&mains)).await;
+    let fam = match read {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let pending = fam.replays.iter().any(|r| r["finished"] == false);
+    let rows = fam.rows.iter().filter(|r| filter.matches(&r.reject) && replayable(r)).count();
+    if rows == 0 && !pending {
+        let matched = fam.rows.iter().filter(|r| filter.matches(&r.reject)).count();
+        return error(
+            StatusCode::CONFLICT,
+            format!("nothing to replay ({filter}): {matched} rejected rows match, none that a replay has not taken"),
+        );
+    }
+    let by = body.by.map(|b| b.chars().filter(|c| !c.is_control()).take(100).collect::<String>());
+    let trigger = Trigger { by: by.or(Some("api".into())), replay: Some(filter.clone()), ..Trigger::new("replay") };
+    match api.sup.trigger(&name, trigger, false) {
+        Ok(Triggered::Started { run_id }) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "run_id": run_id, "pipeline": name, "filter": filter.to_string(), "rows": rows, "links": { "run": format!("/api/runs/{run_id}"), "live": format!("/api/runs/{run_id}/live") } })),
+        )
+            .into_response(),
+        Ok(Triggered::Queued { .. }) => error(StatusCode::INTERNAL_SERVER_ERROR, "a replay is never queued"),
+        Err(e) => trigger_error(e),
+    }
+}
+
+fn trigger_error(e: TriggerError) -> Response {
+    match e {
+        e @ TriggerError::Unknown(_) => error(StatusCode::NOT_FOUND, e),
+        TriggerError::Busy { pipeline, run_id } => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": format!("pipeline `{pipeline}` is running ({run_id}); one run at a time"), "running": run_id })),
+        )
+            .into_response(),
+        e @ TriggerError::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -275,7 +402,7 @@ async fn trigger(
         }
     };
     let by = body.by.map(|b| b.chars().filter(|c| !c.is_control()).take(100).collect::<String>());
-    match api.sup.trigger(&name, Trigger { kind: "api".into(), by: by.or(Some("api".into())), missed: 0 }, false) {
+    match api.sup.trigger(&name, Trigger { by: by.or(Some("api".into())), ..Trigger::new("api") }, false) {
         Ok(Triggered::Started { run_id }) => (
             StatusCode::ACCEPTED,
             Json(json!({ "run_id": run_id, "pipeline": name, "links": { "run": format!("/api/runs/{run_id}"), "live": format!("/api/runs/{run_id}/live") } })),
@@ -284,13 +411,7 @@ async fn trigger(
         Ok(Triggered::Queued { behind }) => {
             (StatusCode::ACCEPTED, Json(json!({ "queued_behind": behind, "pipeline": name }))).into_response()
         }
-        Err(e @ TriggerError::Unknown(_)) => error(StatusCode::NOT_FOUND, e),
-        Err(TriggerError::Busy { pipeline, run_id }) => (
-            StatusCode::CONFLICT,
-            Json(json!({ "error": format!("pipeline `{pipeline}` is running ({run_id}); one run at a time"), "running": run_id })),
-        )
-            .into_response(),
-        Err(e @ TriggerError::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => trigger_error(e),
     }
 }
 

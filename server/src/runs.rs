@@ -40,11 +40,14 @@ pub struct Trigger {
     pub by: Option<String>,
     /// Scheduled runs missed before this one (catch-up).
     pub missed: u64,
+    /// A replay of rejected rows: which ones (`engine replay --where`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<replays::Filter>,
 }
 
 impl Trigger {
     pub fn new(kind: &str) -> Trigger {
-        Trigger { kind: kind.into(), by: None, missed: 0 }
+        Trigger { kind: kind.into(), by: None, missed: 0, replay: None }
     }
 }
 
@@ -288,7 +291,10 @@ impl Supervisor {
         let mut attempt = 0;
         loop {
             let end = self.run_once(&def, &run_id, &trigger, attempt).await;
-            let retryable = matches!(end, End::Failed | End::Killed) && !self.shutdown.is_cancelled();
+            // A replay is not retried: its rows wait in the ledger, and the
+            // next replay resumes it.
+            let retryable =
+                matches!(end, End::Failed | End::Killed) && trigger.replay.is_none() && !self.shutdown.is_cancelled();
             if !retryable || attempt >= retry.attempts {
                 break;
             }
@@ -299,7 +305,7 @@ impl Supervisor {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.shutdown.cancelled() => break,
             }
-            trigger = Trigger { kind: "retry".into(), by: None, missed: 0 };
+            trigger = Trigger::new("retry");
             run_id = self.new_run_id();
             if let Some(s) = self.slots().get_mut(&def.name) {
                 s.running = Some(Running {
@@ -419,18 +425,22 @@ impl Supervisor {
     fn spawn(&self, def: &PipelineDef, run_id: &str, trigger: &Trigger) -> std::io::Result<tokio::process::Child> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(run_id))?;
         let mut cmd = tokio::process::Command::new(&self.opts.engine_exe);
-        cmd.arg("--log-format")
-            .arg(&self.opts.run_log_format)
-            .arg("run")
-            .arg(&def.file)
-            .arg("--state")
-            .arg(&self.opts.state)
-            .arg("--no-progress")
-            .arg("--live")
-            .arg(self.live_path(run_id));
-        if let Some(t) = def.schedule.as_ref().and_then(|s| s.timeout) {
-            cmd.arg("--timeout").arg(format!("{}ms", t.as_millis()));
+        cmd.arg("--log-format").arg(&self.opts.run_log_format);
+        match &trigger.replay {
+            Some(filter) => {
+                cmd.arg("replay").arg(&def.file);
+                if !filter.is_empty() {
+                    cmd.arg("--where").arg(filter.to_string());
+                }
+            }
+            None => {
+                cmd.arg("run").arg(&def.file);
+                if let Some(t) = def.schedule.as_ref().and_then(|s| s.timeout) {
+                    cmd.arg("--timeout").arg(format!("{}ms", t.as_millis()));
+                }
+            }
         }
+        cmd.arg("--state").arg(&self.opts.state).arg("--no-progress").arg("--live").arg(self.live_path(run_id));
         // Runs need no API token: least privilege.
         cmd.env_remove("ENGINE_API_TOKEN")
             .env("ENGINE_RUN_ID", run_id)

@@ -160,7 +160,7 @@ impl Scheduler {
             match s.catch_up {
                 CatchUp::Latest => {
                     tracing::warn!(pipeline = %def.name, missed, "{missed} {more}scheduled run(s) missed while the service was down: running once now");
-                    self.fire(def, s, latest, Trigger { kind: "catch-up".into(), by: None, missed }).await;
+                    self.fire(def, s, latest, Trigger { missed, ..Trigger::new("catch-up") }).await;
                 }
                 CatchUp::None => {
                     tracing::warn!(pipeline = %def.name, missed, "{missed} {more}scheduled run(s) missed while the service was down (catch_up = \"none\")");
