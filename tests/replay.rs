@@ -261,3 +261,77 @@ fn a_replay_killed_mid_way_resumes_and_writes_every_row_once() {
         (&"finished".into(), &f_rows.len().into(), &0.into())
     );
 }
+
+/// HubSpot refused a contact; once the cause is gone, `--where
+/// operator=crm` sends that row to the HubSpot sink only: the other
+/// contacts are not written again and the file sink gets nothing.
+#[test]
+fn a_hubspot_refusal_is_replayed_to_hubspot_only() {
+    use simulators::hubspot::{Config, serve};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let sim = rt.block_on(serve(Config::default(), "127.0.0.1:0".parse().unwrap())).expect("simulator");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("n.csv");
+    std::fs::write(&csv, "Name,Year,Gender,Count\nAnn,1990,F,10\nBob,1990,M,12\nCid,1990,M,7\n").unwrap();
+    let p = write_pipeline(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[pipeline]
+name = "crm"
+[pipeline.checkpoint]
+interval = "1s"
+dir = "{dir}/ck"
+[sources.names]
+kind = "file"
+path = "{csv}"
+schema = [{{ name = "Name", type = "string" }}, {{ name = "Year", type = "int64" }}, {{ name = "Gender", type = "string" }}, {{ name = "Count", type = "int64" }}]
+[sinks.crm]
+kind = "hubspot"
+inputs = ["names"]
+base_url = "{base}"
+token = "sim-token"
+id_property = "baby_key"
+id = "{{Name}}|{{Gender}}|{{Year}}"
+properties = {{ firstname = "{{Name}}", baby_count = "{{Count}}" }}
+property_types = {{ baby_count = "number" }}
+[sinks.out]
+kind = "file"
+inputs = ["names"]
+path = "{dir}/out.csv"
+[sinks.rejects]
+kind = "file"
+inputs = ["crm.rejects", "names.rejects"]
+path = "{dir}/rejects.ndjson"
+"#,
+            dir = dir.path().display(),
+            csv = csv.display(),
+            base = sim.base_url()
+        ),
+    );
+    sim.refuse(&["Bob|M|1990"]);
+    let o = run(&["run", &p], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: Vec<String> = sim.contacts().into_iter().map(|c| c.id_value).collect();
+    assert_eq!(ids, ["Ann|F|1990", "Cid|M|1990"]);
+    let refused = lines(&dir.path().join("rejects.ndjson"));
+    assert_eq!((refused.len(), &refused[0]["operator"], &refused[0]["line"]), (1, &"crm".into(), &3.into()));
+
+    sim.accept_all();
+    let o = run(&["replay", &p, "--where", "operator=crm", "--no-progress"], &[]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("1 rows of source `names` refused by sink `crm`: to `crm` again"), "{}", stdout(&o));
+    let contacts = sim.contacts();
+    let got: Vec<(String, u64)> = contacts.iter().map(|c| (c.id_value.clone(), c.writes)).collect();
+    assert_eq!(
+        got,
+        [("Ann|F|1990".to_string(), 1), ("Bob|M|1990".to_string(), 1), ("Cid|M|1990".to_string(), 1)],
+        "Bob written once, the others not again"
+    );
+    assert_eq!(contacts[1].properties.get("baby_count").map(String::as_str), Some("12"));
+    assert!(files(dir.path(), "out.replay-", ".csv").is_empty(), "the file sink had the row already");
+    assert_eq!(csv_rows(&dir.path().join("out.csv")), 3);
+    let o = run(&["replay", &p, "--where", "operator=crm"], &[]);
+    assert!(stdout(&o).contains("nothing to replay"), "{}", stdout(&o));
+}
