@@ -980,3 +980,52 @@ fn the_console_replays_fixed_rejects_and_the_rows_reach_mariadb_once() {
     assert_eq!(db.rows(), want);
     svc.stop();
 }
+
+/// The rejects file is rewritten by every run; the service keeps each
+/// completed run's (hard links), so the rejects of an earlier run can
+/// still be read.
+#[test]
+fn the_rejects_of_each_completed_run_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = dir.path().join("pipelines");
+    std::fs::create_dir(&pipes).unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "Id,Name,Year,Gender,Count\n1,Ann,1990,F,5\n2,Bo,19x0,M,3\n3,Cy,1991,F,oops\n").unwrap();
+    let rejects_file = dir.path().join("rejects.ndjson");
+    let more = format!(
+        "\n[sinks.rejected]\nkind = \"file\"\ninputs = [\"names.rejects\"]\npath = \"{}\"\n",
+        rejects_file.display()
+    );
+    pipeline(&pipes, "kept", &bad, 0, None, "", &more);
+    let svc = Service::start(&pipes, &dir.path().join("state"), &[]);
+    let mut ids = Vec::new();
+    for input in ["", "Id,Name,Year,Gender,Count\n1,Ann,1990,F,5\n2,Bo,1990,M,3\n4,Di,1992,F,x4\n"] {
+        if !input.is_empty() {
+            std::fs::write(&bad, input).unwrap();
+        }
+        let (s, v) = svc.post("/api/pipelines/kept/runs", Some(TOKEN));
+        assert_eq!(s, 202, "{v}");
+        let id = v["run_id"].as_str().unwrap().to_string();
+        wait_for("the run", Duration::from_secs(20), || {
+            svc.get(&format!("/api/runs/{id}")).1["outcome"] == "completed"
+        });
+        wait_for("the service to see it end", Duration::from_secs(10), || {
+            svc.get("/api/pipelines/kept").1["busy"] == false
+        });
+        ids.push(id);
+    }
+    let (s, now) = svc.get("/api/pipelines/kept/rejects");
+    assert_eq!(s, 200, "{now}");
+    assert_eq!(now["total"], 1, "{now:#}");
+    assert_eq!(now["runs"], serde_json::json!([ids[1], ids[0]]), "{now:#}");
+    let (s, first) = svc.get(&format!("/api/pipelines/kept/rejects?run={}", ids[0]));
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(first["total"], 2, "{first:#}");
+    let lines: Vec<u64> = first["rows"].as_array().unwrap().iter().map(|r| r["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, [3, 4]);
+    let (_, second) = svc.get(&format!("/api/pipelines/kept/rejects?run={}", ids[1]));
+    assert_eq!((second["total"].as_u64(), second["rows"][0]["line"].as_u64()), (Some(1), Some(4)), "{second:#}");
+    assert_eq!(svc.get("/api/pipelines/kept/rejects?run=..%2Fx").0, 400);
+    assert_eq!(svc.get("/api/pipelines/kept/rejects?run=123-4-5").0, 404);
+    svc.stop();
+}

@@ -164,32 +164,53 @@ impl Family {
     /// are not rejects (blank, or not JSON of that shape) are skipped.
     pub fn for_each(&self, ledger: &Ledger, mut f: impl FnMut(Row) -> bool) -> Result<(), Error> {
         for (path, written_by) in self.files()? {
-            let file = match std::fs::File::open(&path) {
-                Ok(file) => file,
-                // A replay file removed meanwhile: nothing to show.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(Error::Read { path, source }),
-            };
-            for line in std::io::BufReader::new(file).lines() {
-                let line = line.map_err(|source| Error::Read { path: path.clone(), source })?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let Ok(reject) = serde_json::from_str::<Reject>(&line) else { continue };
-                let replays = match &written_by {
-                    None => 0,
-                    Some(r) => ledger.replays_of(r, reject.line),
-                };
-                let id = identity(&reject, replays);
-                let replayed_by = ledger.taken_by(&id).map(str::to_string);
-                let row = Row { reject, file: path.clone(), written_by: written_by.clone(), replays, id, replayed_by };
-                if !f(row) {
-                    return Ok(());
-                }
+            if !read_file(&path, written_by.as_deref(), ledger, &mut f)? {
+                break;
             }
         }
         Ok(())
     }
+}
+
+/// The rows of one rejects file that replay `written_by` wrote (none: a
+/// regular run's, or a copy of one), with what `ledger` says of them.
+/// Returns false when `f` asked to stop. A file gone meanwhile has no rows.
+pub fn read_file(
+    path: &Path,
+    written_by: Option<&str>,
+    ledger: &Ledger,
+    f: &mut impl FnMut(Row) -> bool,
+) -> Result<bool, Error> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(source) => return Err(Error::Read { path: path.to_path_buf(), source }),
+    };
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Ok(reject) = serde_json::from_str::<Reject>(&line) else { continue };
+        let replays = match written_by {
+            None => 0,
+            Some(r) => ledger.replays_of(r, reject.line),
+        };
+        let id = identity(&reject, replays);
+        let replayed_by = ledger.taken_by(&id).map(str::to_string);
+        let row = Row {
+            reject,
+            file: path.to_path_buf(),
+            written_by: written_by.map(str::to_string),
+            replays,
+            id,
+            replayed_by,
+        };
+        if !f(row) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// `1700000000000-42-3` sorts by its numbers, not as text.

@@ -337,8 +337,12 @@ async function rejectsPage(name, params) {
     [["", "all rows"], ["false", "not replayed"], ["true", "replayed"]].map(([v, t]) => el("option", { value: v, text: t, selected: (shown || "") === v ? "selected" : null }))));
   const filter = { operator: params.get("operator") || undefined, rule: params.get("rule") || undefined };
   const filterText = Object.entries(filter).filter(([, v]) => v).map(([k, v]) => `${k}=${v}`).join(", ") || "all operators and rules";
+  const ofRun = params.get("run");
+  const runPick = el("label", {}, "Rejects of ", el("select", { id: "run", onchange: (e) => go({ run: e.target.value }) },
+    el("option", { value: "", text: "the files now (last run and replays)" }),
+    (r.runs || []).map((id) => el("option", { value: id, text: `run ${id}`, selected: id === ofRun ? "selected" : null }))));
   const replay = el("button", {
-    type: "button", id: "replay", disabled: r.replayable ? null : "disabled",
+    type: "button", id: "replay", disabled: r.replayable && !ofRun ? null : "disabled",
     onclick: async () => {
       try {
         const res = await api(`/api/pipelines/${encodeURIComponent(name)}/replay`, { method: "POST", body: JSON.stringify(filter) });
@@ -348,12 +352,13 @@ async function rejectsPage(name, params) {
         notice(e.status === 401 || e.status === 403 ? `Replay refused (${e.status}): enter the API token above` : `Replay: ${e.message}`);
       }
     },
-    text: r.replayable ? `Replay ${fmt(r.replayable)} row${r.replayable === 1 ? "" : "s"} (${filterText})` : `Nothing to replay (${filterText})`,
+    text: ofRun ? "Replays take the files as they are now" : r.replayable ? `Replay ${fmt(r.replayable)} row${r.replayable === 1 ? "" : "s"} (${filterText})` : `Nothing to replay (${filterText})`,
   });
   const replays = (r.replays || []).slice().reverse();
   main().replaceChildren(
     el("h1", {}, "Rejected rows of ", el("a", { href: `#/pipelines/${encodeURIComponent(name)}`, text: name })),
-    el("p", { class: "muted", text: r.files.length ? `${fmt(r.total)} rows in ${r.files.map((f) => f.written_by ? `${f.path} (replay ${f.written_by})` : `${f.path} (last run)`).join(", ")}${r.truncated ? " (only the first ones read)" : ""}` : "No file sink reads a .rejects port of this pipeline." }),
+    el("p", {}, runPick),
+    el("p", { class: "muted", text: r.files.length ? `${fmt(r.total)} rows in ${r.files.map((f) => f.written_by ? `${f.path} (replay ${f.written_by})` : ofRun ? `${f.path} (run ${ofRun})` : `${f.path} (last run)`).join(", ")}${r.truncated ? " (only the first ones read)" : ""}` : "No file sink reads a .rejects port of this pipeline." }),
     el("div", { class: "replay-box" },
       el("p", {}, "Fixed the data or the rules? Send the rows that match the filter below through the pipeline again: rows that now pass reach the sinks once, rows still wrong are rejected again at their line, and no row is replayed twice."),
       replay),

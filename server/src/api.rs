@@ -179,6 +179,9 @@ struct RejectsQuery {
     q: Option<String>,
     /// Only rows a replay took (`true`) or did not take (`false`).
     replayed: Option<bool>,
+    /// The rejects that completed run wrote (kept by the service), instead
+    /// of the files as they are now.
+    run: Option<String>,
     offset: Option<usize>,
     limit: Option<usize>,
 }
@@ -204,7 +207,18 @@ async fn rejects(
         Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
         Some(Ok(f)) => f,
     };
-    let read = tokio::task::spawn_blocking(move || read_rejects(&mains)).await;
+    let kept = match &q.run {
+        Some(id) if !is_run_id(id) => return error(StatusCode::BAD_REQUEST, format!("`{id}` is not a run id")),
+        Some(id) => {
+            let files = api.sup.run_rejects(&name, id);
+            if files.is_empty() {
+                return error(StatusCode::NOT_FOUND, format!("no rejects kept for run {id} of `{name}`"));
+            }
+            Some(files)
+        }
+        None => None,
+    };
+    let read = tokio::task::spawn_blocking(move || read_rejects(&mains, kept.as_deref())).await;
     let fam = match read {
         Ok(Ok(f)) => f,
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -244,8 +258,19 @@ async fn rejects(
         "offset": offset,
         "rows": matching.iter().skip(offset).take(limit).collect::<Vec<_>>(),
         "replays": fam.replays,
+        "run": q.run,
+        "runs": api.sup.runs_with_rejects(&name).into_iter().take(50).collect::<Vec<_>>(),
     }))
     .into_response()
+}
+
+/// Run ids are `<ms>-<pid>-<n>`: letters, digits, `-`, `_`, `.` (never a
+/// path).
+fn is_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 100
+        && !id.starts_with('.')
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// A row a replay would take: nobody took it, and its text was kept.
@@ -260,13 +285,14 @@ struct Rejects {
     replays: Vec<Value>,
 }
 
-/// Reads the families of `mains` (blocking file reads).
-fn read_rejects(mains: &[std::path::PathBuf]) -> Result<Rejects, replays::Error> {
+/// Reads the families of `mains`, or (`kept`) the files kept for a run,
+/// with the families' ledgers (blocking file reads).
+fn read_rejects(mains: &[std::path::PathBuf], kept: Option<&[std::path::PathBuf]>) -> Result<Rejects, replays::Error> {
     let mut out = Rejects { files: Vec::new(), rows: Vec::new(), truncated: false, replays: Vec::new() };
+    let mut ledgers = Vec::new();
     for main in mains {
         let fam = replays::Family::new(main);
         let ledger = replays::Ledger::read(&fam.ledger_path())?;
-        out.files.extend(fam.files()?);
         for s in ledger.started() {
             let end = ledger.finished(&s.replay);
             out.replays.push(json!({
@@ -280,14 +306,34 @@ fn read_rejects(mains: &[std::path::PathBuf]) -> Result<Rejects, replays::Error>
                 "rejected_again": end.map(|e| e.rejected_again),
             }));
         }
-        fam.for_each(&ledger, |row| {
-            if out.rows.len() >= REJECTS_READ_MAX {
-                out.truncated = true;
-                return false;
+        ledgers.push((fam, ledger));
+    }
+    let mut take = |row: replays::Row| {
+        if out.rows.len() >= REJECTS_READ_MAX {
+            out.truncated = true;
+            return false;
+        }
+        out.rows.push(row);
+        true
+    };
+    match kept {
+        // A run's files: what the ledger of the family says of each row.
+        Some(files) => {
+            let empty = replays::Ledger::default();
+            let ledger = ledgers.first().map(|(_, l)| l).unwrap_or(&empty);
+            for f in files {
+                out.files.push((f.clone(), None));
+                if !replays::read_file(f, None, ledger, &mut take)? {
+                    break;
+                }
             }
-            out.rows.push(row);
-            true
-        })?;
+        }
+        None => {
+            for (fam, ledger) in &ledgers {
+                out.files.extend(fam.files()?);
+                fam.for_each(ledger, &mut take)?;
+            }
+        }
     }
     Ok(out)
 }
@@ -332,7 +378,7 @@ async fn replay(
         Some(Ok(f)) => f,
     };
     let filter = replays::Filter { operator: body.operator, rule: body.rule, column: body.column };
-    let read = tokio::task::spawn_blocking(move || read_rejects(&mains)).await;
+    let read = tokio::task::spawn_blocking(move || read_rejects(&mains, None)).await;
     let fam = match read {
         Ok(Ok(f)) => f,
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),

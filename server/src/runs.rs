@@ -227,6 +227,64 @@ impl Supervisor {
         self.slots().values().filter_map(|s| s.running.clone()).find(|r| r.run_id == run_id)
     }
 
+    /// Where the rejects files of a completed run of `pipeline` are kept.
+    pub fn run_rejects_dir(&self, pipeline: &str, run_id: &str) -> PathBuf {
+        self.opts.state.join("rejects").join(pipeline).join(run_id)
+    }
+
+    /// The rejects files kept for run `run_id` of `pipeline` (none when
+    /// the run wrote none, or they were pruned).
+    pub fn run_rejects(&self, pipeline: &str, run_id: &str) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.run_rejects_dir(pipeline, run_id))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+
+    /// Runs of `pipeline` whose rejects files are kept, newest first.
+    pub fn runs_with_rejects(&self, pipeline: &str) -> Vec<String> {
+        let mut runs: Vec<(std::time::SystemTime, String)> =
+            std::fs::read_dir(self.opts.state.join("rejects").join(pipeline))
+                .map(|d| {
+                    d.flatten()
+                        .filter_map(|e| {
+                            let at = e.metadata().and_then(|m| m.modified()).ok()?;
+                            Some((at, e.file_name().to_string_lossy().into_owned()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        runs.sort_by(|a, b| b.cmp(a));
+        runs.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Keeps the rejects files a completed run wrote, hard-linked: the next
+    /// run replaces the files (a rename), not their contents, so the link
+    /// keeps this run's rows at no cost. A copy where links cannot go.
+    fn keep_rejects(&self, def: &PipelineDef, run_id: &str, started_at_ms: i64) {
+        let Ok(files) = self.catalog.rejects_files(&def.file) else { return };
+        let dir = self.run_rejects_dir(&def.name, run_id);
+        for (i, f) in files.iter().enumerate() {
+            // Written by this run (an up-to-date run writes nothing).
+            let written = std::fs::metadata(f)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                .is_some_and(|d| d.as_millis() as i64 >= started_at_ms - 1000);
+            if !written {
+                continue;
+            }
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let to = dir.join(format!("{i}-{name}"));
+            let kept = std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::hard_link(f, &to).or_else(|_| std::fs::copy(f, &to).map(|_| ())));
+            if let Err(e) = kept {
+                tracing::warn!(run = %run_id, file = %f.display(), error = %e, "cannot keep the run's rejects");
+            }
+        }
+    }
+
     pub fn log_path(&self, run_id: &str) -> PathBuf {
         self.opts.state.join("logs").join(format!("{run_id}.log"))
     }
@@ -403,6 +461,9 @@ impl Supervisor {
                     let last = last_line(&self.log_path(run_id));
                     let why = format!("exited with code {code} before recording the run: {last}");
                     self.record_end(&started, outcome, Some(code), &why).await;
+                    if code == 0 && trigger.replay.is_none() {
+                        self.keep_rejects(def, run_id, started.started_at_ms);
+                    }
                     tracing::info!(pipeline = %def.name, run = %run_id, code, outcome, "run ended");
                     end
                 }
@@ -561,7 +622,8 @@ impl Supervisor {
         }
     }
 
-    /// Deletes run logs older than the retention.
+    /// Deletes run logs, and the rejects kept for runs, older than the
+    /// retention.
     pub fn prune_logs(&self) {
         let dir = self.opts.state.join("logs");
         let Ok(entries) = std::fs::read_dir(&dir) else { return };
@@ -575,6 +637,16 @@ impl Supervisor {
         }
         if removed > 0 {
             tracing::info!(removed, dir = %dir.display(), "old run logs deleted");
+        }
+        // Kept rejects go with the logs.
+        let pipelines = std::fs::read_dir(self.opts.state.join("rejects")).into_iter().flatten().flatten();
+        for runs in pipelines.filter_map(|p| std::fs::read_dir(p.path()).ok()) {
+            for e in runs.flatten() {
+                let old = e.metadata().and_then(|m| m.modified()).ok().zip(cutoff).is_some_and(|(m, c)| m < c);
+                if old {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
         }
     }
 }

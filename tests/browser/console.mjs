@@ -123,6 +123,12 @@ try {
   check(true, "filtering by rule parse shows its 2 rows");
   const rawCells = await page.$$eval("table.rejects td.raw", (t) => t.map((c) => c.textContent));
   check(rawCells.some((c) => c.includes("<b>Bo</b>")) && (await page.$$("table.rejects b")).length === 0, "markup in a rejected row shows as text");
+  // The rejects the completed run wrote, as the service kept them.
+  const kept = await page.$$eval("#run option", (o) => o.map((x) => x.value).filter(Boolean));
+  check(kept.length === 1, `the rejects of ${kept.length} completed run are kept`);
+  await page.selectOption("#run", kept[0]);
+  await page.waitForFunction((id) => location.hash.includes(`run=${encodeURIComponent(id)}`) && (document.querySelector("main p.muted")?.textContent || "").includes(`/0-rejects.ndjson (run ${id})`), kept[0]);
+  check((await page.textContent("#replay")).includes("as they are now"), "and a kept run's rows are not offered for replay");
 
   // A phone-width window still shows the table.
   await page.setViewportSize({ width: 390, height: 800 });
