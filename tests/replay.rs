@@ -227,6 +227,10 @@ fn a_replay_killed_mid_way_resumes_and_writes_every_row_once() {
     while db.scalar("SELECT COUNT(*) FROM baby_names WHERE gender = 'F'") < 10_000 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A second replay of the same rejects meanwhile is refused.
+    let o = run(&["replay", &fixed, "--no-progress"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("another `engine replay` of"), "{}", stderr(&o));
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
     let status = child.wait().unwrap();

@@ -855,6 +855,14 @@ async fn replay(pipeline: config::Pipeline, opts: ReplayOptions) -> anyhow::Resu
             return Ok(ExitCode::from(2));
         }
     };
+    let _lock = match (opts.dry_run, rp::lock_ledger(&family)) {
+        (true, _) => None,
+        (false, Ok(l)) => Some(l),
+        (false, Err(e)) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
     let ledger_path = family.ledger_path();
     let ledger = replays::Ledger::read(&ledger_path).with_context(|| "reading the replay ledger")?;
     if !opts.dry_run {
@@ -950,8 +958,7 @@ async fn replay_run(
     run_id: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     use engine::replay as rp;
-    let header = rp::header_line(pipeline, &started.source).await.map(|h| h.is_some()).unwrap_or(true);
-    let mut p = match rp::rewrite(pipeline, started, header) {
+    let mut p = match rp::rewrite(pipeline, started, rp::has_header(pipeline, &started.source)) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");

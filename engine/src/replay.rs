@@ -44,6 +44,8 @@ pub enum ReplayError {
         "source `{source_id}` has a header line and its input cannot be read for it ({why}); declare its `schema` so the replay can write the header"
     )]
     NoHeader { source_id: String, why: String },
+    #[error("another `engine replay` of {0} is running; wait for it (its rows are its own)")]
+    Busy(PathBuf),
     #[error("cannot write the replay input {path}: {source}")]
     Input { path: PathBuf, source: std::io::Error },
 }
@@ -182,6 +184,34 @@ fn sources_of(p: &Pipeline, c: &Component) -> Vec<String> {
         todo.extend(c.inputs.iter().map(|i| i.from.clone()));
     }
     found.into_iter().collect()
+}
+
+/// Whether `source` reads a header line (the option, default true).
+pub fn has_header(p: &Pipeline, source: &str) -> bool {
+    p.components
+        .iter()
+        .find(|c| c.id == source)
+        .and_then(|c| c.options.get("header"))
+        .and_then(Value::as_bool)
+        .unwrap_or(true)
+}
+
+/// Holds `<ledger>.lock` (flock) while a replay command runs: two replays
+/// of one rejects file at once could take the same rows.
+pub fn lock_ledger(family: &Family) -> Result<std::fs::File, ReplayError> {
+    use std::os::fd::AsRawFd;
+    let path = family.ledger_path().with_extension("lock");
+    let err = |source| ReplayError::Input { path: path.clone(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(err)?;
+    // SAFETY: flock on a descriptor this function owns.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(ReplayError::Busy(family.main().to_path_buf()));
+    }
+    Ok(f)
 }
 
 /// The header line of `source`'s input, when it has one: the input's first
