@@ -339,3 +339,45 @@ path = "{dir}/rejects.ndjson"
     let o = run(&["replay", &p, "--where", "operator=crm"], &[]);
     assert!(stdout(&o).contains("nothing to replay"), "{}", stdout(&o));
 }
+
+/// Through a `changes` transform (the daily job's shape): the replay's
+/// store is its own, so every replayed row passes and no key is deleted;
+/// the database ends as the fixed pipeline from the start leaves it.
+#[test]
+fn a_replay_through_changes_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = repo().join("pipelines/data/NationalNames.sample.csv");
+    let with_changes = |path: &str| {
+        let text = std::fs::read_to_string(path).unwrap().replace(
+            "[sinks.db]\nkind = \"sql\"\ninputs = [\"unique\"]",
+            "[transforms.changed]\nkind = \"changes\"\ninputs = [\"unique\"]\nkey = [\"Name\", \"Year\", \"Gender\"]\n\n[sinks.db]\nkind = \"sql\"\ninputs = [\"changed\"]\ndeletes = [\"changed.deleted\"]",
+        );
+        assert!(text.contains("kind = \"changes\""));
+        std::fs::write(path, text).unwrap();
+    };
+    let db = TestDb::new("replay_changes");
+    let strict = pipeline(dir.path(), "strict.toml", "names", &input, r#"["M"]"#, &db, 0);
+    let fixed = pipeline(dir.path(), "fixed.toml", "names", &input, r#"["M", "F"]"#, &db, 0);
+    with_changes(&strict);
+    with_changes(&fixed);
+    let ref_dir = tempfile::tempdir().unwrap();
+    let ref_db = TestDb::new("replay_changes_ref");
+    let reference = pipeline(ref_dir.path(), "fixed.toml", "names", &input, r#"["M", "F"]"#, &ref_db, 0);
+    with_changes(&reference);
+    let o = run(&["run", &reference], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = run(&["run", &strict], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m_rows = db.rows().len();
+    assert!(m_rows > 1000);
+    let o = run(&["replay", &fixed, "--no-progress"], &[]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    // The row whose text was not UTF-8 is not replayed from its lossy copy.
+    assert!(stdout(&o).contains("1 cannot be replayed: its text held bytes that are not UTF-8"), "{}", stdout(&o));
+    let (got, want) = (db.rows(), ref_db.rows());
+    let missing: Vec<_> = want.difference(&got).take(5).collect();
+    let extra: Vec<_> = got.difference(&want).take(5).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, unexpected {extra:?}\n{}", stdout(&o));
+    assert_eq!(db.rows().iter().filter(|r| r.2 == "M").count(), m_rows, "no M row was deleted");
+}

@@ -34,10 +34,6 @@ pub enum ReplayError {
     NoRejectsFile { pipeline: String },
     #[error("pipeline `{pipeline}` writes rejects to {files}: name one with --rejects")]
     ManyRejectsFiles { pipeline: String, files: String },
-    #[error(
-        "the replay of source `{source_id}` would go through `changes` transform `{changes}`: its snapshot would take the replayed rows for the whole input and delete the rest; replay into a pipeline without it"
-    )]
-    Changes { source_id: String, changes: String },
     #[error("source `{0}` is not in the pipeline (the ledger names it for a replay not finished)")]
     NoSource(String),
     #[error(
@@ -139,8 +135,13 @@ fn origin(p: &Pipeline, row: &Row) -> Result<(String, Option<String>), String> {
     let Some(c) = p.components.iter().find(|c| &c.id == op) else {
         return Err(format!("operator `{op}` is not in the pipeline"));
     };
-    if row.reject.raw.is_none() {
+    let Some(raw) = &row.reject.raw else {
         return Err("no source text was kept (a record longer than max_record_bytes)".into());
+    };
+    // A record with bytes that are not UTF-8 is kept with U+FFFD in their
+    // place: replaying that copy would write different data.
+    if raw.contains('\u{FFFD}') {
+        return Err("its text held bytes that are not UTF-8 and the rejects file keeps a lossy copy (U+FFFD); fix the input and run it again".into());
     }
     let sources = sources_of(p, c);
     let [source] = sources.as_slice() else {
@@ -333,8 +334,9 @@ pub fn checkpoint_dir(p: &Pipeline, id: &str) -> PathBuf {
 /// The replay's pipeline: `started.source` reads `started.input`, other
 /// sources and what only they feed are gone, a sink's refusals reach that
 /// sink only (and the rejects sinks), file sinks write beside their files,
-/// the checkpoint store is the replay's own, alerts are off (the person
-/// who replays sees the outcome).
+/// the checkpoint store is the replay's own (so a `changes` transform
+/// compares with nothing: every row passes, no key is deleted), alerts are
+/// off (the person who replays sees the outcome).
 pub fn rewrite(p: &Pipeline, started: &Started, header: bool) -> Result<Pipeline, ReplayError> {
     let mut out = p.clone();
     let source = p.components.iter().find(|c| c.id == started.source && c.role == Role::Source);
@@ -359,9 +361,9 @@ pub fn rewrite(p: &Pipeline, started: &Started, header: bool) -> Result<Pipeline
             c.role != Role::Sink || id == sink || is_rejects_sink(c)
         });
     }
-    if let Some(c) = p.components.iter().find(|c| keep.contains(&c.id) && c.kind.name == "changes") {
-        return Err(ReplayError::Changes { source_id: source.id.clone(), changes: c.id.clone() });
-    }
+    // A `changes` transform on the way is harmless: the replay's store is
+    // its own, so it starts without the pipeline's snapshot, passes every
+    // replayed row as new and, comparing with nothing, deletes nothing.
     out.components.retain(|c| keep.contains(&c.id));
     for c in &mut out.components {
         c.inputs.retain(|i| keep.contains(&i.from));
