@@ -931,11 +931,7 @@ async fn replay(pipeline: config::Pipeline, opts: ReplayOptions) -> anyhow::Resu
             sink: group.sink.clone(),
             filter: opts.filter.to_string(),
             input,
-            rows: group
-                .rows
-                .iter()
-                .map(|r| replays::Picked { id: r.id.clone(), line: r.reject.line, replays: r.replays })
-                .collect(),
+            rows: group.rows.iter().map(|r| r.picked.clone()).collect(),
         };
         // Before the run: from here on the rows are this replay's, and a
         // crash resumes it rather than picking them again.

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use operators::Role;
-use replays::{Family, Filter, Ledger, Row, Started};
+use replays::{Family, Filter, Ledger, Picked, Row, Started};
 use serde_json::{Value, json};
 
 use crate::config::{Component, Pipeline};
@@ -84,7 +84,15 @@ pub struct Group {
     pub source: String,
     /// A sink's refusals go to that sink only: the others have the rows.
     pub sink: Option<String>,
-    pub rows: Vec<Row>,
+    pub rows: Vec<Taken>,
+}
+
+/// A row a replay takes: what the ledger records of it, and its text.
+/// Only this is held per row (a selection may be millions of rows).
+#[derive(Debug)]
+pub struct Taken {
+    pub picked: Picked,
+    pub raw: String,
 }
 
 /// What a filter picked.
@@ -108,7 +116,7 @@ impl Selection {
 /// Picks the family's rejects that match `filter` and no replay took yet.
 pub fn select(p: &Pipeline, family: &Family, ledger: &Ledger, filter: &Filter) -> Result<Selection, ReplayError> {
     let mut sel = Selection::default();
-    let mut groups: BTreeMap<(String, Option<String>), Vec<Row>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, Option<String>), Vec<Taken>> = BTreeMap::new();
     family.for_each(ledger, |row| {
         if !filter.matches(&row.reject) {
             return true;
@@ -119,7 +127,10 @@ pub fn select(p: &Pipeline, family: &Family, ledger: &Ledger, filter: &Filter) -
             return true;
         }
         match origin(p, &row) {
-            Ok(key) => groups.entry(key).or_default().push(row),
+            Ok(key) => groups.entry(key).or_default().push(Taken {
+                picked: Picked { id: row.id, line: row.reject.line, replays: row.replays },
+                raw: row.reject.raw.unwrap_or_default(),
+            }),
             Err(why) => *sel.skipped.entry(why).or_default() += 1,
         }
         true
@@ -280,10 +291,10 @@ async fn first_line(path: &str) -> Result<String, String> {
 /// go last; a second row at a line already written is left out (it is
 /// taken with the first: the same row rejected twice). Returns rows
 /// written.
-pub fn write_input(path: &Path, header: Option<&str>, rows: &[Row]) -> Result<u64, ReplayError> {
+pub fn write_input(path: &Path, header: Option<&str>, rows: &[Taken]) -> Result<u64, ReplayError> {
     let err = |source| ReplayError::Input { path: path.to_path_buf(), source };
-    let mut order: Vec<&Row> = rows.iter().collect();
-    order.sort_by_key(|r| r.reject.line.unwrap_or(u64::MAX));
+    let mut order: Vec<&Taken> = rows.iter().collect();
+    order.sort_by_key(|r| r.picked.line.unwrap_or(u64::MAX));
     let tmp = path.with_extension("csv.tmp");
     let file = std::fs::File::create(&tmp).map_err(err)?;
     let mut out = std::io::BufWriter::new(file);
@@ -295,8 +306,8 @@ pub fn write_input(path: &Path, header: Option<&str>, rows: &[Row]) -> Result<u6
     const BLANK: [u8; 4096] = [b'\n'; 4096];
     let mut written = 0;
     for r in order {
-        let Some(raw) = r.reject.raw.as_deref() else { continue };
-        let at = r.reject.line.unwrap_or(line);
+        let raw = r.raw.as_str();
+        let at = r.picked.line.unwrap_or(line);
         if at < line {
             continue;
         }
@@ -416,7 +427,7 @@ mod tests {
     use super::*;
     use replays::Reject;
 
-    fn row(line: u64, raw: &str) -> Row {
+    fn row(line: u64, raw: &str) -> Taken {
         let reject = Reject {
             line: Some(line),
             operator: "valid".into(),
@@ -424,14 +435,8 @@ mod tests {
             raw: Some(raw.into()),
             ..Default::default()
         };
-        Row {
-            id: replays::identity(&reject, 0),
-            reject,
-            file: "r".into(),
-            written_by: None,
-            replays: 0,
-            replayed_by: None,
-        }
+        let picked = Picked { id: replays::identity(&reject, 0), line: Some(line), replays: 0 };
+        Taken { picked, raw: raw.into() }
     }
 
     /// The input puts every row at its line, so the decoder numbers it as
