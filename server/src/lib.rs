@@ -212,11 +212,15 @@ pub async fn serve(opts: ServeOptions, catalog: Arc<dyn Catalog>) -> Result<(), 
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await }).await;
     });
+    // Watched before the service says it listens: a SIGHUP sent as soon as
+    // it does must reload, not kill it (the default action).
+    use tokio::signal::unix::{SignalKind, signal};
+    let watched = signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::hangup())?)));
     tracing::info!(addr = %bound, pipelines = defs.len(), state = %opts.state.display(), "engine serve: listening");
     // The line tests and scripts wait for.
     println!("engine serve listening on http://{bound}");
 
-    signals(&sup, &sched, catalog.as_ref(), &opts).await;
+    signals(watched, &sup, &sched, catalog.as_ref(), &opts).await;
 
     tracing::info!(grace_s = opts.grace.as_secs(), "stopping: no new runs; running ones stop at a checkpoint");
     sched.stop().await;
@@ -229,13 +233,13 @@ pub async fn serve(opts: ServeOptions, catalog: Arc<dyn Catalog>) -> Result<(), 
 
 /// Waits for SIGTERM/SIGINT (returns) and reloads on SIGHUP.
 async fn signals(
+    watched: std::io::Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
     sup: &Arc<runs::Supervisor>,
     sched: &Arc<scheduler::Scheduler>,
     catalog: &dyn Catalog,
     opts: &ServeOptions,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+    let Ok((mut term, mut hup)) = watched else {
         tracing::error!("cannot watch signals; stopping at Ctrl-C only");
         let _ = tokio::signal::ctrl_c().await;
         return;
