@@ -508,6 +508,9 @@ impl Coordinator {
     /// every source is at its end and every operator finished, it wants no
     /// more: the run ends. Phases: `trigger` → `collect` → `commit`.
     pub async fn run(mut self) -> Committed {
+        if let Some(i) = self.session.settings.interval {
+            metrics::gauge!("engine_checkpoint_interval_seconds").set(i.as_secs_f64());
+        }
         let mut p = Phase {
             done: Committed::default(),
             epoch: self.session.last_epoch(),

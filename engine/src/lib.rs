@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod graph;
 pub mod guard;
+pub mod health;
 pub mod live;
 pub mod notify;
 pub mod observe;

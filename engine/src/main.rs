@@ -269,6 +269,15 @@ enum Command {
         #[arg(long = "token", default_value = "sim-token")]
         tokens: Vec<String>,
     },
+    /// Probe a health endpoint: exit 0 when URL answers 2xx within the
+    /// timeout, 1 otherwise (the image's HEALTHCHECK; it has no curl).
+    Health {
+        /// e.g. http://127.0.0.1:9464/health/ready
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "5s", value_parser = operators::duration::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Draw the pipeline's DAG.
     Graph {
         file: PathBuf,
@@ -569,6 +578,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { pipelines, listen, state, api_token, grace, log_retention, dry_run } => {
             serve(pipelines, listen, state, api_token, grace, log_retention, dry_run)
         }
+        Command::Health { url, timeout } => match current_thread()?.block_on(engine::health::check(&url, timeout)) {
+            Ok(()) => {
+                println!("healthy: {url}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("unhealthy: {e}");
+                Ok(ExitCode::from(1))
+            }
+        },
         Command::Runs { state, pipeline, limit, json } => {
             current_thread()?.block_on(runs(&state, pipeline, limit, json))
         }

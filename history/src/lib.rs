@@ -226,6 +226,17 @@ impl History {
         Ok(rows.iter().map(row_to_run).collect())
     }
 
+    /// Per pipeline and outcome: how many runs, and when the newest of them
+    /// ended (ms since the epoch; `None` while none has an end).
+    pub async fn outcomes(&self) -> Result<Vec<(String, String, i64, Option<i64>)>, HistoryError> {
+        let rows =
+            sqlx::query("SELECT pipeline, outcome, COUNT(*), MAX(ended_at_ms) FROM runs GROUP BY pipeline, outcome")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+    }
+
     /// One run.
     pub async fn get(&self, id: &str) -> Result<Option<Run>, HistoryError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM runs WHERE id = ?")))

@@ -76,6 +76,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/runs/{id}/log", get(log))
         .route("/api/runs/{id}/log/follow", get(log_follow))
         .route("/api/runs/{id}/live", get(live))
+        .route("/metrics", get(metrics))
         .merge(crate::console::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API route; see /api/openapi.json") })
         .with_state(api)
@@ -83,6 +84,79 @@ pub fn router(api: Api) -> Router {
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+/// Prometheus text for the runs of every pipeline in the history and the
+/// pipelines served: `engine_runs_total{pipeline,outcome}` (runs ended),
+/// `engine_run_last_success_timestamp_seconds{pipeline}` (end of the newest
+/// completed or up-to-date run), `engine_run_last_failure_timestamp_seconds`
+/// (newest failed, killed, timeout, invalid or lost run),
+/// `engine_run_running{pipeline}` and `engine_pipeline_info{pipeline,schedule}`.
+async fn metrics(State(api): State<Api>) -> Response {
+    let rows = match api.sup.history().outcomes().await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    fn label(v: &str) -> String {
+        v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    }
+    let mut runs = String::new();
+    let mut success: std::collections::BTreeMap<&str, i64> = Default::default();
+    let mut failure: std::collections::BTreeMap<&str, i64> = Default::default();
+    for (pipeline, outcome, count, ended) in &rows {
+        if outcome == "running" {
+            continue;
+        }
+        runs.push_str(&format!(
+            "engine_runs_total{{pipeline=\"{}\",outcome=\"{}\"}} {count}\n",
+            label(pipeline),
+            label(outcome)
+        ));
+        let last = match outcome.as_str() {
+            "completed" | "up_to_date" => &mut success,
+            "failed" | "killed" | "timeout" | "invalid" | "lost" => &mut failure,
+            _ => continue,
+        };
+        if let Some(ended) = ended {
+            let t = last.entry(pipeline).or_insert(*ended);
+            *t = (*t).max(*ended);
+        }
+    }
+    let mut out = String::from(
+        "# HELP engine_runs_total Runs ended, per pipeline and outcome.\n# TYPE engine_runs_total counter\n",
+    );
+    out.push_str(&runs);
+    for (name, help, last) in [
+        ("engine_run_last_success_timestamp_seconds", "End of the newest completed (or up-to-date) run.", &success),
+        (
+            "engine_run_last_failure_timestamp_seconds",
+            "End of the newest failed, killed, timed-out, invalid or lost run.",
+            &failure,
+        ),
+    ] {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (pipeline, ms) in last {
+            out.push_str(&format!("{name}{{pipeline=\"{}\"}} {}\n", label(pipeline), *ms as f64 / 1000.0));
+        }
+    }
+    let defs = api.sup.defs();
+    out.push_str(
+        "# HELP engine_run_running Whether a run of the pipeline is going.\n# TYPE engine_run_running gauge\n",
+    );
+    for d in &defs {
+        let running = u8::from(api.sup.running(&d.name).is_some());
+        out.push_str(&format!("engine_run_running{{pipeline=\"{}\"}} {running}\n", label(&d.name)));
+    }
+    out.push_str("# HELP engine_pipeline_info The pipelines served, with their schedule (empty: none).\n# TYPE engine_pipeline_info gauge\n");
+    for d in &defs {
+        let cron = d.schedule.as_ref().map(|s| s.cron.as_str()).unwrap_or("");
+        out.push_str(&format!(
+            "engine_pipeline_info{{pipeline=\"{}\",schedule=\"{}\"}} 1\n",
+            label(&d.name),
+            label(cron)
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 async fn openapi() -> Response {

@@ -215,6 +215,17 @@ impl Client {
             None => None,
         };
         metrics::gauge!("engine_hubspot_circuit_state", "operator" => s.operator.clone()).set(0.0);
+        // Counters exist from the start (at 0), so that dashboards and
+        // alerts see them, and `increase()` counts the first event too.
+        for name in [
+            "engine_hubspot_records_delivered_total",
+            "engine_hubspot_records_rejected_total",
+            "engine_hubspot_records_archived_total",
+            "engine_hubspot_records_retried_total",
+            "engine_hubspot_circuit_opened_total",
+        ] {
+            metrics::counter!(name, "operator" => s.operator.clone()).increment(0);
+        }
         Ok(Client {
             token: std::sync::RwLock::new(s.token.clone()),
             rotating: tokio::sync::Mutex::new(()),
@@ -588,6 +599,9 @@ impl Client {
         let status = resp.status().as_u16();
         metrics::counter!("engine_hubspot_requests_total", "operator" => self.s.operator.clone(), "status" => status.to_string()).increment(1);
         self.read_limit_headers(resp.headers());
+        if let Some(used) = self.daily_quota() {
+            metrics::gauge!("engine_hubspot_daily_quota_used_ratio", "operator" => self.s.operator.clone()).set(used);
+        }
         let retry_after = headers::retry_after(header(resp.headers(), "retry-after"));
         let interval = headers::interval(header(resp.headers(), "x-hubspot-ratelimit-interval-milliseconds"));
         let body: Value = match resp.text().await {
