@@ -292,11 +292,9 @@ async fn rejects(
         }
         None => None,
     };
-    let read = tokio::task::spawn_blocking(move || read_rejects(&mains, kept.as_deref())).await;
-    let fam = match read {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    let fam = match read_rejects_blocking(mains, kept).await {
+        Ok(f) => f,
+        Err(r) => return r,
     };
     let mut counts: std::collections::BTreeMap<(&str, &str, &str), u64> = Default::default();
     for r in &fam.rows {
@@ -357,6 +355,33 @@ struct Rejects {
     rows: Vec<replays::Row>,
     truncated: bool,
     replays: Vec<Value>,
+}
+
+/// [`read_rejects`] on the blocking pool; an error as the response.
+async fn read_rejects_blocking(
+    mains: Vec<std::path::PathBuf>,
+    kept: Option<Vec<std::path::PathBuf>>,
+) -> Result<Rejects, Response> {
+    match tokio::task::spawn_blocking(move || read_rejects(&mains, kept.as_deref())).await {
+        Ok(Ok(f)) => Ok(f),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+    }
+}
+
+/// A POST body: empty means the defaults; otherwise JSON of `T`, or a 400
+/// that shows `example`.
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &[u8], example: &str) -> Result<T, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("the body must be JSON like {example}: {e}")))
+}
+
+/// Who asked, as the history keeps it: no control characters, at most 100.
+fn who(by: Option<String>) -> Option<String> {
+    by.map(|b| b.chars().filter(|c| !c.is_control()).take(100).collect())
 }
 
 /// Reads the families of `mains`, or (`kept`) the files kept for a run,
@@ -433,18 +458,9 @@ async fn replay(
     if let Some(r) = refuse(&api, &headers) {
         return r;
     }
-    let body: ReplayBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ReplayBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("the body must be JSON like {{\"operator\": \"valid\", \"rule\": \"one_of\"}}: {e}"),
-                );
-            }
-        }
+    let body: ReplayBody = match json_body(&body, r#"{"operator": "valid", "rule": "one_of"}"#) {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let mains = match api.sup.rejects_files(&name) {
         None => return error(StatusCode::NOT_FOUND, format!("no pipeline named `{name}`")),
@@ -452,11 +468,9 @@ async fn replay(
         Some(Ok(f)) => f,
     };
     let filter = replays::Filter { operator: body.operator, rule: body.rule, column: body.column };
-    let read = tokio::task::spawn_blocking(move || read_rejects(&mains, None)).await;
-    let fam = match read {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    let fam = match read_rejects_blocking(mains, None).await {
+        Ok(f) => f,
+        Err(r) => return r,
     };
     let pending = fam.replays.iter().any(|r| r["finished"] == false);
     let rows = fam.rows.iter().filter(|r| filter.matches(&r.reject) && replayable(r)).count();
@@ -467,7 +481,7 @@ async fn replay(
             format!("nothing to replay ({filter}): {matched} rejected rows match, none that a replay has not taken"),
         );
     }
-    let by = body.by.map(|b| b.chars().filter(|c| !c.is_control()).take(100).collect::<String>());
+    let by = who(body.by);
     let trigger = Trigger { by: by.or(Some("api".into())), replay: Some(filter.clone()), ..Trigger::new("replay") };
     match api.sup.trigger(&name, trigger, false) {
         Ok(Triggered::Started { run_id }) => (
@@ -508,20 +522,11 @@ async fn trigger(
     if let Some(r) = refuse(&api, &headers) {
         return r;
     }
-    let body: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
-        TriggerBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("the body must be JSON like {{\"by\": \"alice\"}}: {e}"),
-                );
-            }
-        }
+    let body: TriggerBody = match json_body(&body, r#"{"by": "alice"}"#) {
+        Ok(b) => b,
+        Err(r) => return r,
     };
-    let by = body.by.map(|b| b.chars().filter(|c| !c.is_control()).take(100).collect::<String>());
+    let by = who(body.by);
     match api.sup.trigger(&name, Trigger { by: by.or(Some("api".into())), ..Trigger::new("api") }, false) {
         Ok(Triggered::Started { run_id }) => (
             StatusCode::ACCEPTED,

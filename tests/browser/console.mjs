@@ -4,28 +4,14 @@
 //   ROWS (rows the slow pipeline reads), XSS (pipeline whose description is
 //   markup), XSS_TEXT (that markup).
 // Prints one line per check; exits 1 at the first failure.
-import { chromium } from "playwright-core";
+import { check, env, fmt, launch } from "./lib.mjs";
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const url = env("CONSOLE_URL");
 const out = env("OUT_DIR");
 const slow = env("SLOW");
 const rows = Number(env("ROWS"));
-const fmt = (n) => n.toLocaleString("en-US");
 
-function check(ok, what) {
-  if (!ok) throw new Error(`FAILED: ${what}`);
-  console.log(`ok: ${what}`);
-}
-
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-});
+const browser = await launch();
 let failed = false;
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });

@@ -4,28 +4,14 @@
 // version of one that rejected ONE_OF rows by rule one_of:
 //   CONSOLE_URL, API_TOKEN, OUT_DIR, PIPELINE, ONE_OF.
 // Prints one line per check; exits 1 at the first failure.
-import { chromium } from "playwright-core";
+import { check, env, fmt, launch } from "./lib.mjs";
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const url = env("CONSOLE_URL");
 const out = env("OUT_DIR");
 const p = env("PIPELINE");
 const oneOf = Number(env("ONE_OF"));
-const fmt = (n) => n.toLocaleString("en-US");
 
-function check(ok, what) {
-  if (!ok) throw new Error(`FAILED: ${what}`);
-  console.log(`ok: ${what}`);
-}
-
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"],
-});
+const browser = await launch();
 let failed = false;
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
