@@ -1,25 +1,38 @@
-//! Loading the full NationalNames.csv (1,924,665 rows) into one MariaDB
-//! table, in one run, three ways:
+//! Loading the full NationalNames.csv (1,924,665 rows) into one table, in
+//! one run, on MariaDB and on PostgreSQL.
 //!
+//! MariaDB, three ways:
 //! - our pipeline: file -> validate -> dedupe -> sql (multi-row upserts);
 //! - `LOAD DATA LOCAL INFILE` of the same CSV via the `mariadb` client: the
 //!   practical limit of the server;
 //! - pandas `to_sql(method="multi", chunksize=1000)`, when python3 has
 //!   pandas, SQLAlchemy and PyMySQL.
 //!
+//! PostgreSQL, four ways, each into its own identical, empty table:
+//! - our pipeline with COPY into a staging table and `INSERT … SELECT … ON
+//!   CONFLICT` (the default);
+//! - our pipeline with `copy = false` (multi-row `INSERT … ON CONFLICT`);
+//! - `psql -c "\copy … from …"` of the same CSV: one connection, one
+//!   stream, no conflict handling — the server's practical limit;
+//! - pandas `to_sql` as above, when python3 has pandas, SQLAlchemy and
+//!   psycopg2.
+//!
 //! ```text
-//! scripts/fetch-babynames && scripts/ensure-mariadb
+//! scripts/fetch-babynames && scripts/ensure-mariadb && scripts/ensure-postgres
 //! cargo bench -p engine --bench sql_load
 //! ```
 //! Env: `BENCH_CSV`, `BENCH_MYSQL` (server URL without database, default
-//! mysql://root@127.0.0.1:3306), `BENCH_SQL_CONNECTIONS`, `BENCH_SQL_BATCH_ROWS`.
+//! mysql://root@127.0.0.1:3306), `BENCH_PG` (default
+//! postgres://postgres@127.0.0.1:5432), `BENCH_SQL_TARGETS` (`mariadb`,
+//! `postgres` or both, comma-separated; default both),
+//! `BENCH_SQL_CONNECTIONS`, `BENCH_SQL_BATCH_ROWS`.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 mod common;
-use common::{input_csv, repo, source_validate_dedupe};
+use common::{input_csv, repo, source_validate_dedupe, summary_peak_mib};
 
 fn mariadb(db: &str, sql: &str) -> Result<String, String> {
     let o = Command::new("mariadb")
@@ -44,6 +57,168 @@ fn main() {
         return;
     }
     let Some(csv) = input_csv() else { return };
+    let targets = std::env::var("BENCH_SQL_TARGETS").unwrap_or_else(|_| "mariadb,postgres".into());
+    if targets.split(',').any(|t| t.trim() == "mariadb") {
+        bench_mariadb(&csv);
+    }
+    if targets.split(',').any(|t| t.trim() == "postgres") {
+        bench_postgres(&csv);
+    }
+}
+
+fn psql(server: &str, db: &str, sql: &str) -> Result<String, String> {
+    let o = Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &format!("{server}/{db}"), "-c", sql])
+        .output()
+        .map_err(|e| format!("psql: {e}"))?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// A sql sink pipeline into `table` at `url`, with `extra` sink lines.
+fn sink_pipeline(csv: &std::path::Path, url: &str, table: &str, extra: &str) -> String {
+    let connections = std::env::var("BENCH_SQL_CONNECTIONS").unwrap_or_else(|_| "4".into());
+    let batch_rows = std::env::var("BENCH_SQL_BATCH_ROWS").unwrap_or_else(|_| "2000".into());
+    format!(
+        r#"
+[pipeline]
+name = "bench-sql"
+{fragment}
+[sinks.db]
+kind = "sql"
+inputs = ["unique"]
+url = "{url}"
+table = "{table}"
+key = ["name", "year", "gender"]
+columns = {{ name = "Name", year = "Year", gender = "Gender", count = "Count", source_id = "Id" }}
+connections = {connections}
+batch_rows = {batch_rows}
+{extra}
+"#,
+        fragment = source_validate_dedupe(csv)
+    )
+}
+
+/// Runs the engine on `pipeline`: seconds and the run's peak memory (MiB).
+fn run_engine(pipeline: &std::path::Path) -> (f64, f64) {
+    let engine = PathBuf::from(env!("CARGO_BIN_EXE_engine"));
+    let t = Instant::now();
+    let o = Command::new(&engine)
+        .args(["run", pipeline.to_str().unwrap_or_default(), "--no-progress", "--log-level", "warn"])
+        .current_dir(repo())
+        .output()
+        .expect("run engine");
+    let secs = t.elapsed().as_secs_f64();
+    if !o.status.success() {
+        println!("engine failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    (secs, summary_peak_mib(&String::from_utf8_lossy(&o.stdout)))
+}
+
+fn bench_postgres(csv: &std::path::Path) {
+    let server = std::env::var("BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let db = format!("engine_bench_{}", std::process::id());
+    if let Err(e) = psql(&server, "postgres", &format!("CREATE DATABASE {db}")) {
+        println!("PostgreSQL not reachable (run scripts/ensure-postgres): {e}");
+        return;
+    }
+    let url = format!("{server}/{db}");
+    let dir = std::env::temp_dir().join(format!("engine-sql-bench-pg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // baby_names from the migrations; the others are copies of it
+    // (columns, identity, unique key and indexes).
+    let migrate = dir.join("migrate.toml");
+    let text = sink_pipeline(csv, &url, "baby_names", "migrations = \"pipelines/migrations/babynames\"");
+    std::fs::write(&migrate, text).expect("write pipeline");
+    let o = Command::new(PathBuf::from(env!("CARGO_BIN_EXE_engine")))
+        .args(["migrate", "up", migrate.to_str().unwrap_or_default()])
+        .current_dir(repo())
+        .output()
+        .expect("migrate");
+    if !o.status.success() {
+        println!("migrate up failed: {}", String::from_utf8_lossy(&o.stderr));
+        return;
+    }
+    for t in ["baby_names_insert", "baby_names_copy"] {
+        if let Err(e) = psql(&server, &db, &format!("CREATE TABLE {t} (LIKE baby_names INCLUDING ALL)")) {
+            println!("creating {t}: {e}");
+            return;
+        }
+    }
+    println!("input: {} into PostgreSQL database {db}", csv.display());
+    let count = |t: &str| -> u64 {
+        psql(&server, &db, &format!("SELECT COUNT(*) FROM {t}")).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
+    };
+
+    // 1. Our pipeline, COPY path.
+    let p = dir.join("copy.toml");
+    std::fs::write(&p, sink_pipeline(csv, &url, "baby_names", "")).expect("write pipeline");
+    let (secs, peak) = run_engine(&p);
+    let ours = report("engine: … -> sql (COPY into staging, then merge)", count("baby_names"), secs);
+    println!("{:<52} peak RSS {peak:.0} MiB", "");
+
+    // 2. Our pipeline, multi-row INSERTs.
+    let p = dir.join("insert.toml");
+    std::fs::write(&p, sink_pipeline(csv, &url, "baby_names_insert", "copy = false")).expect("write pipeline");
+    let (secs, peak) = run_engine(&p);
+    let inserts = report("engine: … -> sql (multi-row INSERT … ON CONFLICT)", count("baby_names_insert"), secs);
+    println!("{:<52} peak RSS {peak:.0} MiB", "");
+    println!("ratio COPY path / INSERT path: {:.2}x", ours / inserts);
+
+    // 3. psql \copy of the same file into an identical table.
+    let t = Instant::now();
+    let copy = psql(
+        &server,
+        &db,
+        &format!(
+            "\\copy baby_names_copy (source_id, name, year, gender, count) from '{}' with (format csv, header true)",
+            csv.display()
+        ),
+    );
+    let copy_secs = t.elapsed().as_secs_f64();
+    match copy {
+        Ok(_) => {
+            let c = report("psql \\copy", count("baby_names_copy"), copy_secs);
+            println!("ratio engine / \\copy: {:.2}x", ours / c);
+        }
+        Err(e) => println!("\\copy failed: {e}"),
+    }
+
+    // 4. pandas, when available.
+    let _ = psql(&server, &db, "TRUNCATE TABLE baby_names_copy");
+    let script = r#"
+import sys, time
+import pandas as pd
+from sqlalchemy import create_engine
+df = pd.read_csv(sys.argv[1]).rename(columns={"Id": "source_id", "Name": "name", "Year": "year", "Gender": "gender", "Count": "count"})
+eng = create_engine(sys.argv[2].replace("postgres://", "postgresql+psycopg2://"))
+t = time.perf_counter()
+df.to_sql("baby_names_copy", eng, if_exists="append", index=False, method="multi", chunksize=1000)
+print(len(df), time.perf_counter() - t)
+"#;
+    match Command::new("python3").args(["-c", script]).arg(csv).arg(&url).output() {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let mut it = text.split_whitespace();
+            if let (Some(r), Some(s)) = (it.next().and_then(|x| x.parse().ok()), it.next().and_then(|x| x.parse().ok()))
+            {
+                let p = report("pandas to_sql(method=multi, chunksize=1000)", r, s);
+                println!("ratio engine / pandas: {:.2}x", ours / p);
+            }
+        }
+        _ => println!(
+            "pandas/SQLAlchemy/psycopg2 not available: `pip install pandas sqlalchemy psycopg2-binary` to add the reference"
+        ),
+    }
+
+    let _ = psql(&server, "postgres", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn bench_mariadb(csv: &std::path::Path) {
     let server = std::env::var("BENCH_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
     let db = format!("engine_bench_{}", std::process::id());
     if let Err(e) = mariadb("", &format!("CREATE DATABASE {db} CHARACTER SET utf8mb4")) {
@@ -51,7 +226,6 @@ fn main() {
         return;
     }
     let url = format!("{server}/{db}");
-    let engine = PathBuf::from(env!("CARGO_BIN_EXE_engine"));
     let dir = std::env::temp_dir().join(format!("engine-sql-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let connections = std::env::var("BENCH_SQL_CONNECTIONS").unwrap_or_else(|_| "4".into());
@@ -76,7 +250,7 @@ auto_migrate = true
 connections = {connections}
 batch_rows = {batch_rows}
 "#,
-            fragment = source_validate_dedupe(&csv)
+            fragment = source_validate_dedupe(csv)
         ),
     )
     .expect("write pipeline");
@@ -86,16 +260,8 @@ batch_rows = {batch_rows}
     );
 
     // 1. Our pipeline (creates the table through its migrations).
-    let t = Instant::now();
-    let o = Command::new(&engine)
-        .args(["run", pipeline.to_str().unwrap_or_default(), "--no-progress", "--log-level", "warn"])
-        .current_dir(repo())
-        .output()
-        .expect("run engine");
-    let ours_secs = t.elapsed().as_secs_f64();
-    if !o.status.success() {
-        println!("engine failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
+    let (ours_secs, peak) = run_engine(&pipeline);
+    println!("engine peak RSS {peak:.0} MiB");
     let rows: u64 = mariadb(&db, "SELECT COUNT(*) FROM baby_names").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let ours = report("engine: file -> validate -> dedupe -> sql (upsert)", rows, ours_secs);
 
@@ -133,7 +299,7 @@ t = time.perf_counter()
 df.to_sql("baby_names", eng, if_exists="append", index=False, method="multi", chunksize=1000)
 print(len(df), time.perf_counter() - t)
 "#;
-    match Command::new("python3").args(["-c", script]).arg(&csv).arg(&url).output() {
+    match Command::new("python3").args(["-c", script]).arg(csv).arg(&url).output() {
         Ok(o) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout);
             let mut it = text.split_whitespace();

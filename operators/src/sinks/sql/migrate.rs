@@ -86,6 +86,7 @@ pub fn load(dir: &Path, dialect: Dialect) -> Result<Vec<Migration>, MigrateError
 async fn exec(pool: &Pool, sql: &str) -> Result<(), sqlx::Error> {
     match pool {
         Pool::MySql(p) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(p).await.map(|_| ()),
+        Pool::Postgres(p) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(p).await.map(|_| ()),
         Pool::Sqlite(p) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(p).await.map(|_| ()),
     }
 }
@@ -96,10 +97,19 @@ async fn ensure_table(pool: &Pool) -> Result<(), MigrateError> {
     {
         return Ok(());
     }
+    if let Pool::Postgres(p) = pool
+        && super::db::pg_table_exists(p, STATUS_TABLE).await.map_err(db)?
+    {
+        return Ok(());
+    }
     let sql = match pool.dialect() {
         Dialect::MySql => format!(
             "CREATE TABLE IF NOT EXISTS {STATUS_TABLE} (version BIGINT PRIMARY KEY, name VARCHAR(255) NOT NULL, \
              checksum CHAR(64) NOT NULL, applied_at VARCHAR(40) NOT NULL) DEFAULT CHARSET=utf8mb4"
+        ),
+        Dialect::Postgres => format!(
+            "CREATE TABLE IF NOT EXISTS {STATUS_TABLE} (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
+             checksum TEXT NOT NULL, applied_at TEXT NOT NULL)"
         ),
         Dialect::Sqlite => format!(
             "CREATE TABLE IF NOT EXISTS {STATUS_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, \
@@ -125,6 +135,7 @@ pub async fn applied(pool: &Pool) -> Result<Vec<Applied>, MigrateError> {
     }
     let rows: Vec<Applied> = match pool {
         Pool::MySql(p) => fetch!(p),
+        Pool::Postgres(p) => fetch!(p),
         Pool::Sqlite(p) => fetch!(p),
     };
     Ok(rows)
@@ -168,9 +179,6 @@ fn now() -> String {
 pub async fn up(pool: &Pool, dir: &Path) -> Result<Vec<Migration>, MigrateError> {
     let (_, pending) = status(pool, dir).await?;
     for m in &pending {
-        exec(pool, &m.up_sql)
-            .await
-            .map_err(|e| MigrateError::Apply { file: m.up_path.display().to_string(), cause: describe(&e) })?;
         let insert = format!(
             "INSERT INTO {STATUS_TABLE} (version, name, checksum, applied_at) VALUES ({}, '{}', '{}', '{}')",
             m.version,
@@ -178,6 +186,18 @@ pub async fn up(pool: &Pool, dir: &Path) -> Result<Vec<Migration>, MigrateError>
             m.checksum,
             now()
         );
+        let apply = |e: sqlx::Error| MigrateError::Apply { file: m.up_path.display().to_string(), cause: describe(&e) };
+        if let Pool::Postgres(p) = pool {
+            // PostgreSQL's DDL is transactional: a migration and its record
+            // land together, or a failed one leaves nothing half-applied.
+            let mut tx = p.begin().await.map_err(db)?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(m.up_sql.clone())).execute(&mut *tx).await.map_err(apply)?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(insert)).execute(&mut *tx).await.map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            tracing::info!(version = m.version, name = %m.name, "migration applied");
+            continue;
+        }
+        exec(pool, &m.up_sql).await.map_err(apply)?;
         exec(pool, &insert).await.map_err(db)?;
         tracing::info!(version = m.version, name = %m.name, "migration applied");
     }
@@ -196,11 +216,20 @@ pub async fn down(pool: &Pool, dir: &Path, to: i64) -> Result<Vec<i64>, MigrateE
             .find(|m| m.version == a.version)
             .ok_or(MigrateError::Missing(a.version, dir.display().to_string()))?;
         let down = m.down_sql.as_deref().ok_or(MigrateError::NoDown(m.version))?;
-        exec(pool, down).await.map_err(|e| MigrateError::Apply {
+        let apply = |e: sqlx::Error| MigrateError::Apply {
             file: format!("{} (down)", m.up_path.display()),
             cause: describe(&e),
-        })?;
-        exec(pool, &format!("DELETE FROM {STATUS_TABLE} WHERE version = {}", m.version)).await.map_err(db)?;
+        };
+        let forget = format!("DELETE FROM {STATUS_TABLE} WHERE version = {}", m.version);
+        if let Pool::Postgres(p) = pool {
+            let mut tx = p.begin().await.map_err(db)?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(down.to_string())).execute(&mut *tx).await.map_err(apply)?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(forget)).execute(&mut *tx).await.map_err(db)?;
+            tx.commit().await.map_err(db)?;
+        } else {
+            exec(pool, down).await.map_err(apply)?;
+            exec(pool, &forget).await.map_err(db)?;
+        }
         tracing::info!(version = m.version, name = %m.name, "migration rolled back");
         rolled.push(m.version);
     }

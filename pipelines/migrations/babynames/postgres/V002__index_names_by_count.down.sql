@@ -1,0 +1,1 @@
+DROP INDEX ix_baby_names_year_gender_count;
