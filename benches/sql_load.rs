@@ -52,6 +52,35 @@ fn report(label: &str, rows: u64, secs: f64) -> f64 {
     rate
 }
 
+/// pandas `to_sql` of the same file into `table` at `sqlalchemy_url`, as a
+/// reference, when pandas, SQLAlchemy and `driver` are installed.
+fn pandas_reference(csv: &std::path::Path, sqlalchemy_url: &str, table: &str, ours: f64, driver: &str) {
+    let script = r#"
+import sys, time
+import pandas as pd
+from sqlalchemy import create_engine
+df = pd.read_csv(sys.argv[1]).rename(columns={"Id": "source_id", "Name": "name", "Year": "year", "Gender": "gender", "Count": "count"})
+eng = create_engine(sys.argv[2])
+t = time.perf_counter()
+df.to_sql(sys.argv[3], eng, if_exists="append", index=False, method="multi", chunksize=1000)
+print(len(df), time.perf_counter() - t)
+"#;
+    match Command::new("python3").args(["-c", script]).arg(csv).arg(sqlalchemy_url).arg(table).output() {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let mut it = text.split_whitespace();
+            if let (Some(r), Some(s)) = (it.next().and_then(|x| x.parse().ok()), it.next().and_then(|x| x.parse().ok()))
+            {
+                let p = report("pandas to_sql(method=multi, chunksize=1000)", r, s);
+                println!("ratio engine / pandas: {:.2}x", ours / p);
+            }
+        }
+        _ => println!(
+            "pandas/SQLAlchemy/{driver} not available: `pip install pandas sqlalchemy {driver}` to add the reference"
+        ),
+    }
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -189,30 +218,13 @@ fn bench_postgres(csv: &std::path::Path) {
 
     // 4. pandas, when available.
     let _ = psql(&server, &db, "TRUNCATE TABLE baby_names_copy");
-    let script = r#"
-import sys, time
-import pandas as pd
-from sqlalchemy import create_engine
-df = pd.read_csv(sys.argv[1]).rename(columns={"Id": "source_id", "Name": "name", "Year": "year", "Gender": "gender", "Count": "count"})
-eng = create_engine(sys.argv[2].replace("postgres://", "postgresql+psycopg2://"))
-t = time.perf_counter()
-df.to_sql("baby_names_copy", eng, if_exists="append", index=False, method="multi", chunksize=1000)
-print(len(df), time.perf_counter() - t)
-"#;
-    match Command::new("python3").args(["-c", script]).arg(csv).arg(&url).output() {
-        Ok(o) if o.status.success() => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            let mut it = text.split_whitespace();
-            if let (Some(r), Some(s)) = (it.next().and_then(|x| x.parse().ok()), it.next().and_then(|x| x.parse().ok()))
-            {
-                let p = report("pandas to_sql(method=multi, chunksize=1000)", r, s);
-                println!("ratio engine / pandas: {:.2}x", ours / p);
-            }
-        }
-        _ => println!(
-            "pandas/SQLAlchemy/psycopg2 not available: `pip install pandas sqlalchemy psycopg2-binary` to add the reference"
-        ),
-    }
+    pandas_reference(
+        csv,
+        &url.replace("postgres://", "postgresql+psycopg2://"),
+        "baby_names_copy",
+        ours,
+        "psycopg2-binary",
+    );
 
     let _ = psql(&server, "postgres", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -289,30 +301,7 @@ batch_rows = {batch_rows}
 
     // 3. pandas, when available.
     let _ = mariadb(&db, "TRUNCATE TABLE baby_names");
-    let script = r#"
-import sys, time
-import pandas as pd
-from sqlalchemy import create_engine
-df = pd.read_csv(sys.argv[1]).rename(columns={"Id": "source_id", "Name": "name", "Year": "year", "Gender": "gender", "Count": "count"})
-eng = create_engine(sys.argv[2].replace("mysql://", "mysql+pymysql://"))
-t = time.perf_counter()
-df.to_sql("baby_names", eng, if_exists="append", index=False, method="multi", chunksize=1000)
-print(len(df), time.perf_counter() - t)
-"#;
-    match Command::new("python3").args(["-c", script]).arg(csv).arg(&url).output() {
-        Ok(o) if o.status.success() => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            let mut it = text.split_whitespace();
-            if let (Some(r), Some(s)) = (it.next().and_then(|x| x.parse().ok()), it.next().and_then(|x| x.parse().ok()))
-            {
-                let p = report("pandas to_sql(method=multi, chunksize=1000)", r, s);
-                println!("ratio engine / pandas: {:.2}x", ours / p);
-            }
-        }
-        _ => println!(
-            "pandas/SQLAlchemy/PyMySQL not available: `pip install pandas sqlalchemy pymysql` to add the reference"
-        ),
-    }
+    pandas_reference(csv, &url.replace("mysql://", "mysql+pymysql://"), "baby_names", ours, "pymysql");
 
     let _ = mariadb("", &format!("DROP DATABASE IF EXISTS {db}"));
     let _ = std::fs::remove_dir_all(&dir);

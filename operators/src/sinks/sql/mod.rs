@@ -114,6 +114,15 @@ fn check_ident(what: &str, s: &str) -> Result<(), OperatorError> {
     Err(OperatorError::Config(reason))
 }
 
+/// The refusal when another run holds the table's lock (`holder`: the
+/// name it left in `engine_sink_locks`).
+fn locked_by_another_run(what: &str, holder: Option<String>) -> OperatorError {
+    OperatorError::Data(format!(
+        "{what} is being written by another run ({}); two runs must not write one table: wait for it to end, or give this run another table",
+        holder.unwrap_or_else(|| "its holder left no name".into())
+    ))
+}
+
 /// Everything a write task needs, shared by every in-flight batch.
 struct Shared {
     pool: Pool,
@@ -457,10 +466,7 @@ impl SqlSink {
                             .fetch_optional(&mut conn)
                             .await
                             .map_err(db_err)?;
-                    return Err(OperatorError::Data(format!(
-                        "{what} is being written by another run ({}); two runs must not write one table: wait for it to end, or give this run another table",
-                        other.unwrap_or_else(|| "its holder left no name".into())
-                    )));
+                    return Err(locked_by_another_run(&what, other));
                 }
                 sqlx::query("REPLACE INTO engine_sink_locks (name, holder) VALUES (?, ?)")
                     .bind(&name)
@@ -494,10 +500,7 @@ impl SqlSink {
                             .fetch_optional(&mut conn)
                             .await
                             .map_err(db_err)?;
-                    return Err(OperatorError::Data(format!(
-                        "{what} is being written by another run ({}); two runs must not write one table: wait for it to end, or give this run another table",
-                        other.unwrap_or_else(|| "its holder left no name".into())
-                    )));
+                    return Err(locked_by_another_run(&what, other));
                 }
                 sqlx::query(
                     "INSERT INTO engine_sink_locks (name, holder) VALUES ($1, $2) \
