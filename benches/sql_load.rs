@@ -243,29 +243,8 @@ fn bench_mariadb(csv: &std::path::Path) {
     let connections = std::env::var("BENCH_SQL_CONNECTIONS").unwrap_or_else(|_| "4".into());
     let batch_rows = std::env::var("BENCH_SQL_BATCH_ROWS").unwrap_or_else(|_| "2000".into());
     let pipeline = dir.join("sql.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"
-[pipeline]
-name = "bench-sql"
-{fragment}
-[sinks.db]
-kind = "sql"
-inputs = ["unique"]
-url = "{url}"
-table = "baby_names"
-key = ["name", "year", "gender"]
-columns = {{ name = "Name", year = "Year", gender = "Gender", count = "Count", source_id = "Id" }}
-migrations = "pipelines/migrations/babynames"
-auto_migrate = true
-connections = {connections}
-batch_rows = {batch_rows}
-"#,
-            fragment = source_validate_dedupe(csv)
-        ),
-    )
-    .expect("write pipeline");
+    let extra = "migrations = \"pipelines/migrations/babynames\"\nauto_migrate = true";
+    std::fs::write(&pipeline, sink_pipeline(csv, &url, "baby_names", extra)).expect("write pipeline");
     println!(
         "input: {} into MariaDB table {db}.baby_names (connections = {connections}, batch_rows = {batch_rows})",
         csv.display()
