@@ -1,8 +1,14 @@
 //! End-to-end throughput: file source -> validate -> dedupe -> blackhole on
-//! the full NationalNames.csv (1,924,665 rows), release build, run as a user
-//! runs it (the real `engine` binary). Prints rows/s and peak RSS, and in the
-//! same run the references that are available:
+//! the full NationalNames.csv (1,924,665 rows) and on the same rows three
+//! times over (5,773,995 rows, every key three times), release build, run as
+//! a user runs it (the real `engine` binary). Prints rows/s and peak RSS, and
+//! in the same run the references that are available:
 //!
+//! - DuckDB (`SELECT count(*) FROM (SELECT DISTINCT Name, Year, Gender …)`
+//!   over `read_csv` with the validation rules as `WHERE`), when python3
+//!   can import duckdb: the same filters and the same distinct keys, less
+//!   work than ours (no rejects, no row kept whole); its time is the query
+//!   alone, without starting python;
 //! - `pyarrow.csv.read_csv` of the same file (parse only, no validation or
 //!   dedupe), when python3 can import pyarrow;
 //! - a baseline engine binary given as `ENGINE_BASELINE_BIN`, e.g. a build of
@@ -10,9 +16,12 @@
 //!
 //! ```text
 //! scripts/fetch-babynames             # once: builds bench-data/NationalNames.csv
+//! pip install duckdb pyarrow          # optional references
 //! cargo bench -p engine --bench throughput
 //! ```
-//! Env: `BENCH_CSV` (input path), `BENCH_RUNS` (best of N, default 3).
+//! Env: `BENCH_CSV` (input path), `BENCH_RUNS` (best of N, default 3),
+//! `BENCH_COPIES` (the larger input's copies of the file, default 3; 1 runs
+//! the file alone).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,6 +96,46 @@ print(table.num_rows, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1
     })
 }
 
+fn duckdb(csv: &Path) -> Option<Measure> {
+    let script = r#"
+import resource, sys, time
+import duckdb
+t = time.perf_counter()
+(n,) = duckdb.sql(f'''
+  SELECT count(*) FROM (SELECT DISTINCT Name, Year, Gender FROM read_csv('{sys.argv[1]}', header = true,
+    columns = {{'Id': 'BIGINT', 'Name': 'VARCHAR', 'Year': 'BIGINT', 'Gender': 'VARCHAR', 'Count': 'BIGINT'}})
+  WHERE Name IS NOT NULL AND length(Name) BETWEEN 1 AND 64 AND Year BETWEEN 1880 AND 2100
+    AND Gender IN ('M', 'F') AND Count >= 1)''').fetchone()
+dt = time.perf_counter() - t
+rows = duckdb.sql(f"SELECT count(*) FROM read_csv('{sys.argv[1]}', header = true)").fetchone()[0]
+print(rows, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, n)
+"#;
+    let o = Command::new("python3").args(["-c", script]).arg(csv).output().ok()?;
+    if !o.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut it = text.split_whitespace();
+    Some(Measure {
+        rows: it.next()?.parse().ok()?,
+        seconds: it.next()?.parse().ok()?,
+        peak_mib: it.next()?.parse().ok()?,
+    })
+}
+
+/// `copies` times the rows of `csv` under its one header: the same keys
+/// again, which dedupe must drop.
+fn repeated(csv: &Path, copies: usize, to: &Path) -> std::io::Result<()> {
+    let text = std::fs::read(csv)?;
+    let body = text.iter().position(|&b| b == b'\n').map_or(text.len(), |i| i + 1);
+    let mut out = Vec::with_capacity(body + (text.len() - body) * copies);
+    out.extend_from_slice(&text[..body]);
+    for _ in 0..copies {
+        out.extend_from_slice(&text[body..]);
+    }
+    std::fs::write(to, out)
+}
+
 fn report(label: &str, m: &Measure) {
     println!(
         "{label:<44} {:>10} rows  {:>7.3} s  {:>12.0} rows/s  peak RSS {:>7.1} MiB",
@@ -141,58 +190,88 @@ fn main() {
     }
     let Some(csv) = input_csv() else { return };
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let copies: usize = std::env::var("BENCH_COPIES").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let dir = std::env::temp_dir().join(format!("engine-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let pipeline = dir.join("throughput.toml");
-    std::fs::write(&pipeline, self::pipeline(&csv)).expect("write pipeline");
-
-    println!(
-        "input: {} ({:.1} MB), best of {runs}",
-        csv.display(),
-        std::fs::metadata(&csv).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
-    );
+    let mut inputs = vec![csv.clone()];
+    if copies > 1 {
+        let big = dir.join(format!("NationalNames.x{copies}.csv"));
+        repeated(&csv, copies, &big).expect("write the repeated input");
+        inputs.push(big);
+    }
     let engine = PathBuf::from(env!("CARGO_BIN_EXE_engine"));
-    // The cost of live figures (what `engine serve` streams): the same run
-    // writing them 4 times a second. Runs alternate, so that drift on a
-    // shared machine (page cache, a neighbour's build) hits both alike.
-    let live_file = dir.join("live.json");
-    let live_flags = ["--live", live_file.to_str().unwrap_or("live.json")];
-    let (mut plain, mut live) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        plain.extend(run_engine(&engine, &pipeline, &[]));
-        live.extend(run_engine(&engine, &pipeline, &live_flags));
-    }
-    let best = |v: Vec<Measure>| v.into_iter().min_by(|a, b| a.seconds.total_cmp(&b.seconds));
-    let ours = best(plain);
-    match &ours {
-        Some(m) => report("engine: file -> validate -> dedupe -> null", m),
-        None => println!("engine run failed"),
-    }
-    if let (Some(m), Some(l)) = (&ours, best(live)) {
-        report("engine with --live (4 writes/s)", &l);
+    for (n, input) in inputs.iter().enumerate() {
+        let pipeline = dir.join(format!("throughput-{n}.toml"));
+        std::fs::write(&pipeline, self::pipeline(input)).expect("write pipeline");
         println!(
-            "ratio with --live / without: {:.3}x (whole runs; run-to-run noise here is several %)",
-            l.rows_per_s() / m.rows_per_s()
+            "\ninput: {} ({:.1} MB), best of {runs}",
+            input.display(),
+            std::fs::metadata(input).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
         );
-    }
-    let (micros, share) = live_update_cost(&dir);
-    println!("live figures: {micros:.0} µs per update; at 4 updates/s {share:.3}% of one core");
-    if let Some(base) = std::env::var_os("ENGINE_BASELINE_BIN") {
-        if let Some(b) = best_of(runs, || run_engine(Path::new(&base), &pipeline, &[])) {
+        let first = n == 0;
+        // The cost of live figures (what `engine serve` streams), on the
+        // first input: the same run writing them 4 times a second. Runs
+        // alternate with every reference, so that drift on a shared machine
+        // (page cache, a neighbour's build) hits all alike.
+        let live_file = dir.join("live.json");
+        let live_flags = ["--live", live_file.to_str().unwrap_or("live.json")];
+        let baseline = std::env::var_os("ENGINE_BASELINE_BIN").map(PathBuf::from);
+        let (mut plain, mut live, mut base, mut duck) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            plain.extend(run_engine(&engine, &pipeline, &[]));
+            if first {
+                live.extend(run_engine(&engine, &pipeline, &live_flags));
+            }
+            if let Some(b) = &baseline {
+                base.extend(run_engine(b, &pipeline, &[]));
+            }
+            duck.extend(duckdb(input));
+        }
+        let best = |v: Vec<Measure>| v.into_iter().min_by(|a, b| a.seconds.total_cmp(&b.seconds));
+        let ours = best(plain);
+        match &ours {
+            Some(m) => report("engine: file -> validate -> dedupe -> null", m),
+            None => println!("engine run failed"),
+        }
+        if let (Some(m), Some(l)) = (&ours, best(live)) {
+            report("engine with --live (4 writes/s)", &l);
+            println!(
+                "ratio with --live / without: {:.3}x (whole runs; run-to-run noise here is several %)",
+                l.rows_per_s() / m.rows_per_s()
+            );
+        }
+        if let Some(b) = best(base) {
             report("baseline engine (ENGINE_BASELINE_BIN)", &b);
             if let Some(m) = &ours {
                 println!("ratio engine / baseline: {:.2}x", m.rows_per_s() / b.rows_per_s());
             }
         }
-    }
-    match best_of(runs, || pyarrow(&csv)) {
-        Some(p) => {
-            report("pyarrow.csv.read_csv (parse only)", &p);
-            if let Some(m) = &ours {
-                println!("ratio engine / pyarrow: {:.2}x", m.rows_per_s() / p.rows_per_s());
+        match best(duck) {
+            Some(d) => {
+                report("duckdb: SELECT DISTINCT key WHERE rules", &d);
+                if let Some(m) = &ours {
+                    println!(
+                        "ratio engine / duckdb: {:.2}x rows/s, peak RSS {:.2}x of duckdb's",
+                        m.rows_per_s() / d.rows_per_s(),
+                        m.peak_mib / d.peak_mib
+                    );
+                }
+            }
+            None => println!("duckdb not available: `pip install duckdb` to add the reference"),
+        }
+        if first {
+            match best_of(runs, || pyarrow(input)) {
+                Some(p) => {
+                    report("pyarrow.csv.read_csv (parse only)", &p);
+                    if let Some(m) = &ours {
+                        println!("ratio engine / pyarrow: {:.2}x", m.rows_per_s() / p.rows_per_s());
+                    }
+                }
+                None => println!("pyarrow not available: `pip install pyarrow` to add the reference"),
             }
         }
-        None => println!("pyarrow not available: `pip install pyarrow` to add the reference"),
     }
+    let (micros, share) = live_update_cost(&dir);
+    println!("\nlive figures: {micros:.0} µs per update; at 4 updates/s {share:.3}% of one core");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,6 +12,7 @@ mod hubspot_sim;
 mod hubspot_sink;
 mod kaggle;
 mod locks;
+mod parallel_csv;
 mod parquet_damage;
 mod rejects;
 mod replay;

@@ -18,6 +18,7 @@ pub mod backoff;
 pub mod batch;
 pub mod duration;
 pub mod flow;
+pub mod keyset;
 pub mod lock;
 pub mod plan;
 pub mod registry;

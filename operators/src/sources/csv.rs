@@ -161,6 +161,32 @@ struct Held {
     raw: Vec<u8>,
 }
 
+/// Where each field of a record is in its bytes.
+#[derive(Clone, Copy)]
+enum Fields<'a> {
+    /// csv-core's output: fields back to back, field `i` ends at `ends[i]`.
+    Packed(&'a [usize]),
+    /// A line as it is: field `i` ends at `ends[i]`, and the next starts a
+    /// byte later, after the delimiter.
+    Split(&'a [usize]),
+}
+
+impl Fields<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Fields::Packed(e) | Fields::Split(e) => e.len(),
+        }
+    }
+
+    #[inline]
+    fn range(&self, i: usize) -> (usize, usize) {
+        match self {
+            Fields::Packed(e) => (if i == 0 { 0 } else { e[i - 1] }, e[i]),
+            Fields::Split(e) => (if i == 0 { 0 } else { e[i - 1] + 1 }, e[i]),
+        }
+    }
+}
+
 /// A record over `max_record_bytes` being read past: only its start is kept.
 struct Skip {
     /// Line where the record starts.
@@ -213,6 +239,8 @@ pub struct CsvDecoder {
     /// Data rows accepted so far (for the summary and tests).
     pub rows_accepted: u64,
     done: bool,
+    /// Every byte this decoder is fed was checked as UTF-8 beforehand.
+    utf8_checked: bool,
 }
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -244,6 +272,7 @@ impl CsvDecoder {
             rejects: RejectsBuilder::new(operator),
             rows_accepted: 0,
             done: false,
+            utf8_checked: false,
             opts,
         }
     }
@@ -312,6 +341,69 @@ impl CsvDecoder {
             None => self.raw.len() as u64,
         };
         Ok(Some((pending, pos)))
+    }
+
+    /// Declares that every byte this decoder will be fed is valid UTF-8
+    /// (checked by the caller, at several GB/s for a whole segment): text
+    /// cells skip their own check.
+    pub fn set_utf8_checked(&mut self, checked: bool) {
+        self.utf8_checked = checked;
+    }
+
+    /// True when [`CsvDecoder::decode_plain`] reads `input` exactly as
+    /// [`CsvDecoder::feed`] would: a decoder at a record start with its
+    /// schema settled, and input with no quote, no `\r` and no record that
+    /// could pass `max_record_bytes`.
+    pub fn can_decode_plain(&self, input: &[u8]) -> bool {
+        self.plan.is_some()
+            && self.bom_checked
+            && self.skip.is_none()
+            && self.raw.is_empty()
+            && self.held.is_empty()
+            && input.len() <= self.opts.max_record_bytes
+            && memchr::memchr2(self.opts.quote, b'\r', input).is_none()
+    }
+
+    /// Decodes the rest of the object, `input`, without the CSV state
+    /// machine: with no quote and no `\r` (see
+    /// [`CsvDecoder::can_decode_plain`]) a record is a line, its fields are
+    /// split at the delimiter, and a blank line is skipped, as csv-core
+    /// reads them; rows and their text are sliced from `input`, not copied.
+    pub fn decode_plain(&mut self, input: &[u8]) -> Result<(), OperatorError> {
+        if !self.can_decode_plain(input) {
+            return self.feed(input);
+        }
+        let mut ends = Vec::with_capacity(16);
+        let mut line = self.line_at_raw_start;
+        let mut start = 0;
+        while start < input.len() {
+            let end = memchr::memchr(b'\n', &input[start..]).map_or(input.len(), |p| start + p);
+            let record = &input[start..end];
+            if !record.is_empty() {
+                ends.clear();
+                ends.extend(memchr::memchr_iter(self.opts.delimiter, record));
+                ends.push(record.len());
+                self.append(line, record, Fields::Split(&ends), record)?;
+            }
+            line += u64::from(end < input.len());
+            start = end + 1;
+        }
+        // Where a checkpoint (or `finish`) finds the decoder: at a record
+        // start on the line after the input's last newline.
+        self.line_at_raw_start = line;
+        // csv-core's reader has seen nothing: its line 1 is this line.
+        self.line_base = line - 1;
+        Ok(())
+    }
+
+    /// The bytes fed since the last complete record (the start of the next
+    /// one, blank lines before it included); None while an over-long
+    /// record is read past, whose start is no longer kept.
+    pub fn unfinished(&self) -> Option<&[u8]> {
+        match self.skip {
+            Some(_) => None,
+            None => Some(&self.raw),
+        }
     }
 
     /// The schema of the batches, once the header (and inference) settled it.
@@ -605,7 +697,8 @@ impl CsvDecoder {
         let data = std::mem::take(&mut self.out);
         let ends = std::mem::take(&mut self.ends);
         let raw = std::mem::take(&mut self.raw);
-        let r = self.append(line, &data[..self.out_len], &ends[..self.ends_len], &raw[raw_start..raw_end]);
+        let r =
+            self.append(line, &data[..self.out_len], Fields::Packed(&ends[..self.ends_len]), &raw[raw_start..raw_end]);
         self.out = data;
         self.ends = ends;
         self.raw = raw;
@@ -628,7 +721,7 @@ impl CsvDecoder {
         self.cols = plan.columns.iter().map(|&(_, ty)| Col::new(ty, self.opts.batch_size)).collect();
         self.plan = Some(plan);
         for h in held {
-            self.append(h.line, &h.data, &h.ends, &h.raw)?;
+            self.append(h.line, &h.data, Fields::Packed(&h.ends), &h.raw)?;
         }
         Ok(())
     }
@@ -687,11 +780,14 @@ impl CsvDecoder {
     }
 
     /// Parses one record into cells, then appends all of them or none.
-    fn append(&mut self, line: u64, data: &[u8], ends: &[usize], raw: &[u8]) -> Result<(), OperatorError> {
+    fn append(&mut self, line: u64, data: &[u8], fields: Fields, raw: &[u8]) -> Result<(), OperatorError> {
         let Some(plan) = &self.plan else { return Ok(()) };
-        if ends.len() != plan.expected_fields {
-            let (expected, found) = (plan.expected_fields, ends.len());
-            let field = |i: usize| &data[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+        if fields.len() != plan.expected_fields {
+            let (expected, found) = (plan.expected_fields, fields.len());
+            let field = |i: usize| {
+                let (s, e) = fields.range(i);
+                &data[s..e]
+            };
             let (column, value, reason) = if found < expected {
                 // The first field with nothing for it; no value to show.
                 let missing = &plan.field_names[found.min(plan.field_names.len())..];
@@ -727,9 +823,8 @@ impl CsvDecoder {
         }
         self.cells.clear();
         for (out_idx, &(idx, ty)) in plan.columns.iter().enumerate() {
-            let start = if idx == 0 { 0 } else { ends[idx - 1] };
-            let end = ends[idx];
-            match parse_cell(&data[start..end], ty, start) {
+            let (start, end) = fields.range(idx);
+            match parse_cell(&data[start..end], ty, start, self.utf8_checked) {
                 Ok(cell) => self.cells.push(cell),
                 Err(why) => {
                     let column = plan.schema.field(out_idx).name().clone();
@@ -755,10 +850,7 @@ impl CsvDecoder {
         }
         for (col, cell) in self.cols.iter_mut().zip(&self.cells) {
             match (col, *cell) {
-                (Col::Str(b), Cell::Str(s, e)) => {
-                    // parse_cell checked UTF-8 for this exact range.
-                    b.append_value(std::str::from_utf8(&data[s..e]).unwrap_or_default())
-                }
+                (Col::Str(b), Cell::Str(s, e)) => b.append_value(as_str(&data[s..e], self.utf8_checked)),
                 (Col::Str(b), Cell::Null) => b.append_value(""),
                 (Col::I64(b), Cell::I64(v)) => b.append_value(v),
                 (Col::I32(b), Cell::I32(v)) => b.append_value(v),
@@ -815,12 +907,34 @@ enum ParseFail {
     Type,
 }
 
-fn parse_cell(bytes: &[u8], ty: ColumnType, offset: usize) -> Result<Cell, ParseFail> {
-    let s = std::str::from_utf8(bytes).map_err(|_| ParseFail::Utf8)?;
+/// `bytes` as text; `checked`: the whole input they come from was valid
+/// UTF-8 (see [`CsvDecoder::set_utf8_checked`]).
+fn as_str(bytes: &[u8], checked: bool) -> &str {
+    if checked {
+        // SAFETY: the caller validated the whole input as UTF-8, and a field
+        // is a slice of it cut at ASCII bytes (delimiter, line terminator)
+        // or an unquoted copy of such a slice with ASCII quotes removed:
+        // both are valid UTF-8 again.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    } else {
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+}
+
+fn parse_cell(bytes: &[u8], ty: ColumnType, offset: usize, utf8_checked: bool) -> Result<Cell, ParseFail> {
+    let s = if utf8_checked { as_str(bytes, true) } else { std::str::from_utf8(bytes).map_err(|_| ParseFail::Utf8)? };
     if ty == ColumnType::String {
         return Ok(Cell::Str(offset, offset + bytes.len()));
     }
-    let t = s.trim();
+    // Most numbers have no spaces around them: no trim to run.
+    let t = match bytes {
+        [first, .., last]
+            if !first.is_ascii_whitespace() && !last.is_ascii_whitespace() && first.is_ascii() && last.is_ascii() =>
+        {
+            s
+        }
+        _ => s.trim(),
+    };
     if t.is_empty() {
         return Ok(Cell::Null);
     }
@@ -953,6 +1067,61 @@ mod tests {
         }
         rej.extend(d2.take_rejects());
         (data, rej)
+    }
+
+    /// Every value of every row and reject, as text, with its line.
+    fn cells_of(batches: &[Batch]) -> Vec<(u64, Vec<String>)> {
+        let mut out = vec![];
+        for b in batches {
+            let cols: Vec<_> =
+                b.records.columns().iter().map(|c| arrow::compute::cast(c, &DataType::Utf8).unwrap()).collect();
+            for i in 0..b.num_rows() {
+                let row = cols
+                    .iter()
+                    .map(|c| {
+                        let c = c.as_string::<i32>();
+                        if c.is_null(i) { "<null>".to_string() } else { c.value(i).to_string() }
+                    })
+                    .collect();
+                out.push((b.line(i).unwrap(), row));
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// The plain path reads input without quotes or `\r` exactly as
+        /// csv-core does: rows, values, lines, raw text and rejects.
+        #[test]
+        fn the_plain_path_reads_what_csv_core_reads(
+            input in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'7', b'-', b' ', b',', b'\n', b'\n', 0xC3, 0xA9, 0xFF]), 0..300),
+            checked in proptest::bool::ANY,
+        ) {
+            let o = CsvOptions {
+                max_record_bytes: 1000,
+                ..opts(decl(&[("n", ColumnType::Int64), ("s", ColumnType::String), ("f", ColumnType::Float64)]))
+            };
+            let pos = DecoderPosition {
+                line: 5,
+                header: Some(vec!["n".into(), "s".into(), "f".into()]),
+                types: vec![ColumnType::Int64, ColumnType::String, ColumnType::Float64],
+            };
+            let utf8 = std::str::from_utf8(&input).is_ok();
+            let read = |plain: bool| {
+                let mut d = CsvDecoder::resume("src", "t.csv", o.clone(), &pos).unwrap();
+                d.set_utf8_checked(checked && utf8);
+                if plain { d.decode_plain(&input).unwrap() } else { d.feed(&input).unwrap() }
+                d.finish().unwrap();
+                let mut data = vec![];
+                while let Some(b) = d.take_ready() {
+                    data.push(b);
+                }
+                let rej: Vec<Batch> = d.take_rejects().into_iter().collect();
+                (cells_of(&data), texts_of(&data), cells_of(&rej))
+            };
+            proptest::prop_assert_eq!(read(true), read(false));
+        }
     }
 
     /// A checkpoint taken after any chunk, then a decoder resumed at the

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use twox_hash::XxHash64;
 
 use super::csv::{ColumnDecl, CsvDecoder, CsvOptions, DecoderPosition};
+use super::segments::{Parallelism, Segments};
 use crate::api::{BuildContext, Collector, OUT, OperatorError, Resume, Snapshot, Source, SourceState};
 use crate::batch::Batch;
 use crate::storage::{Location, resolve};
@@ -32,6 +33,10 @@ pub const REJECTS: usize = 1;
 /// Bytes asked of the store per read: large enough to amortise a request,
 /// small enough that a slow consumer holds little.
 const CHUNK: u64 = 1 << 20;
+/// Bytes of a parallel CSV segment by default: a few tens of thousands of
+/// rows, enough that a thread's start-up is noise, small enough that a
+/// barrier waits for little.
+const SEGMENT: usize = 1 << 20;
 /// Bytes fed to the CSV decoder per step (a few thousand rows).
 const FEED: usize = 64 << 10;
 /// Bytes asked of the store per read when hashing a prefix again: a
@@ -89,6 +94,11 @@ pub struct FileSourceConfig {
     /// would otherwise swallow the rest of the file).
     #[serde(default = "one_mib")]
     pub max_record_bytes: usize,
+    /// CSV segments decoded at once; by default one per core. 1 decodes on
+    /// the source's own task, as one reader.
+    pub decode_threads: Option<usize>,
+    /// Bytes of CSV per parallel segment (cut at the last record end).
+    pub decode_segment_bytes: Option<usize>,
 }
 
 fn one_mib() -> usize {
@@ -122,14 +132,48 @@ fn single_byte(name: &str, s: &str) -> Result<u8, OperatorError> {
     }
 }
 
+/// One decoder on the source's task, or segments decoded in parallel (see
+/// [`super::segments`]). A run starts with one decoder until the header and
+/// types are settled, and goes back to it if a record is too long to cut.
+enum Csv {
+    One(Box<CsvDecoder>),
+    Parallel { segments: Box<Segments>, schema: arrow::datatypes::SchemaRef, fall_back: bool },
+}
+
+impl Csv {
+    fn take_rejects(&mut self) -> Option<Batch> {
+        match self {
+            Csv::One(d) => d.take_rejects(),
+            Csv::Parallel { segments, .. } => segments.take_rejects(),
+        }
+    }
+    fn take_ready(&mut self) -> Option<Batch> {
+        match self {
+            Csv::One(d) => d.take_ready(),
+            Csv::Parallel { segments, .. } => segments.take_ready(),
+        }
+    }
+    fn has_ready(&self) -> bool {
+        match self {
+            Csv::One(d) => d.has_ready(),
+            Csv::Parallel { segments, .. } => segments.has_ready(),
+        }
+    }
+}
+
 #[allow(deprecated)]
 enum Reading {
     NotOpen,
     Csv {
-        decoder: Box<CsvDecoder>,
+        csv: Csv,
         meta: ObjectMeta,
-        /// Bytes of the object fed to the decoder.
+        /// Bytes of the object fed to the decoder (or to the segments).
         offset: u64,
+        /// The object was read to its end.
+        input_done: bool,
+        /// Data rows emitted since open: none by the end, and an empty
+        /// batch still carries the schema.
+        rows_out: u64,
         /// Bytes of the object read from the store (`offset` plus `buf`).
         fetched: u64,
         /// Read, not yet fed.
@@ -154,6 +198,8 @@ enum Reading {
 
 pub struct FileSource {
     cfg: FileSourceConfig,
+    /// CSV decoding on several threads, unless `decode_threads = 1`.
+    parallel: Option<Parallelism>,
     ctx: BuildContext,
     format: Format,
     csv: CsvOptions,
@@ -294,6 +340,8 @@ pub fn build(ctx: &BuildContext, cfg: FileSourceConfig) -> Result<FileSource, Op
             ("infer_rows", cfg.infer_rows != 1000),
             ("on_error", cfg.on_error != OnError::Reject),
             ("max_record_bytes", cfg.max_record_bytes != 1 << 20),
+            ("decode_threads", cfg.decode_threads.is_some()),
+            ("decode_segment_bytes", cfg.decode_segment_bytes.is_some()),
         ];
         if let Some((name, _)) = csv_only.iter().find(|(_, set)| *set) {
             return Err(OperatorError::Config(format!(
@@ -302,8 +350,16 @@ pub fn build(ctx: &BuildContext, cfg: FileSourceConfig) -> Result<FileSource, Op
             )));
         }
     }
+    if cfg.decode_threads == Some(0) || cfg.decode_segment_bytes == Some(0) {
+        return Err(OperatorError::Config("decode_threads and decode_segment_bytes must be at least 1".into()));
+    }
+    let threads =
+        cfg.decode_threads.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
+    let parallel =
+        (threads > 1).then(|| Parallelism { threads, segment_bytes: cfg.decode_segment_bytes.unwrap_or(SEGMENT) });
     let loc = resolve(&cfg.path)?;
     Ok(FileSource {
+        parallel,
         cfg,
         ctx: ctx.clone(),
         format,
@@ -317,13 +373,12 @@ pub fn build(ctx: &BuildContext, cfg: FileSourceConfig) -> Result<FileSource, Op
 }
 
 impl FileSource {
-    /// Emits what the decoder has ready; with `on_error = "fail"` the first
-    /// reject stops the run instead.
     /// Emits what the decoder has ready, at most `limit` data batches: one
-    /// step stays short, so a barrier (or a stop) waits for little.
+    /// step stays short, so a barrier (or a stop) waits for little. With
+    /// `on_error = "fail"` the first reject stops the run instead.
     async fn drain(&mut self, out: &mut Collector, limit: usize) -> Result<(), OperatorError> {
-        let Reading::Csv { decoder, .. } = &mut self.state else { return Ok(()) };
-        if let Some(rejects) = decoder.take_rejects() {
+        let Reading::Csv { csv, rows_out, .. } = &mut self.state else { return Ok(()) };
+        while let Some(rejects) = csv.take_rejects() {
             if self.cfg.on_error == OnError::Fail {
                 let line = rejects.line(0).unwrap_or_default();
                 // The reason, not the whole reject: its raw text may be up
@@ -344,11 +399,148 @@ impl FileSource {
             out.emit(REJECTS, rejects).await?;
         }
         for _ in 0..limit {
-            let Some(b) = decoder.take_ready() else { break };
+            let Some(b) = csv.take_ready() else { break };
             self.rows += b.num_rows() as u64;
+            *rows_out += b.num_rows() as u64;
             out.emit(OUT, b).await?;
         }
         Ok(())
+    }
+
+    /// One decoder settled the header and types: the rest of the object
+    /// goes to parallel segments, from the start of the record it was in.
+    async fn go_parallel(&mut self, out: &mut Collector) -> Result<(), OperatorError> {
+        let Some(par) = self.parallel else { return Ok(()) };
+        let Reading::Csv { csv: Csv::One(decoder), offset, .. } = &mut self.state else { return Ok(()) };
+        let Some(schema) = decoder.schema() else { return Ok(()) };
+        let Some((pending, pos)) = decoder.checkpoint()? else { return Ok(()) };
+        // Not while an over-long record is skipped: its start is gone.
+        let Some(tail) = decoder.unfinished().filter(|t| t.len() as u64 == pending).map(<[u8]>::to_vec) else {
+            return Ok(());
+        };
+        let start = *offset - pending;
+        self.drain(out, usize::MAX).await?;
+        tracing::info!(object = %self.loc.display, threads = par.threads, segment_bytes = par.segment_bytes, line = pos.line, "decoding in parallel segments");
+        let mut segments = Segments::new(&self.ctx.id, &self.loc.display, self.csv.clone(), pos, start, par);
+        let fall_back = segments.push(&tail).is_err();
+        if let Reading::Csv { csv, .. } = &mut self.state {
+            *csv = Csv::Parallel { segments: Box::new(segments), schema, fall_back };
+        }
+        Ok(())
+    }
+
+    /// A CSV step: read, decode, emit.
+    async fn next_csv(&mut self, out: &mut Collector) -> Result<SourceState, OperatorError> {
+        let object = self.loc.display.clone();
+        let preferred = self.ctx.batch_size.min(out.preferred_rows(OUT));
+        let Reading::Csv { csv, meta, offset, fetched, buf, stream, prefix, input_done, rows_out } = &mut self.state
+        else {
+            return Ok(SourceState::More);
+        };
+        if csv.has_ready() {
+            self.drain(out, 1).await?;
+            return Ok(SourceState::More);
+        }
+        if let Csv::Parallel { segments, schema, fall_back } = csv {
+            // Outputs leave in input order; a finished segment first, and
+            // when enough are in flight (or nothing more is to be read),
+            // wait for the oldest.
+            let wait = segments.is_full() || *input_done || *fall_back;
+            if segments.front_done() || (wait && segments.in_flight()) {
+                segments.collect().await?;
+                self.drain(out, 1).await?;
+                return Ok(SourceState::More);
+            }
+            if *fall_back {
+                // No record end within bounds (an over-long record, an
+                // unterminated quote): one decoder reads on from there.
+                let (_, line, bytes) = segments.undispatched();
+                let pos = DecoderPosition { line, ..segments.position().1 };
+                let mut d = Box::new(CsvDecoder::resume(&self.ctx.id, &object, self.csv.clone(), &pos)?);
+                d.feed(bytes)?;
+                tracing::info!(object = %object, line, "no record end within bounds: decoding on one thread from here");
+                *csv = Csv::One(d);
+                self.drain(out, 1).await?;
+                return Ok(SourceState::More);
+            }
+            if *input_done {
+                if *rows_out == 0 {
+                    let empty = Batch::new(arrow::record_batch::RecordBatch::new_empty(schema.clone()));
+                    out.emit(OUT, empty).await?;
+                }
+                let (meta, size, checksum) = (meta.clone(), *offset, prefix.checksum());
+                self.last =
+                    Some(FileSourceState { checksum: Some(checksum), ..self.state_at(&meta, size, None, true) });
+                self.state = Reading::Done;
+                return Ok(SourceState::Done);
+            }
+        }
+        // Bytes are fed to one decoder a slice at a time, so that at a
+        // barrier little is decoded but not yet sent: the barrier waits for
+        // at most a batch or two. Segments take a whole chunk.
+        if buf.is_empty() {
+            let chunk = match stream {
+                Some(s) => {
+                    s.next().await.transpose().map_err(|e| OperatorError::storage(format!("reading {object}"), e))?
+                }
+                None if *fetched < meta.size => {
+                    let end = (*fetched + CHUNK).min(meta.size);
+                    let bytes = self
+                        .loc
+                        .store
+                        .get_range(&self.loc.path, *fetched..end)
+                        .await
+                        .map_err(|e| OperatorError::storage(format!("reading {object}"), e))?;
+                    Some(bytes)
+                }
+                None => None,
+            };
+            match chunk {
+                Some(bytes) => {
+                    *fetched += bytes.len() as u64;
+                    *buf = bytes;
+                }
+                None => {
+                    *input_done = true;
+                    let Csv::One(decoder) = csv else {
+                        if let Csv::Parallel { segments, .. } = csv {
+                            segments.finish_input();
+                        }
+                        return Ok(SourceState::More);
+                    };
+                    decoder.finish()?;
+                    let meta = meta.clone();
+                    let size = *offset;
+                    let checksum = prefix.checksum();
+                    self.drain(out, usize::MAX).await?;
+                    self.last =
+                        Some(FileSourceState { checksum: Some(checksum), ..self.state_at(&meta, size, None, true) });
+                    self.state = Reading::Done;
+                    return Ok(SourceState::Done);
+                }
+            }
+        }
+        match csv {
+            Csv::One(decoder) => {
+                decoder.set_batch_size(preferred);
+                let piece = buf.split_to(FEED.min(buf.len()));
+                *offset += piece.len() as u64;
+                prefix.update(&piece);
+                decoder.feed(&piece)?;
+                self.drain(out, 1).await?;
+                if matches!(&self.state, Reading::Csv { csv: Csv::One(_), .. }) {
+                    self.go_parallel(out).await?;
+                }
+            }
+            Csv::Parallel { segments, fall_back, .. } => {
+                segments.set_batch_size(preferred);
+                let piece = std::mem::take(buf);
+                *offset += piece.len() as u64;
+                prefix.update(&piece);
+                *fall_back = segments.push(&piece).is_err();
+            }
+        }
+        Ok(SourceState::More)
     }
 }
 
@@ -407,9 +599,20 @@ impl Source for FileSource {
         let start = resume.as_ref().map(|r| r.offset).unwrap_or(0);
         self.state = match self.format {
             Format::Csv => {
-                let decoder = match resume.as_ref().and_then(|r| r.csv.as_ref()) {
+                let resumed = resume.as_ref().and_then(|r| r.csv.as_ref());
+                let one = match resumed {
                     Some(pos) => Box::new(CsvDecoder::resume(&self.ctx.id, &object, self.csv.clone(), pos)?),
                     None => Box::new(CsvDecoder::new(&self.ctx.id, &object, self.csv.clone())),
+                };
+                // A resumed decoder knows its schema already: segments
+                // from the first byte.
+                let csv = match (resumed, self.parallel, one.schema()) {
+                    (Some(pos), Some(par), Some(schema)) => {
+                        tracing::info!(object = %object, threads = par.threads, line = pos.line, "decoding in parallel segments");
+                        let segments = Segments::new(&self.ctx.id, &object, self.csv.clone(), pos.clone(), start, par);
+                        Csv::Parallel { segments: Box::new(segments), schema, fall_back: false }
+                    }
+                    _ => Csv::One(one),
                 };
                 // S3 streams one GET; local files are read in ranged chunks
                 // (one blocking read each instead of one per 8 KiB).
@@ -428,7 +631,17 @@ impl Source for FileSource {
                         .map_err(|e| OperatorError::storage(format!("cannot read {object}"), e))?;
                     Some(r.into_stream())
                 };
-                Reading::Csv { decoder, meta, offset: start, fetched: start, buf: bytes::Bytes::new(), stream, prefix }
+                Reading::Csv {
+                    csv,
+                    meta,
+                    offset: start,
+                    fetched: start,
+                    buf: bytes::Bytes::new(),
+                    stream,
+                    prefix,
+                    input_done: false,
+                    rows_out: 0,
+                }
             }
             Format::Parquet => {
                 let reader = || {
@@ -473,61 +686,7 @@ impl Source for FileSource {
         match &mut self.state {
             Reading::NotOpen => Err(OperatorError::Data("source read before it was opened".into())),
             Reading::Done => Ok(SourceState::Done),
-            Reading::Csv { decoder, .. } if decoder.has_ready() => {
-                self.drain(out, 1).await?;
-                Ok(SourceState::More)
-            }
-            Reading::Csv { decoder, meta, offset, fetched, buf, stream, prefix } => {
-                // Bytes are fed to the decoder a slice at a time, so that at
-                // a barrier little is decoded but not yet sent: the barrier
-                // waits for at most a batch or two.
-                if buf.is_empty() {
-                    let chunk = match stream {
-                        Some(s) => s
-                            .next()
-                            .await
-                            .transpose()
-                            .map_err(|e| OperatorError::storage(format!("reading {object}"), e))?,
-                        None if *fetched < meta.size => {
-                            let end = (*fetched + CHUNK).min(meta.size);
-                            let bytes = self
-                                .loc
-                                .store
-                                .get_range(&self.loc.path, *fetched..end)
-                                .await
-                                .map_err(|e| OperatorError::storage(format!("reading {object}"), e))?;
-                            Some(bytes)
-                        }
-                        None => None,
-                    };
-                    match chunk {
-                        Some(bytes) => {
-                            *fetched += bytes.len() as u64;
-                            *buf = bytes;
-                        }
-                        None => {
-                            decoder.finish()?;
-                            let meta = meta.clone();
-                            let size = *offset;
-                            let checksum = prefix.checksum();
-                            self.drain(out, usize::MAX).await?;
-                            self.last = Some(FileSourceState {
-                                checksum: Some(checksum),
-                                ..self.state_at(&meta, size, None, true)
-                            });
-                            self.state = Reading::Done;
-                            return Ok(SourceState::Done);
-                        }
-                    }
-                }
-                decoder.set_batch_size(self.ctx.batch_size.min(out.preferred_rows(OUT)));
-                let piece = buf.split_to(FEED.min(buf.len()));
-                *offset += piece.len() as u64;
-                prefix.update(&piece);
-                decoder.feed(&piece)?;
-                self.drain(out, 1).await?;
-                Ok(SourceState::More)
-            }
+            Reading::Csv { .. } => self.next_csv(out).await,
             Reading::Parquet { stream, next_row, meta, groups, prefix } => match stream.next().await {
                 Some(Ok(records)) => {
                     let n = records.num_rows() as u64;
@@ -572,7 +731,19 @@ impl Source for FileSource {
                 Some(s) => s.clone(),
                 None => return Err(OperatorError::Data("snapshot of a finished source without a position".into())),
             },
-            Reading::Csv { decoder, meta, offset, prefix, .. } => {
+            Reading::Csv { csv: Csv::Parallel { .. }, meta, prefix, .. } => {
+                // Everything taken from finished segments goes out first;
+                // the segments still in flight start at the position
+                // recorded, and a resumed run decodes them again.
+                let (meta, checksum) = (meta.clone(), prefix.checksum());
+                self.drain(out, usize::MAX).await?;
+                let Reading::Csv { csv: Csv::Parallel { segments, .. }, .. } = &self.state else {
+                    return Err(OperatorError::Data("the CSV reader changed during a snapshot".into()));
+                };
+                let (at, pos) = segments.position();
+                FileSourceState { checksum: Some(checksum), ..self.state_at(&meta, at, Some(pos), false) }
+            }
+            Reading::Csv { csv: Csv::One(decoder), meta, offset, prefix, .. } => {
                 let meta = meta.clone();
                 let fed = *offset;
                 // Covers the bytes of a record not yet complete too: they

@@ -89,6 +89,9 @@ pub struct KaggleSourceConfig {
     #[serde(default)]
     pub on_error: OnError,
     pub max_record_bytes: Option<usize>,
+    /// As the file source's: CSV segments decoded at once, and their size.
+    pub decode_threads: Option<usize>,
+    pub decode_segment_bytes: Option<usize>,
 }
 
 /// What the staging folder remembers of the last download.
@@ -812,6 +815,8 @@ impl KaggleSource {
             infer_rows: self.fetcher.cfg.infer_rows.unwrap_or(1000),
             on_error: self.fetcher.cfg.on_error,
             max_record_bytes: self.fetcher.cfg.max_record_bytes.unwrap_or(1 << 20),
+            decode_threads: self.fetcher.cfg.decode_threads,
+            decode_segment_bytes: self.fetcher.cfg.decode_segment_bytes,
         }
     }
 }

@@ -4,3 +4,4 @@
 pub mod csv;
 pub mod file;
 pub mod kaggle;
+pub mod segments;

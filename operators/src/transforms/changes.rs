@@ -21,9 +21,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use std::sync::Arc;
 
-use super::dedupe::KeySet;
 use crate::api::{BuildContext, Collector, OUT, Operator, OperatorError, Resume, Snapshot};
 use crate::batch::{Barrier, Batch};
+use crate::keyset::KeySet;
 
 /// Port of the keys that were in the last completed run and not in this one.
 pub const DELETED: usize = 1;
@@ -66,6 +66,10 @@ pub fn build(_ctx: &BuildContext, cfg: ChangesConfig) -> Result<Changes, Operato
         return Err(OperatorError::Config(format!("`{c}` is a key column; it cannot be ignored")));
     }
     Ok(Changes { cfg, previous: KeySet::default(), current: KeySet::default(), seen: None, plan: None, unchanged: 0 })
+}
+
+fn full(e: crate::keyset::KeySetError) -> OperatorError {
+    OperatorError::Data(format!("changes: {e}"))
 }
 
 /// FNV-1a, 64 bits: stable across processes and versions (unlike the
@@ -118,9 +122,10 @@ impl Changes {
     fn rebuild_seen(&mut self) {
         let mut seen = KeySet::default();
         for e in self.current.iter() {
-            seen.insert(&e[..e.len().saturating_sub(8)]);
+            // Fewer keys than `current` holds entries: it cannot be full.
+            let _ = seen.insert(&e[..e.len().saturating_sub(8)]);
         }
-        seen.take_added();
+        seen.mark_taken();
         self.seen = Some(seen);
     }
 }
@@ -153,9 +158,9 @@ impl Operator for Changes {
             entry.extend_from_slice(key.as_ref());
             entry.extend_from_slice(&hash.to_le_bytes());
             let same = self.previous.contains(&entry);
-            self.current.insert(&entry);
+            self.current.insert(&entry).map_err(full)?;
             if let Some(seen) = &mut self.seen {
-                seen.insert(key.as_ref());
+                seen.insert(key.as_ref()).map_err(full)?;
             }
             unchanged += u64::from(same);
             keep.append(!same);
@@ -183,7 +188,7 @@ impl Operator for Changes {
                 .insert_delta(d)
                 .map_err(|e| OperatorError::Resume(format!("checkpoint {}: a delta is damaged: {e}", resume.epoch)))?;
         }
-        self.current.take_added();
+        self.current.mark_taken();
         self.seen = None;
         Ok(())
     }
@@ -194,7 +199,7 @@ impl Operator for Changes {
                 .insert_delta(d)
                 .map_err(|e| OperatorError::Resume(format!("the state of the last completed run is damaged: {e}")))?;
         }
-        self.previous.take_added();
+        self.previous.mark_taken();
         tracing::info!(rows = self.previous.len(), "changes: comparing with the last completed run");
         Ok(())
     }

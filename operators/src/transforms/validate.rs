@@ -199,7 +199,9 @@ fn violations(check: &Check, col: &ArrayRef) -> Result<BooleanArray, OperatorErr
         CheckKind::Above(b) => cmp::gt(&numeric(col, b)?, b.as_ref()).map_err(ctx)?,
         // Byte length bounds the character count from above: count
         // characters only where bytes alone cannot decide.
-        CheckKind::MinLen(n) => string_mask(col, |v| v.len() < *n || (v.len() >= *n && v.chars().count() < *n))?,
+        // A character is at most 4 bytes: from 4n bytes on there are n
+        // characters without counting them.
+        CheckKind::MinLen(n) => string_mask(col, |v| v.len() < *n || (v.len() < 4 * *n && v.chars().count() < *n))?,
         CheckKind::MaxLen(n) => string_mask(col, |v| v.len() > *n && v.chars().count() > *n)?,
         CheckKind::OneOf(set) => string_mask(col, |v| !set.iter().any(|s| s == v))?,
         CheckKind::Pattern(re) => string_mask(col, |v| !re.is_match(v))?,
