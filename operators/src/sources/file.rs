@@ -178,6 +178,8 @@ enum Reading {
         fetched: u64,
         /// Read, not yet fed.
         buf: bytes::Bytes,
+        /// The next chunk of a local file, being read (its offset).
+        ahead: Option<(u64, tokio::task::JoinHandle<object_store::Result<bytes::Bytes>>)>,
         /// Checksum of the `offset` bytes fed so far.
         prefix: Prefix,
         stream: Option<BoxStream<'static, object_store::Result<bytes::Bytes>>>,
@@ -433,15 +435,22 @@ impl FileSource {
     async fn next_csv(&mut self, out: &mut Collector) -> Result<SourceState, OperatorError> {
         let object = self.loc.display.clone();
         let preferred = self.ctx.batch_size.min(out.preferred_rows(OUT));
-        let Reading::Csv { csv, meta, offset, fetched, buf, stream, prefix, input_done, rows_out } = &mut self.state
+        let Reading::Csv { csv, meta, offset, fetched, buf, ahead, stream, prefix, input_done, rows_out } =
+            &mut self.state
         else {
             return Ok(SourceState::More);
         };
-        if csv.has_ready() {
+        // Segments first: while a step waits to hand a batch downstream the
+        // threads keep decoding what is in flight, so there should be some.
+        let top_up =
+            matches!(csv, Csv::Parallel { segments, fall_back: false, .. } if !segments.is_full()) && !*input_done;
+        if csv.has_ready() && !top_up {
             self.drain(out, 1).await?;
             return Ok(SourceState::More);
         }
-        if let Csv::Parallel { segments, schema, fall_back } = csv {
+        if let Csv::Parallel { segments, schema, fall_back } = csv
+            && !top_up
+        {
             // Outputs leave in input order; a finished segment first, and
             // when enough are in flight (or nothing more is to be read),
             // wait for the oldest.
@@ -484,13 +493,22 @@ impl FileSource {
                     s.next().await.transpose().map_err(|e| OperatorError::storage(format!("reading {object}"), e))?
                 }
                 None if *fetched < meta.size => {
-                    let end = (*fetched + CHUNK).min(meta.size);
-                    let bytes = self
-                        .loc
-                        .store
-                        .get_range(&self.loc.path, *fetched..end)
-                        .await
-                        .map_err(|e| OperatorError::storage(format!("reading {object}"), e))?;
+                    let pending = ahead.take().filter(|(at, _)| *at == *fetched);
+                    let bytes = match pending {
+                        Some((_, read)) => read.await.map_err(|e| {
+                            OperatorError::Data(format!("reading {object}: the read-ahead task failed: {e}"))
+                        })?,
+                        None => read_chunk(&self.loc, *fetched, meta.size).await,
+                    }
+                    .map_err(|e| OperatorError::storage(format!("reading {object}"), e))?;
+                    // The next chunk is read while this one is decoded: a
+                    // read waits for a thread of the blocking pool, which
+                    // the decoding threads keep busy.
+                    let next = *fetched + bytes.len() as u64;
+                    if next < meta.size {
+                        let (loc, size) = (self.loc.clone(), meta.size);
+                        *ahead = Some((next, tokio::spawn(async move { read_chunk(&loc, next, size).await })));
+                    }
                     Some(bytes)
                 }
                 None => None,
@@ -637,6 +655,7 @@ impl Source for FileSource {
                     offset: start,
                     fetched: start,
                     buf: bytes::Bytes::new(),
+                    ahead: None,
                     stream,
                     prefix,
                     input_done: false,
@@ -818,6 +837,11 @@ impl FileSource {
 /// Returns the running checksum to go on with: at `resume_at` when given
 /// (CSV: where reading resumes), else after the checked prefix (Parquet).
 /// Takes the parts it needs, not the source: its future must be `Send`.
+/// One chunk of a local object from `at`.
+async fn read_chunk(loc: &Location, at: u64, size: u64) -> object_store::Result<bytes::Bytes> {
+    loc.store.get_range(&loc.path, at..(at + CHUNK).min(size)).await
+}
+
 async fn verify_prefix(
     loc: &Location,
     source: &str,

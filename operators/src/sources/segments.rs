@@ -255,7 +255,7 @@ impl Segments {
         self.next = end;
         let (operator, object, opts) = (self.operator.clone(), self.object.clone(), self.opts.clone());
         let pos = DecoderPosition { line: start.1, ..self.pos.clone() };
-        self.in_flight.push_back(tokio::task::spawn_blocking(move || {
+        self.in_flight.push_back(tokio::spawn(async move {
             let mut d = CsvDecoder::resume(&operator, &object, opts, &pos)?;
             // A segment ends at a record end, so it holds whole characters:
             // one check of all of it spares one per cell.
