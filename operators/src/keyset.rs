@@ -71,6 +71,18 @@ impl Default for KeySet {
     }
 }
 
+#[inline]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults, even on an address
+    // outside any allocation (callers pass addresses within theirs anyway).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 fn varint_len(mut n: usize) -> usize {
     let mut l = 1;
     while n >= 0x80 {
@@ -146,15 +158,23 @@ impl KeySet {
     /// that knows the next keys' hashes overlaps those cache misses.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
-        let p = self.slots.as_ptr().wrapping_add(self.home(hash));
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is a hint; it never faults, even on an address
-        // outside the table, and `home` is within it anyway.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+        prefetch(self.slots.as_ptr().wrapping_add(self.home(hash)));
+    }
+
+    /// The second stage of a prefetch, a few keys after [`KeySet::prefetch`]
+    /// of the same hash: the home slot is in cache by then, and when it
+    /// holds an entry with this fingerprint (the key seen before, most
+    /// likely) the key's bytes in the arena are fetched too.
+    #[inline]
+    pub fn prefetch_key(&self, hash: u64) {
+        let e = self.slots[self.home(hash)];
+        if e == 0 || e >> ADDR_BITS != hash >> ADDR_BITS {
+            return;
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = p;
+        let addr = (e & ((1 << ADDR_BITS) - 1)) - 1;
+        if let Some(chunk) = self.chunks.get((addr >> OFF_BITS) as usize) {
+            prefetch(chunk.as_ptr().wrapping_add((addr & ((1 << OFF_BITS) - 1)) as usize));
+        }
     }
 
     fn key_at(&self, addr: u64) -> &[u8] {

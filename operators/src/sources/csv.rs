@@ -981,12 +981,39 @@ fn parse_cell(bytes: &[u8], ty: ColumnType, offset: usize, utf8_checked: bool) -
         return Ok(Cell::Null);
     }
     match ty {
-        ColumnType::Int64 => t.parse().map(Cell::I64).map_err(|_| ParseFail::Type),
+        ColumnType::Int64 => match small_int(t.as_bytes()) {
+            Some(v) => Ok(Cell::I64(v)),
+            None => t.parse().map(Cell::I64).map_err(|_| ParseFail::Type),
+        },
         ColumnType::Int32 => t.parse().map(Cell::I32).map_err(|_| ParseFail::Type),
         ColumnType::Float64 => t.parse().map(Cell::F64).map_err(|_| ParseFail::Type),
         ColumnType::Boolean => parse_bool(t).map(Cell::Bool).ok_or(ParseFail::Type),
         ColumnType::String => unreachable!("handled above"),
     }
+}
+
+/// An integer of 1 to 18 ASCII digits after an optional sign: what
+/// `str::parse::<i64>` accepts there, without its overflow checks (18
+/// digits cannot overflow). Anything else is left to `parse`.
+#[inline]
+fn small_int(b: &[u8]) -> Option<i64> {
+    let (neg, digits) = match b {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        let d = d.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v * 10 + i64::from(d);
+    }
+    Some(if neg { -v } else { v })
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -1129,6 +1156,25 @@ mod tests {
             }
         }
         out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn small_int_agrees_with_parse(s in "[-+]?[0-9a ]{0,21}") {
+            if let Some(v) = small_int(s.as_bytes()) {
+                proptest::prop_assert_eq!(Ok(v), s.parse::<i64>());
+            }
+        }
+    }
+
+    #[test]
+    fn small_int_takes_what_parse_takes_up_to_18_digits() {
+        for s in ["0", "-0", "+7", "123456789012345678", "-123456789012345678", "0001"] {
+            assert_eq!(small_int(s.as_bytes()), s.parse::<i64>().ok(), "{s}");
+        }
+        for s in ["", "-", "+", "1 ", "1a", "1234567890123456789", "--1"] {
+            assert_eq!(small_int(s.as_bytes()), None, "{s}");
+        }
     }
 
     proptest::proptest! {

@@ -268,6 +268,14 @@ impl Prefix {
         self.bytes += data.len() as u64;
     }
 
+    /// Hashes what of `data`, the object's bytes from `at`, is not hashed
+    /// yet: a reader that reads some bytes twice hashes them once.
+    fn update_at(&mut self, at: u64, data: &[u8]) {
+        let skip = self.bytes.saturating_sub(at).min(data.len() as u64) as usize;
+        debug_assert!(at <= self.bytes, "no gap in what is hashed");
+        self.update(&data[skip..]);
+    }
+
     fn checksum(&self) -> PrefixChecksum {
         PrefixChecksum { bytes: self.bytes, xxh64: format!("{:016x}", self.hasher.finish()) }
     }
@@ -501,14 +509,6 @@ impl FileSource {
                         None => read_chunk(&self.loc, *fetched, meta.size).await,
                     }
                     .map_err(|e| OperatorError::storage(format!("reading {object}"), e))?;
-                    // The next chunk is read while this one is decoded: a
-                    // read waits for a thread of the blocking pool, which
-                    // the decoding threads keep busy.
-                    let next = *fetched + bytes.len() as u64;
-                    if next < meta.size {
-                        let (loc, size) = (self.loc.clone(), meta.size);
-                        *ahead = Some((next, tokio::spawn(async move { read_chunk(&loc, next, size).await })));
-                    }
                     Some(bytes)
                 }
                 None => None,
@@ -553,12 +553,34 @@ impl FileSource {
             Csv::Parallel { segments, fall_back, .. } => {
                 segments.set_batch_size(preferred);
                 let piece = std::mem::take(buf);
-                *offset += piece.len() as u64;
-                prefix.update(&piece);
-                *fall_back = segments.push(&piece).is_err();
+                let at = *fetched - piece.len() as u64;
+                prefix.update_at(at, &piece);
+                *offset = prefix.bytes;
+                if stream.is_some() {
+                    *fall_back = segments.push(&piece).is_err();
+                } else {
+                    // A local file is read again from where the segments
+                    // stop: each chunk becomes segments without a copy.
+                    let last = *fetched == meta.size;
+                    match segments.push_local(piece, at, last) {
+                        Ok(next) => *fetched = next,
+                        Err(_) => *fall_back = true,
+                    }
+                }
             }
         }
+        self.read_ahead();
         Ok(SourceState::More)
+    }
+
+    /// Starts reading the next chunk of a local file while this one is
+    /// decoded: a read waits for a thread of the blocking pool.
+    fn read_ahead(&mut self) {
+        let Reading::Csv { stream: None, ahead, buf, fetched, meta, .. } = &mut self.state else { return };
+        if ahead.is_none() && buf.is_empty() && *fetched < meta.size {
+            let (loc, at, size) = (self.loc.clone(), *fetched, meta.size);
+            *ahead = Some((at, tokio::spawn(async move { read_chunk(&loc, at, size).await })));
+        }
     }
 }
 

@@ -113,6 +113,21 @@ impl Scanner {
     }
 }
 
+/// The end of a segment cut from the start of `buf` (a record start): the
+/// last record end within the first `segment_bytes` window that holds one.
+fn cut_in(buf: &[u8], segment_bytes: usize, opts: &CsvOptions) -> Option<usize> {
+    let mut s = Scanner::new(opts.delimiter, opts.quote);
+    let mut from = 0;
+    while from < buf.len() {
+        let to = (from + segment_bytes.max(1)).min(buf.len());
+        if let Some(end) = s.scan(&buf[from..to]) {
+            return Some(from + end);
+        }
+        from = to;
+    }
+    None
+}
+
 /// What a segment decoded to.
 struct Decoded {
     batches: Vec<Batch>,
@@ -205,7 +220,7 @@ impl Segments {
         self.scanned = self.pending.len();
         while let Some(b) = self.boundary.filter(|&b| b >= self.par.segment_bytes || self.pending.len() >= self.limit) {
             let cut = self.cut(b);
-            self.dispatch(cut);
+            self.dispatch_pending(cut);
         }
         if self.pending.len() >= self.limit {
             return Err(NoBoundary);
@@ -217,24 +232,51 @@ impl Segments {
     /// `segment_bytes` that hold one, so that segments stay about that long
     /// even around records longer than a segment. `b` is a record end.
     fn cut(&self, b: usize) -> usize {
-        let mut s = Scanner::new(self.opts.delimiter, self.opts.quote);
-        let mut from = 0;
-        loop {
-            let to = (from + self.par.segment_bytes.max(1)).min(b);
-            if let Some(end) = s.scan(&self.pending[from..to]) {
-                return from + end;
+        cut_in(&self.pending[..b], self.par.segment_bytes, &self.opts).unwrap_or(b)
+    }
+
+    /// Takes a chunk of a local object read from `at` (`last`: it reaches
+    /// the end). With nothing pending, whole segments are cut from the
+    /// chunk itself, without copying it, and the bytes after the last
+    /// record end are left for the next read; otherwise the chunk joins
+    /// what is pending, as [`Segments::push`]. Returns where to read next.
+    pub fn push_local(&mut self, chunk: Bytes, at: u64, last: bool) -> Result<u64, NoBoundary> {
+        if self.pending.is_empty() {
+            debug_assert_eq!(at, self.next.0, "a local read starts where the segments stop");
+            let mut from = 0;
+            while from < chunk.len() {
+                let rest = &chunk[from..];
+                let cut = if last && rest.len() <= self.par.segment_bytes {
+                    Some(rest.len())
+                } else {
+                    cut_in(rest, self.par.segment_bytes, &self.opts)
+                };
+                let Some(cut) = cut else { break };
+                self.dispatch(chunk.slice(from..from + cut));
+                from += cut;
             }
-            if to == b {
-                return b;
+            if from > 0 {
+                return Ok(at + from as u64);
             }
-            from = to;
         }
+        let before = self.in_flight.len();
+        self.push(&chunk)?;
+        if self.in_flight.len() > before && !last {
+            // A segment left: drop the partial record after it and read it
+            // again, so that the next chunk starts a segment.
+            self.pending.clear();
+            self.scanned = 0;
+            self.boundary = None;
+            self.scanner = Scanner::new(self.opts.delimiter, self.opts.quote);
+            return Ok(self.next.0);
+        }
+        Ok(at + chunk.len() as u64)
     }
 
     /// The object ended: what is left is the last segment.
     pub fn finish_input(&mut self) {
         if !self.pending.is_empty() {
-            self.dispatch(self.pending.len());
+            self.dispatch_pending(self.pending.len());
         }
     }
 
@@ -244,11 +286,17 @@ impl Segments {
         (self.next.0, self.next.1, &self.pending)
     }
 
-    fn dispatch(&mut self, cut: usize) {
+    /// Sends `pending`'s first `cut` bytes to be decoded.
+    fn dispatch_pending(&mut self, cut: usize) {
         let seg: Bytes = self.pending.split_to(cut).freeze();
         // The scan state stays valid: it describes the end of `pending`.
         self.scanned -= cut;
         self.boundary = self.boundary.and_then(|b| b.checked_sub(cut)).filter(|&b| b > 0);
+        self.dispatch(seg);
+    }
+
+    /// Decodes `seg`, the object's bytes from `self.next` on.
+    fn dispatch(&mut self, seg: Bytes) {
         let start = self.next;
         let newlines = seg.iter().filter(|&&b| b == b'\n').count() as u64;
         let end = (start.0 + seg.len() as u64, start.1 + newlines);

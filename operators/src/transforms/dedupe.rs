@@ -28,8 +28,9 @@ use crate::keyset::{DeltaKeys, KeySet, KeySetError, delta_keys};
 /// Port where dropped rows go, for whoever wants to see them.
 pub const DUPLICATES: usize = 1;
 
-/// How many keys ahead of the one being inserted its table slot is fetched.
-const PREFETCH: usize = 8;
+/// How many keys ahead of the one being inserted its table slot is
+/// fetched, and (half as far ahead) the key that slot points to.
+const PREFETCH: usize = 16;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +76,8 @@ impl KeyCodec {
             }
             KeyCodec::Compact => {
                 let cols = cols.iter().map(|c| Col::of(c.as_ref())).collect::<Vec<_>>();
+                buf.reserve(n * 16);
+                ends.reserve(n);
                 for i in 0..n {
                     for c in &cols {
                         c.put(i, buf);
@@ -160,8 +163,8 @@ impl<'a> Col<'a> {
         let null = |n: Option<&NullBuffer>| n.is_some_and(|n| n.is_null(i));
         match self {
             Col::Utf8(a) if !a.is_null(i) => put_bytes(out, a.value(i).as_bytes()),
-            Col::I64(a) if !a.is_null(i) => put_int(out, i128::from(a.value(i))),
-            Col::I32(a) if !a.is_null(i) => put_int(out, i128::from(a.value(i))),
+            Col::I64(a) if !a.is_null(i) => put_i64(out, a.value(i)),
+            Col::I32(a) if !a.is_null(i) => put_i64(out, i64::from(a.value(i))),
             Col::Bytes(n, v) if !null(*n) => put_bytes(out, v(i)),
             Col::Int(n, v) if !null(*n) => put_int(out, v(i)),
             Col::Bool(a) if !a.is_null(i) => out.push(1 + u8::from(a.value(i))),
@@ -183,6 +186,22 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 #[inline]
 fn put_int(out: &mut Vec<u8>, x: i128) {
     put_varint(out, (((x << 1) ^ (x >> 127)) as u128) + 1);
+}
+
+/// [`put_int`] for an i64, in 64-bit arithmetic: the same bytes.
+#[inline]
+fn put_i64(out: &mut Vec<u8>, x: i64) {
+    let z = ((x << 1) ^ (x >> 63)) as u64;
+    match z.checked_add(1) {
+        Some(mut n) => {
+            while n >= 0x80 {
+                out.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+        }
+        None => put_int(out, i128::from(x)),
+    }
 }
 
 #[inline]
@@ -305,6 +324,9 @@ impl Dedupe {
             if let Some(&h) = self.hashes.get(i + PREFETCH) {
                 self.keys.prefetch(h);
             }
+            if let Some(&h) = self.hashes.get(i + PREFETCH / 2) {
+                self.keys.prefetch_key(h);
+            }
             let end = self.ends[i];
             let new = self.keys.insert_hashed(&self.buf[start..end], self.hashes[i]).map_err(full)?;
             start = end;
@@ -422,6 +444,16 @@ mod tests {
         assert_eq!(distinct.len(), rows.len(), "{keys:?}");
         assert_eq!(keys[0].len(), 1 + 4 + 2, "Mary, 1880");
         assert_eq!(encoded(&codec, &rows[..1]), keys[..1], "the same row, the same bytes");
+    }
+
+    #[test]
+    fn the_64_bit_integer_form_is_the_128_bit_one() {
+        for x in [0, 1, -1, 63, -64, 64, 1880, i64::MAX, i64::MIN, i64::MIN + 1, 1 << 40] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            put_i64(&mut a, x);
+            put_int(&mut b, i128::from(x));
+            assert_eq!(a, b, "{x}");
+        }
     }
 
     #[test]
