@@ -241,6 +241,23 @@ pub struct CsvDecoder {
     done: bool,
     /// Every byte this decoder is fed was checked as UTF-8 beforehand.
     utf8_checked: bool,
+    /// Bytes consumed since this decoder started.
+    consumed: u64,
+    /// Where the record being appended ends: (bytes consumed, line of
+    /// the next record).
+    after_record: (u64, u64),
+    /// With [`CsvDecoder::track_units`]: per ready batch, where its last
+    /// record ends and the rejects raised before it.
+    unit_ends: Option<VecDeque<((u64, u64), Option<Batch>)>>,
+}
+
+/// A data batch with the rejects raised before it and the position after
+/// its last record (bytes consumed by the decoder, line of the next
+/// record): what a source may emit and then checkpoint after.
+pub struct Unit {
+    pub rejects: Option<Batch>,
+    pub batch: Option<Batch>,
+    pub end: (u64, u64),
 }
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -273,6 +290,9 @@ impl CsvDecoder {
             rows_accepted: 0,
             done: false,
             utf8_checked: false,
+            consumed: 0,
+            after_record: (0, 0),
+            unit_ends: None,
             opts,
         }
     }
@@ -343,6 +363,27 @@ impl CsvDecoder {
         Ok(Some((pending, pos)))
     }
 
+    /// Keeps, for each batch, the rejects raised before it and where its
+    /// last record ends, to be taken with [`CsvDecoder::take_unit`]: a
+    /// reader that emits batch by batch can checkpoint after any of them.
+    pub fn track_units(&mut self) {
+        self.unit_ends = Some(VecDeque::new());
+    }
+
+    /// The next batch with its rejects and end (see
+    /// [`CsvDecoder::track_units`]); after the last batch, the rejects left
+    /// with `end` None.
+    pub fn take_unit(&mut self) -> Option<(Option<Batch>, Option<Batch>, Option<(u64, u64)>)> {
+        if let Some(ends) = &mut self.unit_ends
+            && let Some((end, rejects)) = ends.pop_front()
+        {
+            return Some((rejects, self.ready.pop_front(), Some(end)));
+        }
+        let rejects = self.take_rejects();
+        let batch = self.ready.pop_front();
+        (rejects.is_some() || batch.is_some()).then_some((rejects, batch, None))
+    }
+
     /// Declares that every byte this decoder will be fed is valid UTF-8
     /// (checked by the caller, at several GB/s for a whole segment): text
     /// cells skip their own check.
@@ -375,6 +416,7 @@ impl CsvDecoder {
         }
         let mut ends = Vec::with_capacity(16);
         let mut line = self.line_at_raw_start;
+        let base = self.consumed;
         let mut start = 0;
         let delimiter = self.opts.delimiter;
         // Delimiters and newlines are found 8 bytes at a time (SWAR): a
@@ -388,6 +430,7 @@ impl CsvDecoder {
                 let p = at + (hits.trailing_zeros() / 8) as usize;
                 hits &= hits - 1;
                 if input[p] == b'\n' {
+                    self.after_record = (base + p as u64 + 1, line + 1);
                     self.plain_record(line, &input[start..p], &mut ends)?;
                     line += 1;
                     start = p + 1;
@@ -399,6 +442,7 @@ impl CsvDecoder {
         }
         for p in at..input.len() {
             if input[p] == b'\n' {
+                self.after_record = (base + p as u64 + 1, line + 1);
                 self.plain_record(line, &input[start..p], &mut ends)?;
                 line += 1;
                 start = p + 1;
@@ -408,8 +452,10 @@ impl CsvDecoder {
         }
         if start < input.len() {
             // The last line of the object, without a newline.
+            self.after_record = (base + input.len() as u64, line);
             self.plain_record(line, &input[start..], &mut ends)?;
         }
+        self.consumed = base + input.len() as u64;
         // Where a checkpoint (or `finish`) finds the decoder: at a record
         // start on the line after the input's last newline.
         self.line_at_raw_start = line;
@@ -537,6 +583,7 @@ impl CsvDecoder {
                 // quotes decide where it ends; its fields are written over
                 // the same buffers again and again, never kept.
                 let (res, nin, _, _) = self.reader.read_record(input, &mut self.out, &mut self.ends);
+                self.consumed += nin as u64;
                 if nin > 0 {
                     skip.bytes += nin as u64;
                     skip.last = input[nin - 1];
@@ -554,6 +601,7 @@ impl CsvDecoder {
             let terminated = !input.is_empty();
             let (res, nin, nout, nend) =
                 self.reader.read_record(input, &mut self.out[self.out_len..], &mut self.ends[self.ends_len..]);
+            self.consumed += nin as u64;
             self.raw.extend_from_slice(&input[..nin]);
             input = &input[nin..];
             self.out_len += nout;
@@ -585,6 +633,7 @@ impl CsvDecoder {
                         let last = self.raw.last().copied().unwrap_or_default();
                         self.too_long(line, &head, bytes, last, terminated)?;
                     } else {
+                        self.after_record = (self.consumed, self.line_base + self.reader.line());
                         self.on_record()?;
                     }
                     self.out_len = 0;
@@ -931,6 +980,12 @@ impl CsvDecoder {
         )
         .map_err(|e| OperatorError::arrow(format!("building a batch from {}", self.object), e))?;
         self.ready.push_back(Batch::with_lines(records, lines).with_raw(texts));
+        if self.unit_ends.is_some() {
+            let rejects = self.rejects.finish();
+            if let Some(ends) = &mut self.unit_ends {
+                ends.push_back((self.after_record, rejects));
+            }
+        }
         Ok(())
     }
 }

@@ -141,16 +141,17 @@ enum Csv {
 }
 
 impl Csv {
+    /// One decoder's rejects (segments emit theirs unit by unit).
     fn take_rejects(&mut self) -> Option<Batch> {
         match self {
             Csv::One(d) => d.take_rejects(),
-            Csv::Parallel { segments, .. } => segments.take_rejects(),
+            Csv::Parallel { .. } => None,
         }
     }
     fn take_ready(&mut self) -> Option<Batch> {
         match self {
             Csv::One(d) => d.take_ready(),
-            Csv::Parallel { segments, .. } => segments.take_ready(),
+            Csv::Parallel { .. } => None,
         }
     }
     fn has_ready(&self) -> bool {
@@ -388,29 +389,29 @@ impl FileSource {
     /// `on_error = "fail"` the first reject stops the run instead.
     async fn drain(&mut self, out: &mut Collector, limit: usize) -> Result<(), OperatorError> {
         let Reading::Csv { csv, rows_out, .. } = &mut self.state else { return Ok(()) };
-        while let Some(rejects) = csv.take_rejects() {
-            if self.cfg.on_error == OnError::Fail {
-                let line = rejects.line(0).unwrap_or_default();
-                // The reason, not the whole reject: its raw text may be up
-                // to max_record_bytes long.
-                let reason = rejects
-                    .records
-                    .column_by_name("reason")
-                    .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
-                    .filter(|a| arrow::array::Array::len(*a) > 0)
-                    .map(|a| a.value(0).to_string())
-                    .unwrap_or_default();
-                return Err(OperatorError::Data(format!(
-                    "bad line {line} in {} (on_error = \"fail\"): {reason}",
-                    self.loc.display
-                )));
+        let (cfg, loc, rows) = (&self.cfg, &self.loc, &mut self.rows);
+        if let Csv::Parallel { segments, .. } = csv {
+            // A unit at a time, its rejects first: a checkpoint falls
+            // between units, after the rows and rejects of each.
+            for _ in 0..limit {
+                let Some(unit) = segments.take_unit() else { break };
+                if let Some(rejects) = unit.rejects {
+                    emit_rejects(cfg, loc, rows, out, rejects).await?;
+                }
+                if let Some(b) = unit.batch {
+                    *rows += b.num_rows() as u64;
+                    *rows_out += b.num_rows() as u64;
+                    out.emit(OUT, b).await?;
+                }
             }
-            self.rows += rejects.num_rows() as u64;
-            out.emit(REJECTS, rejects).await?;
+            return Ok(());
+        }
+        while let Some(rejects) = csv.take_rejects() {
+            emit_rejects(cfg, loc, rows, out, rejects).await?;
         }
         for _ in 0..limit {
             let Some(b) = csv.take_ready() else { break };
-            self.rows += b.num_rows() as u64;
+            *rows += b.num_rows() as u64;
             *rows_out += b.num_rows() as u64;
             out.emit(OUT, b).await?;
         }
@@ -772,15 +773,11 @@ impl Source for FileSource {
                 Some(s) => s.clone(),
                 None => return Err(OperatorError::Data("snapshot of a finished source without a position".into())),
             },
-            Reading::Csv { csv: Csv::Parallel { .. }, meta, prefix, .. } => {
-                // Everything taken from finished segments goes out first;
-                // the segments still in flight start at the position
-                // recorded, and a resumed run decodes them again.
+            Reading::Csv { csv: Csv::Parallel { segments, .. }, meta, prefix, .. } => {
+                // Every unit taken was emitted whole: the checkpoint falls
+                // after the last one, and what is decoded but not emitted
+                // (and what is in flight) is decoded again by a resumed run.
                 let (meta, checksum) = (meta.clone(), prefix.checksum());
-                self.drain(out, usize::MAX).await?;
-                let Reading::Csv { csv: Csv::Parallel { segments, .. }, .. } = &self.state else {
-                    return Err(OperatorError::Data("the CSV reader changed during a snapshot".into()));
-                };
                 let (at, pos) = segments.position();
                 FileSourceState { checksum: Some(checksum), ..self.state_at(&meta, at, Some(pos), false) }
             }
@@ -859,6 +856,32 @@ impl FileSource {
 /// Returns the running checksum to go on with: at `resume_at` when given
 /// (CSV: where reading resumes), else after the checked prefix (Parquet).
 /// Takes the parts it needs, not the source: its future must be `Send`.
+/// Emits a reader's rejects; with `on_error = "fail"` the first one stops
+/// the run instead.
+async fn emit_rejects(
+    cfg: &FileSourceConfig,
+    loc: &Location,
+    rows: &mut u64,
+    out: &mut Collector,
+    rejects: Batch,
+) -> Result<(), OperatorError> {
+    if cfg.on_error == OnError::Fail {
+        let line = rejects.line(0).unwrap_or_default();
+        // The reason, not the whole reject: its raw text may be up to
+        // max_record_bytes long.
+        let reason = rejects
+            .records
+            .column_by_name("reason")
+            .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+            .filter(|a| arrow::array::Array::len(*a) > 0)
+            .map(|a| a.value(0).to_string())
+            .unwrap_or_default();
+        return Err(OperatorError::Data(format!("bad line {line} in {} (on_error = \"fail\"): {reason}", loc.display)));
+    }
+    *rows += rejects.num_rows() as u64;
+    out.emit(REJECTS, rejects).await
+}
+
 /// One chunk of a local object from `at`.
 async fn read_chunk(loc: &Location, at: u64, size: u64) -> object_store::Result<bytes::Bytes> {
     loc.store.get_range(&loc.path, at..(at + CHUNK).min(size)).await

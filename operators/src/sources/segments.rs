@@ -23,8 +23,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
 use crate::api::OperatorError;
-use crate::batch::Batch;
-use crate::sources::csv::{CsvDecoder, CsvOptions, DecoderPosition};
+use crate::sources::csv::{CsvDecoder, CsvOptions, DecoderPosition, Unit};
 
 /// Where the boundary scan is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,10 +127,9 @@ fn cut_in(buf: &[u8], segment_bytes: usize, opts: &CsvOptions) -> Option<usize> 
     None
 }
 
-/// What a segment decoded to.
+/// What a segment decoded to: its units, in order.
 struct Decoded {
-    batches: Vec<Batch>,
-    rejects: Option<Batch>,
+    units: Vec<Unit>,
     /// Object offset and line where the next segment starts.
     end: (u64, u64),
 }
@@ -167,8 +165,9 @@ pub struct Segments {
     /// Object offset and line where `pending` starts.
     next: (u64, u64),
     in_flight: VecDeque<JoinHandle<Result<Decoded, OperatorError>>>,
-    ready: VecDeque<Batch>,
-    rejects: VecDeque<Batch>,
+    ready: VecDeque<Unit>,
+    /// End of the last segment collected.
+    tail: (u64, u64),
     /// Object offset and line after the last segment whose outputs were
     /// handed out: where a checkpoint resumes once they are all emitted.
     taken: (u64, u64),
@@ -193,6 +192,7 @@ impl Segments {
             scanner: Scanner::new(opts.delimiter, opts.quote),
             next: (offset, pos.line),
             taken: (offset, pos.line),
+            tail: (offset, pos.line),
             opts,
             pos,
             par,
@@ -201,7 +201,6 @@ impl Segments {
             boundary: None,
             in_flight: VecDeque::new(),
             ready: VecDeque::new(),
-            rejects: VecDeque::new(),
             limit,
         }
     }
@@ -305,20 +304,24 @@ impl Segments {
         let pos = DecoderPosition { line: start.1, ..self.pos.clone() };
         self.in_flight.push_back(tokio::spawn(async move {
             let mut d = CsvDecoder::resume(&operator, &object, opts, &pos)?;
+            d.track_units();
             // A segment ends at a record end, so it holds whole characters:
             // one check of all of it spares one per cell.
             d.set_utf8_checked(std::str::from_utf8(&seg).is_ok());
             d.decode_plain(&seg)?;
             d.finish()?;
-            let mut batches = Vec::new();
-            while let Some(b) = d.take_ready() {
+            let mut units = Vec::new();
+            while let Some((rejects, batch, at)) = d.take_unit() {
                 // A segment of rejects only announces the schema with an
                 // empty batch; the object's first batch already did.
-                if b.num_rows() > 0 {
-                    batches.push(b);
+                let batch = batch.filter(|b| b.num_rows() > 0);
+                if rejects.is_none() && batch.is_none() {
+                    continue;
                 }
+                let end = at.map_or(end, |(consumed, line)| (start.0 + consumed, line));
+                units.push(Unit { rejects, batch, end });
             }
-            Ok(Decoded { batches, rejects: d.take_rejects(), end })
+            Ok(Decoded { units, end })
         }));
     }
 
@@ -336,30 +339,33 @@ impl Segments {
         self.in_flight.front().is_some_and(JoinHandle::is_finished)
     }
 
-    /// Waits for the oldest segment and moves its outputs to the ready
-    /// queues; false when none was in flight.
+    /// Waits for the oldest segment and queues its units; false when none
+    /// was in flight.
     pub async fn collect(&mut self) -> Result<bool, OperatorError> {
         let Some(h) = self.in_flight.pop_front() else { return Ok(false) };
         let d = h.await.map_err(|e| OperatorError::Data(format!("decoding a segment of {}: {e}", self.object)))??;
-        self.ready.extend(d.batches);
-        self.rejects.extend(d.rejects);
-        self.taken = d.end;
+        self.ready.extend(d.units);
+        // Nothing of the segment to emit past its last unit (blank lines).
+        self.tail = d.end;
+        if self.ready.is_empty() {
+            self.taken = self.tail;
+        }
         Ok(true)
     }
 
     pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty() || !self.rejects.is_empty()
+        !self.ready.is_empty()
     }
 
-    pub fn take_ready(&mut self) -> Option<Batch> {
-        self.ready.pop_front()
+    /// The next unit to emit (rejects, then the batch): once it is, a
+    /// checkpoint may record [`Segments::position`].
+    pub fn take_unit(&mut self) -> Option<Unit> {
+        let u = self.ready.pop_front()?;
+        self.taken = if self.ready.is_empty() { self.tail.max(u.end) } else { u.end };
+        Some(u)
     }
 
-    pub fn take_rejects(&mut self) -> Option<Batch> {
-        self.rejects.pop_front()
-    }
-
-    /// Where a checkpoint resumes once every output taken so far is
+    /// Where a checkpoint resumes, given that every unit taken so far is
     /// emitted: an object offset and the decoder position there.
     pub fn position(&self) -> (u64, DecoderPosition) {
         (self.taken.0, DecoderPosition { line: self.taken.1, ..self.pos.clone() })
@@ -475,12 +481,21 @@ mod tests {
         seg.finish_input();
         while seg.collect().await.unwrap() {}
         assert!(n > 20, "many segments: {n}");
-        while let Some(b) = seg.take_ready() {
-            lines.extend((0..b.num_rows()).map(|i| b.line(i).unwrap()));
+        let mut last_end = 0;
+        while let Some(u) = seg.take_unit() {
+            if let Some(b) = u.batch {
+                lines.extend((0..b.num_rows()).map(|i| b.line(i).unwrap()));
+            }
+            if let Some(r) = u.rejects {
+                reject_lines.extend((0..r.num_rows()).map(|i| r.line(i).unwrap()));
+            }
+            // A unit ends after its last row, on the line after it.
+            assert!(u.end.0 > last_end, "units end further and further");
+            let last = lines.last().copied().unwrap_or(0).max(reject_lines.last().copied().unwrap_or(0));
+            assert!(u.end.1 > last, "unit ends on line {} after line {last}", u.end.1);
+            last_end = u.end.0;
         }
-        while let Some(r) = seg.take_rejects() {
-            reject_lines.extend((0..r.num_rows()).map(|i| r.line(i).unwrap()));
-        }
+        reject_lines.sort_unstable();
         // Line of row i: 2 + i + the quoted newlines before it.
         let line_of = |i: u64| 2 + i + (0..i).filter(|j| j % 7 == 0).count() as u64;
         let want: Vec<u64> = (0..200).filter(|i| i % 10 != 0).map(line_of).collect();
