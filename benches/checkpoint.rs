@@ -101,27 +101,32 @@ fn main() {
 
     // 1. Throughput, interleaved so drift on the machine hits all alike.
     let intervals = ["off", "1s", "100ms"];
-    let mut best: Vec<Option<(f64, u64, f64, u64)>> = vec![None; intervals.len()];
+    let mut all: Vec<Vec<(f64, u64, f64, u64)>> = vec![Vec::new(); intervals.len()];
     for _ in 0..runs {
         for (i, iv) in intervals.iter().enumerate() {
-            if let Some(m) = timed_run(&p, iv)
-                && best[i].is_none_or(|b| m.0 < b.0)
-            {
-                best[i] = Some(m);
-            }
+            all[i].extend(timed_run(&p, iv));
         }
     }
-    println!("input: {}, best of {runs}", csv.display());
+    for v in &mut all {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let best: Vec<Option<(f64, u64, f64, u64)>> = all.iter().map(|v| v.first().copied()).collect();
+    let median: Vec<Option<f64>> = all.iter().map(|v| v.get(v.len() / 2).map(|m| m.0)).collect();
+    println!("input: {}, best and median of {runs}", csv.display());
     let off = best[0].map(|m| m.1 as f64 / m.0);
-    for (iv, m) in intervals.iter().zip(&best) {
+    for (i, (iv, m)) in intervals.iter().zip(&best).enumerate() {
         let Some((secs, rows, peak, cps)) = m else {
             println!("checkpoints {iv:>6}: run failed");
             continue;
         };
         let rate = *rows as f64 / secs;
         let ratio = off.map(|o| format!("{:.2}x of off", rate / o)).unwrap_or_default();
+        let med = match (median[i], median[0]) {
+            (Some(m), Some(o)) => format!("; median {m:.3} s = {:.2}x of off's median", o / m),
+            _ => String::new(),
+        };
         println!(
-            "checkpoints {iv:>6}: {rows} rows in {secs:.3} s = {rate:>10.0} rows/s, {cps:>3} checkpoints, peak RSS {peak:.1} MiB  {ratio}"
+            "checkpoints {iv:>6}: {rows} rows in {secs:.3} s = {rate:>10.0} rows/s, {cps:>3} checkpoints, peak RSS {peak:.1} MiB  {ratio}{med}"
         );
     }
 

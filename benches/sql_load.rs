@@ -4,7 +4,9 @@
 //! MariaDB, three ways:
 //! - our pipeline: file -> validate -> dedupe -> sql (multi-row upserts);
 //! - `LOAD DATA LOCAL INFILE` of the same CSV via the `mariadb` client: the
-//!   practical limit of the server;
+//!   practical limit of the server on one connection; and the CSV cut into
+//!   as many parts as the sink has connections, loaded concurrently;
+//! - for each, the server process's CPU time per row (from /proc);
 //! - pandas `to_sql(method="multi", chunksize=1000)`, when python3 has
 //!   pandas, SQLAlchemy and PyMySQL.
 //!
@@ -44,6 +46,54 @@ fn mariadb(db: &str, sql: &str) -> Result<String, String> {
     } else {
         Err(String::from_utf8_lossy(&o.stderr).into_owned())
     }
+}
+
+/// CPU seconds the MariaDB server process has used (user + system), when
+/// it runs on this machine.
+fn server_cpu_seconds() -> Option<f64> {
+    let pid = ["mariadbd", "mysqld"].iter().find_map(|name| {
+        let o = Command::new("pidof").arg(name).output().ok()?;
+        String::from_utf8_lossy(&o.stdout).split_whitespace().next().map(str::to_string)
+    })?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime and stime
+    // are the 12th and 13th of them, in clock ticks.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+fn server_cpu_per_row(before: Option<f64>, rows: u64) {
+    if let (Some(b), Some(a)) = (before, server_cpu_seconds())
+        && rows > 0
+    {
+        println!("    server CPU {:.2} s, {:.2} µs per row", a - b, (a - b) * 1e6 / rows as f64);
+    }
+}
+
+/// `csv` cut into `n` files of whole lines, each with the header.
+fn split_csv(csv: &std::path::Path, n: usize, dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let text = std::fs::read(csv)?;
+    let body = text.iter().position(|&b| b == b'\n').map_or(text.len(), |i| i + 1);
+    let (header, rows) = text.split_at(body);
+    let mut parts = Vec::with_capacity(n);
+    let mut start = 0;
+    for i in 0..n {
+        let mut end = if i + 1 == n { rows.len() } else { (rows.len() * (i + 1) / n).max(start) };
+        while end < rows.len() && end > 0 && rows[end - 1] != b'\n' {
+            end += 1;
+        }
+        let path = dir.join(format!("part-{i}.csv"));
+        let mut out = header.to_vec();
+        out.extend_from_slice(&rows[start..end]);
+        std::fs::write(&path, out)?;
+        parts.push(path);
+        start = end;
+    }
+    Ok(parts)
 }
 
 fn report(label: &str, rows: u64, secs: f64) -> f64 {
@@ -251,13 +301,52 @@ fn bench_mariadb(csv: &std::path::Path) {
     );
 
     // 1. Our pipeline (creates the table through its migrations).
+    let cpu = server_cpu_seconds();
     let (ours_secs, peak) = run_engine(&pipeline);
     println!("engine peak RSS {peak:.0} MiB");
     let rows: u64 = mariadb(&db, "SELECT COUNT(*) FROM baby_names").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let ours = report("engine: file -> validate -> dedupe -> sql (upsert)", rows, ours_secs);
+    server_cpu_per_row(cpu, rows);
+
+    // 1b. LOAD DATA split over as many connections as the sink uses: one
+    // part file (with the header) per connection, loaded concurrently.
+    let _ = mariadb(&db, "TRUNCATE TABLE baby_names");
+    let n: usize = connections.parse().unwrap_or(4).max(1);
+    match split_csv(csv, n, &dir) {
+        Ok(parts) => {
+            let cpu = server_cpu_seconds();
+            let t = Instant::now();
+            let loads: Vec<_> = parts
+                .iter()
+                .map(|part| {
+                    Command::new("mariadb")
+                        .args(["--local-infile=1", "-h127.0.0.1", "-uroot", &db, "-e"])
+                        .arg(format!(
+                            "LOAD DATA LOCAL INFILE '{}' INTO TABLE baby_names FIELDS TERMINATED BY ',' \
+                             OPTIONALLY ENCLOSED BY '\"' IGNORE 1 LINES (source_id, name, year, gender, count)",
+                            part.display()
+                        ))
+                        .spawn()
+                })
+                .collect();
+            let ok = loads.into_iter().all(|c| c.and_then(|mut c| c.wait()).is_ok_and(|s| s.success()));
+            let secs = t.elapsed().as_secs_f64();
+            let rows: u64 =
+                mariadb(&db, "SELECT COUNT(*) FROM baby_names").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            if ok {
+                let l = report(&format!("LOAD DATA LOCAL INFILE x{n} connections"), rows, secs);
+                println!("ratio engine / LOAD DATA over {n} connections: {:.2}x", ours / l);
+                server_cpu_per_row(cpu, rows);
+            } else {
+                println!("LOAD DATA over {n} connections failed");
+            }
+        }
+        Err(e) => println!("splitting the input failed: {e}"),
+    }
 
     // 2. LOAD DATA LOCAL INFILE into the same, emptied table.
     let _ = mariadb(&db, "TRUNCATE TABLE baby_names");
+    let cpu = server_cpu_seconds();
     let t = Instant::now();
     let load = mariadb(
         &db,
@@ -274,6 +363,7 @@ fn bench_mariadb(csv: &std::path::Path) {
                 mariadb(&db, "SELECT COUNT(*) FROM baby_names").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
             let l = report("LOAD DATA LOCAL INFILE (mariadb client)", rows, load_secs);
             println!("ratio engine / LOAD DATA: {:.2}x", ours / l);
+            server_cpu_per_row(cpu, rows);
         }
         Err(e) => println!("LOAD DATA failed: {e}"),
     }

@@ -33,10 +33,10 @@ pub const REJECTS: usize = 1;
 /// Bytes asked of the store per read: large enough to amortise a request,
 /// small enough that a slow consumer holds little.
 const CHUNK: u64 = 1 << 20;
-/// Bytes of a parallel CSV segment by default: a few tens of thousands of
-/// rows, enough that a thread's start-up is noise, small enough that a
-/// barrier waits for little.
-const SEGMENT: usize = 1 << 20;
+/// Bytes of a parallel CSV segment by default: about twenty thousand rows,
+/// enough that a task's start is noise, small enough that the segments
+/// decoded ahead of a slow consumer hold little (a few MiB).
+const SEGMENT: usize = 512 << 10;
 /// Bytes fed to the CSV decoder per step (a few thousand rows).
 const FEED: usize = 64 << 10;
 /// Bytes asked of the store per read when hashing a prefix again: a

@@ -325,9 +325,12 @@ impl Segments {
         }));
     }
 
-    /// True when no more segments should be started before one is taken.
+    /// True when no more segments should be started before one is taken:
+    /// one per thread in flight, besides the one being emitted, bounds what
+    /// decoding holds ahead of the consumers to `threads + 1` segments'
+    /// worth of batches.
     pub fn is_full(&self) -> bool {
-        self.in_flight.len() > self.par.threads
+        self.in_flight.len() >= self.par.threads
     }
 
     pub fn in_flight(&self) -> bool {
