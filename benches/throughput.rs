@@ -105,9 +105,9 @@ t = time.perf_counter()
   SELECT count(*) FROM (SELECT DISTINCT Name, Year, Gender FROM read_csv('{sys.argv[1]}', header = true,
     columns = {{'Id': 'BIGINT', 'Name': 'VARCHAR', 'Year': 'BIGINT', 'Gender': 'VARCHAR', 'Count': 'BIGINT'}})
   WHERE Name IS NOT NULL AND length(Name) BETWEEN 1 AND 64 AND Year BETWEEN 1880 AND 2100
-    AND Gender IN ('M', 'F') AND Count >= 1)''').fetchone()
+    AND Gender IN ('M', 'F') AND Count >= 1)''').fetchall()[0]
 dt = time.perf_counter() - t
-rows = duckdb.sql(f"SELECT count(*) FROM read_csv('{sys.argv[1]}', header = true)").fetchone()[0]
+rows = duckdb.sql(f"SELECT count(*) FROM read_csv('{sys.argv[1]}', header = true)").fetchall()[0][0]
 print(rows, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, n)
 "#;
     let o = Command::new("python3").args(["-c", script]).arg(csv).output().ok()?;
