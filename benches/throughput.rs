@@ -83,6 +83,11 @@ table = pc.read_csv(sys.argv[1])
 dt = time.perf_counter() - t
 print(table.num_rows, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 "#;
+    python_measure(script, csv)
+}
+
+/// Runs a python reference that prints "rows seconds peak_mib …".
+fn python_measure(script: &str, csv: &Path) -> Option<Measure> {
     let o = Command::new("python3").args(["-c", script]).arg(csv).output().ok()?;
     if !o.status.success() {
         return None;
@@ -110,17 +115,7 @@ dt = time.perf_counter() - t
 rows = duckdb.sql(f"SELECT count(*) FROM read_csv('{sys.argv[1]}', header = true)").fetchall()[0][0]
 print(rows, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, n)
 "#;
-    let o = Command::new("python3").args(["-c", script]).arg(csv).output().ok()?;
-    if !o.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&o.stdout);
-    let mut it = text.split_whitespace();
-    Some(Measure {
-        rows: it.next()?.parse().ok()?,
-        seconds: it.next()?.parse().ok()?,
-        peak_mib: it.next()?.parse().ok()?,
-    })
+    python_measure(script, csv)
 }
 
 /// `copies` times the rows of `csv` under its one header: the same keys

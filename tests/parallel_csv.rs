@@ -85,13 +85,7 @@ path = "{input}"
 max_record_bytes = 4096
 decode_threads = {threads}
 decode_segment_bytes = 257
-schema = [
-  {{ name = "Id", type = "int64" }},
-  {{ name = "Name", type = "string" }},
-  {{ name = "Year", type = "int64" }},
-  {{ name = "Gender", type = "string" }},
-  {{ name = "Count", type = "int64" }},
-]
+{SCHEMA}
 
 [transforms.valid]
 kind = "validate"
