@@ -233,7 +233,9 @@ pub struct Session {
 
 pub struct ResumePoint {
     pub epoch: u64,
-    pub states: HashMap<String, Resume>,
+    /// Taken by each operator's restore: its deltas (all the keys a dedupe
+    /// saw) are freed once the operator holds them, not kept for the run.
+    pub states: std::sync::Mutex<HashMap<String, Resume>>,
     pub positions: BTreeMap<String, String>,
 }
 
@@ -363,7 +365,7 @@ pub fn begin(p: &Pipeline, store: Arc<dyn CheckpointStore>, from_scratch: bool) 
         pipeline: p.name.clone(),
         graph,
         run_start: meta.run_start,
-        resume: Some(ResumePoint { epoch: latest.epoch, states, positions: meta.positions }),
+        resume: Some(ResumePoint { epoch: latest.epoch, states: states.into(), positions: meta.positions }),
         carried: meta.carried,
         previous_pending,
         previous_states: HashMap::new(),

@@ -457,11 +457,13 @@ impl<'p> Runner<'p> {
         };
         for (i, b) in built.iter_mut() {
             let c = &self.p.components[*i];
-            let Some(state) = r.states.get(&c.id) else { continue };
+            // A poisoned lock still holds every state: take it regardless.
+            let taken = r.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&c.id);
+            let Some(state) = taken else { continue };
             let span = self.span(*i);
             let restored = match b {
-                Built::Source(s) => span.in_scope(|| s.restore(state)),
-                Built::Operator(op) => op.restore(state).instrument(span).await,
+                Built::Source(s) => span.in_scope(|| s.restore(&state)),
+                Built::Operator(op) => op.restore(&state).instrument(span).await,
             };
             restored.map_err(|e| (c.id.clone(), e.to_string()))?;
         }
