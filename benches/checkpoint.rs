@@ -5,8 +5,10 @@
 //! 1. Throughput with checkpoints off, every 1 s and every 100 ms, runs
 //!    interleaved in one process (best of `BENCH_RUNS`, default 3): the
 //!    ratio is the overhead (target: 1 s >= 0.9x of off).
-//! 2. A crash: the run is killed with SIGKILL part-way (`BENCH_KILL_AT`,
-//!    default 70% of the measured run time) and restarted. Rows re-read =
+//! 2. A crash: the run, checkpointing every 1 s (or every fifth of the run
+//!    when it is shorter than 5 s, so that some commit first), is killed
+//!    with SIGKILL part-way (`BENCH_KILL_AT`, default 70% of the measured
+//!    run time) and restarted. Rows re-read =
 //!    rows the source had emitted when it died (scraped from /metrics just
 //!    before the kill) minus the row the resumed run starts at (target: at
 //!    most one interval's worth).
@@ -130,13 +132,17 @@ fn main() {
         );
     }
 
-    // 2 and 3. A crash and a resume at 1 s.
+    // 2 and 3. A crash and a resume, at 1 s or, for a run that short, at a
+    // fifth of the run: several checkpoints commit before the kill.
     let Some((full_secs, total_rows, ..)) = best[1] else { return };
     let kill_at: f64 = std::env::var("BENCH_KILL_AT").ok().and_then(|s| s.parse().ok()).unwrap_or(0.7);
+    let interval_ms = ((full_secs * 1000.0 / 5.0) as u64).clamp(20, 1000);
+    let interval = format!("{interval_ms}ms");
+    println!("crash test: checkpoints every {interval}");
     let port = free_port();
     let mut child = engine()
         .args(["run", p.to_str().unwrap_or_default(), "--no-progress", "--log-level", "warn", "--from-scratch"])
-        .args(["--checkpoint-interval", "1s", "--metrics-addr", &port.to_string()])
+        .args(["--checkpoint-interval", &interval, "--metrics-addr", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -160,7 +166,7 @@ fn main() {
     let t = Instant::now();
     let resumed = engine()
         .args(["run", p.to_str().unwrap_or_default(), "--no-progress", "--log-level", "info"])
-        .args(["--checkpoint-interval", "1s", "--metrics-addr", &port2.to_string()])
+        .args(["--checkpoint-interval", &interval, "--metrics-addr", &port2.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -185,7 +191,7 @@ fn main() {
     println!("crash at {:.0}% of the run: source had read {read_before_kill} rows", kill_at * 100.0);
     match start_row {
         Some(r) => {
-            let per_interval = total_rows as f64 / full_secs;
+            let per_interval = total_rows as f64 / full_secs * interval_ms as f64 / 1000.0;
             println!(
                 "resumed at row {r}: {} rows re-read (one interval at this speed is ~{per_interval:.0} rows)",
                 read_before_kill.saturating_sub(r)
