@@ -248,8 +248,12 @@ pub struct CsvDecoder {
     after_record: (u64, u64),
     /// With [`CsvDecoder::track_units`]: per ready batch, where its last
     /// record ends and the rejects raised before it.
-    unit_ends: Option<VecDeque<((u64, u64), Option<Batch>)>>,
+    unit_ends: Option<VecDeque<(Position, Option<Batch>)>>,
 }
+
+/// Bytes consumed by a decoder (or an object offset) and the line of the
+/// record that starts there.
+pub type Position = (u64, u64);
 
 /// A data batch with the rejects raised before it and the position after
 /// its last record (bytes consumed by the decoder, line of the next
@@ -257,7 +261,7 @@ pub struct CsvDecoder {
 pub struct Unit {
     pub rejects: Option<Batch>,
     pub batch: Option<Batch>,
-    pub end: (u64, u64),
+    pub end: Position,
 }
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -373,7 +377,7 @@ impl CsvDecoder {
     /// The next batch with its rejects and end (see
     /// [`CsvDecoder::track_units`]); after the last batch, the rejects left
     /// with `end` None.
-    pub fn take_unit(&mut self) -> Option<(Option<Batch>, Option<Batch>, Option<(u64, u64)>)> {
+    pub fn take_unit(&mut self) -> Option<(Option<Batch>, Option<Batch>, Option<Position>)> {
         if let Some(ends) = &mut self.unit_ends
             && let Some((end, rejects)) = ends.pop_front()
         {
