@@ -374,11 +374,21 @@ fn staging_on_s3_works_the_same() {
     let sim = start(&rt, sample.clone());
     let moto = Moto::start();
     assert_eq!(moto.http("PUT", "/engine-staging").0, 200, "create the bucket");
+    // The reference: the same pipeline staged on local disk.
+    let local = tempfile::tempdir().unwrap();
+    let o = run(&["run", "--no-progress", &pipeline(local.path(), &sim, "")], &CREDS);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = std::fs::read(local.path().join("out.csv")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = pipeline(dir.path(), &sim, "");
     let text = std::fs::read_to_string(&p).unwrap();
+    // Small segments: the object store's stream of chunks is cut into
+    // dozens of segments decoded in parallel (local files take another
+    // path, re-reading from each record end).
     let text = text
-        .replace(&format!("staging = \"{}/staging\"", dir.path().display()), "staging = \"s3://engine-staging/runs\"");
+        .replace(&format!("staging = \"{}/staging\"", dir.path().display()), "staging = \"s3://engine-staging/runs\"")
+        .replace("max_attempts = 4\n", "max_attempts = 4\ndecode_segment_bytes = 2000\n");
+    assert!(text.contains("decode_segment_bytes"));
     std::fs::write(&p, text).unwrap();
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
     let env = [
@@ -393,6 +403,8 @@ fn staging_on_s3_works_the_same() {
     let o = run(&["run", "--no-progress", &p], &env);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(csv_rows(&dir.path().join("out.csv")), 3004);
+    assert!(std::fs::read(dir.path().join("out.csv")).unwrap() == want, "the same bytes as staged locally");
+    assert!(stderr(&o).contains("decoding in parallel segments"), "{}", stderr(&o));
     // Nothing was staged locally: the rows above were read back from the
     // bucket (moto refuses unsigned reads, so the engine is the reader).
     assert!(!dir.path().join("staging").exists(), "nothing staged locally");
