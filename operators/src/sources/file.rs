@@ -37,6 +37,8 @@ const CHUNK: u64 = 1 << 20;
 /// enough that a task's start is noise, small enough that the segments
 /// decoded ahead of a slow consumer hold little (a few MiB).
 const SEGMENT: usize = 512 << 10;
+/// Default cap of `decode_threads` on a machine with more cores.
+const MAX_DECODE_THREADS: usize = 8;
 /// Bytes fed to the CSV decoder per step (a few thousand rows).
 const FEED: usize = 64 << 10;
 /// Bytes asked of the store per read when hashing a prefix again: a
@@ -94,8 +96,8 @@ pub struct FileSourceConfig {
     /// would otherwise swallow the rest of the file).
     #[serde(default = "one_mib")]
     pub max_record_bytes: usize,
-    /// CSV segments decoded at once; by default one per core. 1 decodes on
-    /// the source's own task, as one reader.
+    /// CSV segments decoded at once; by default one per core, at most 8.
+    /// 1 decodes on the source's own task, as one reader.
     pub decode_threads: Option<usize>,
     /// Bytes of CSV per parallel segment (cut at the last record end).
     pub decode_segment_bytes: Option<usize>,
@@ -364,8 +366,12 @@ pub fn build(ctx: &BuildContext, cfg: FileSourceConfig) -> Result<FileSource, Op
     if cfg.decode_threads == Some(0) || cfg.decode_segment_bytes == Some(0) {
         return Err(OperatorError::Config("decode_threads and decode_segment_bytes must be at least 1".into()));
     }
-    let threads =
-        cfg.decode_threads.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
+    // One per core, at most MAX_DECODE_THREADS by default: past that the
+    // operators downstream (one task each) cannot keep up anyway, and each
+    // thread holds a segment's batches ahead of them.
+    let threads = cfg
+        .decode_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1).min(MAX_DECODE_THREADS));
     let parallel =
         (threads > 1).then(|| Parallelism { threads, segment_bytes: cfg.decode_segment_bytes.unwrap_or(SEGMENT) });
     let loc = resolve(&cfg.path)?;
