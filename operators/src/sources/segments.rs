@@ -325,10 +325,11 @@ impl Segments {
         }));
     }
 
-    /// True when no more segments should be started before one is taken:
-    /// one per thread in flight, besides the one being emitted, bounds what
-    /// decoding holds ahead of the consumers to `threads + 1` segments'
-    /// worth of batches.
+    /// True when no more segments should be started before one is taken.
+    /// A read is only made while fewer than one per thread are in flight,
+    /// and a chunk makes at most `CHUNK / segment_bytes` segments (two by
+    /// default): what decoding holds ahead of the consumers stays within a
+    /// few segments' batches.
     pub fn is_full(&self) -> bool {
         self.in_flight.len() >= self.par.threads
     }
