@@ -114,12 +114,16 @@ impl Exec {
 mod tests {
     use super::*;
 
+    /// A script run as `/bin/sh <file>`, not executed itself: a test
+    /// thread that forks while another still holds its new script open for
+    /// writing makes executing that file fail with ETXTBSY ("Text file
+    /// busy"), which reading it never does.
     fn script(body: &str) -> (tempfile::TempDir, Exec) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sh");
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let e = Exec::new(&ExecSpec { command: vec![path.display().to_string()], timeout: Some("2s".into()) }).unwrap();
+        std::fs::write(&path, format!("{body}\n")).unwrap();
+        let command = vec!["/bin/sh".to_string(), path.display().to_string()];
+        let e = Exec::new(&ExecSpec { command, timeout: Some("2s".into()) }).unwrap();
         (dir, e)
     }
 
