@@ -143,19 +143,6 @@ enum Csv {
 }
 
 impl Csv {
-    /// One decoder's rejects (segments emit theirs unit by unit).
-    fn take_rejects(&mut self) -> Option<Batch> {
-        match self {
-            Csv::One(d) => d.take_rejects(),
-            Csv::Parallel { .. } => None,
-        }
-    }
-    fn take_ready(&mut self) -> Option<Batch> {
-        match self {
-            Csv::One(d) => d.take_ready(),
-            Csv::Parallel { .. } => None,
-        }
-    }
     fn has_ready(&self) -> bool {
         match self {
             Csv::One(d) => d.has_ready(),
@@ -396,30 +383,29 @@ impl FileSource {
     async fn drain(&mut self, out: &mut Collector, limit: usize) -> Result<(), OperatorError> {
         let Reading::Csv { csv, rows_out, .. } = &mut self.state else { return Ok(()) };
         let (cfg, loc, rows) = (&self.cfg, &self.loc, &mut self.rows);
-        if let Csv::Parallel { segments, .. } = csv {
-            // A unit at a time, its rejects first: a checkpoint falls
-            // between units, after the rows and rejects of each.
-            for _ in 0..limit {
-                let Some(unit) = segments.take_unit() else { break };
-                if let Some(rejects) = unit.rejects {
-                    emit_rejects(cfg, loc, rows, out, rejects).await?;
-                }
-                if let Some(b) = unit.batch {
-                    *rows += b.num_rows() as u64;
-                    *rows_out += b.num_rows() as u64;
-                    out.emit(OUT, b).await?;
+        match csv {
+            Csv::Parallel { segments, .. } => {
+                // A unit at a time, its rejects first: a checkpoint falls
+                // between units, after the rows and rejects of each.
+                for _ in 0..limit {
+                    let Some(unit) = segments.take_unit() else { break };
+                    if let Some(rejects) = unit.rejects {
+                        emit_rejects(cfg, loc, rows, out, rejects).await?;
+                    }
+                    if let Some(b) = unit.batch {
+                        emit_rows(rows, rows_out, out, b).await?;
+                    }
                 }
             }
-            return Ok(());
-        }
-        while let Some(rejects) = csv.take_rejects() {
-            emit_rejects(cfg, loc, rows, out, rejects).await?;
-        }
-        for _ in 0..limit {
-            let Some(b) = csv.take_ready() else { break };
-            *rows += b.num_rows() as u64;
-            *rows_out += b.num_rows() as u64;
-            out.emit(OUT, b).await?;
+            Csv::One(decoder) => {
+                while let Some(rejects) = decoder.take_rejects() {
+                    emit_rejects(cfg, loc, rows, out, rejects).await?;
+                }
+                for _ in 0..limit {
+                    let Some(b) = decoder.take_ready() else { break };
+                    emit_rows(rows, rows_out, out, b).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -478,7 +464,7 @@ impl FileSource {
             if *fall_back {
                 // No record end within bounds (an over-long record, an
                 // unterminated quote): one decoder reads on from there.
-                let (_, line, bytes) = segments.undispatched();
+                let (line, bytes) = segments.undispatched();
                 let pos = DecoderPosition { line, ..segments.position().1 };
                 let mut d = Box::new(CsvDecoder::resume(&self.ctx.id, &object, self.csv.clone(), &pos)?);
                 d.feed(bytes)?;
@@ -886,6 +872,13 @@ async fn emit_rejects(
     }
     *rows += rejects.num_rows() as u64;
     out.emit(REJECTS, rejects).await
+}
+
+/// Emits a batch of rows, counted as the source's.
+async fn emit_rows(rows: &mut u64, rows_out: &mut u64, out: &mut Collector, b: Batch) -> Result<(), OperatorError> {
+    *rows += b.num_rows() as u64;
+    *rows_out += b.num_rows() as u64;
+    out.emit(OUT, b).await
 }
 
 /// One chunk of a local object from `at`.

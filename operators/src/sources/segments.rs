@@ -279,10 +279,10 @@ impl Segments {
         }
     }
 
-    /// Object offset and line where the bytes not yet in a segment start,
-    /// and those bytes (for going back to one decoder).
-    pub fn undispatched(&self) -> (u64, u64, &[u8]) {
-        (self.next.0, self.next.1, &self.pending)
+    /// The line where the bytes not yet in a segment start, and those
+    /// bytes (for going back to one decoder).
+    pub fn undispatched(&self) -> (u64, &[u8]) {
+        (self.next.1, &self.pending)
     }
 
     /// Sends `pending`'s first `cut` bytes to be decoded.
