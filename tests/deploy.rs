@@ -538,7 +538,7 @@ fn compose_services_run_the_daily_job_end_to_end() {
 
 // --- Kubernetes -----------------------------------------------------------------------
 
-const KUSTOMIZATIONS: [&str; 4] = ["base", "cronjob", "serve", "overlays/example"];
+const KUSTOMIZATIONS: [&str; 5] = ["base", "cronjob", "serve", "overlays/example", "sync-workers"];
 /// The oldest Kubernetes the manifests are for (CronJob `timeZone` is GA
 /// since 1.27), and the newest whose schemas kubernetes-validate bundles.
 const KUBERNETES: [&str; 2] = ["1.30.0", "1.37.0"];
@@ -628,6 +628,78 @@ fn kubernetes_manifests_render_and_match_the_kubernetes_schemas() {
     assert!(server_routes().contains("/api/health"), "engine serve has no /api/health");
     let services = find("serve", "Service");
     assert_eq!(services[0]["spec"]["selector"], deployments[0]["spec"]["selector"]["matchLabels"]);
+
+    check_sync_workers(&find("sync-workers", "Job"), &find("sync-workers", "PersistentVolumeClaim"), &docker);
+}
+
+/// The NATS JetStream scale-out's workers: an Indexed Job, worker i
+/// consuming partition i (PARTITION from its completion index), as many
+/// workers as the ingest pipeline's nats sink has partitions, each with its
+/// own directory of the claim for its checkpoints, running a pipeline the
+/// image ships.
+fn check_sync_workers(jobs: &[Value], pvcs: &[Value], docker: &str) {
+    let k = "sync-workers";
+    assert_eq!(jobs.len(), 1, "{k}");
+    let spec = &jobs[0]["spec"];
+    assert_eq!(spec["completionMode"], "Indexed", "{k}");
+    let completions = spec["completions"].as_u64().unwrap_or_else(|| panic!("{k}: no completions"));
+    assert_eq!(spec["parallelism"].as_u64(), Some(completions), "{k}: every worker at once");
+    // Two pods of one index would share its (locked) checkpoint store.
+    assert_eq!(spec["podReplacementPolicy"], "Failed", "{k}");
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never", "{k}");
+    let c = &pod["containers"][0];
+    let env = |name: &str| -> &Value {
+        let e = c["env"].as_array().unwrap().iter().find(|e| e["name"] == name);
+        e.unwrap_or_else(|| panic!("{k}: no env {name}"))
+    };
+    assert_eq!(
+        env("PARTITION")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']",
+        "{k}"
+    );
+    assert!(env("NATS_URL")["value"].as_str().is_some_and(|u| u.starts_with("nats://")), "{k}");
+
+    // The pipeline is the image's (the Dockerfile copies pipelines/).
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(args[..2], ["run", "pipelines/babynames-sync.toml"], "{k}");
+    assert!(docker.contains("COPY pipelines/ pipelines/"), "the image does not ship pipelines/");
+    let sync = std::fs::read_to_string(repo().join(args[1]))
+        .unwrap_or_else(|e| panic!("{k} runs {}, which is not in the repository: {e}", args[1]));
+    assert!(sync.contains("${PARTITION"), "{}: its nats source does not read PARTITION", args[1]);
+    // As many workers as the ingest run publishes partitions.
+    let ingest_path = "pipelines/babynames-ingest-queue.toml";
+    let ingest: toml::Table = read(ingest_path).parse().unwrap();
+    let partitions: Vec<u64> = ingest["sinks"]
+        .as_table()
+        .unwrap()
+        .values()
+        .filter(|s| s["kind"].as_str() == Some("nats"))
+        .map(|s| {
+            match s.get("partitions").unwrap_or_else(|| panic!("{ingest_path}: its nats sink has no partitions")) {
+                toml::Value::Integer(n) => *n as u64,
+                // "${PARTITIONS:-3}": its default.
+                toml::Value::String(t) => t
+                    .split(":-")
+                    .nth(1)
+                    .and_then(|d| d.trim_end_matches('}').parse().ok())
+                    .unwrap_or_else(|| panic!("{ingest_path}: partitions = {t:?} has no default")),
+                v => panic!("{ingest_path}: partitions = {v}"),
+            }
+        })
+        .collect();
+    assert_eq!(partitions, [completions], "{k}: completions and the partitions of {ingest_path}'s nats sink");
+
+    // /app/data: the worker's own directory of a rendered claim.
+    let m = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == "/app/data");
+    let m = m.unwrap_or_else(|| panic!("{k}: nothing mounted at /app/data"));
+    assert!(m["subPathExpr"].as_str().is_some_and(|p| p.contains("$(PARTITION)")), "{k}: {m}");
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == m["name"]).unwrap();
+    let claim = &volume["persistentVolumeClaim"]["claimName"];
+    assert!(pvcs.iter().any(|p| p["metadata"]["name"] == *claim), "{k}: claim {claim} is not rendered");
+    let sc = &pod["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true, "{k}");
+    assert!(docker.contains(&format!("USER {}:{}", sc["runAsUser"], sc["runAsGroup"])), "{k}: not the image's user");
 }
 
 /// The routes `engine serve` answers (its OpenAPI document).

@@ -390,6 +390,8 @@ pub enum Report {
 pub struct SourceLink {
     pub op: usize,
     pub requests: watch::Receiver<u64>,
+    /// The newest committed epoch (the source is told, between steps).
+    pub committed: watch::Receiver<u64>,
     /// The last epoch before this run's first: every request above it is
     /// this run's to serve. Fixed when the run is wired, never read from
     /// `requests`: a coordinator quick enough to ask for the first epoch
@@ -447,6 +449,8 @@ pub struct Coordinator {
     /// Source stats, to count rows for a `rows` interval.
     pub source_stats: Vec<Arc<OperatorStats>>,
     pub requests: watch::Sender<u64>,
+    /// Each epoch once committed, for sources that act on it.
+    pub committed: watch::Sender<u64>,
     pub reports: mpsc::UnboundedReceiver<Report>,
     pub no_more: CancellationToken,
     pub drain: CancellationToken,
@@ -718,6 +722,7 @@ impl Coordinator {
         metrics::gauge!("engine_checkpoint_last_commit_timestamp_seconds").set(now_ms() as f64 / 1000.0);
         self.progress.committed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.progress.last_epoch.store(epoch, std::sync::atomic::Ordering::Relaxed);
+        self.committed.send_replace(epoch);
         tracing::info!(
             epoch,
             duration_ms = took.as_millis() as u64,

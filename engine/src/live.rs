@@ -85,14 +85,19 @@ pub fn snapshot(
             let secs = now.duration_since(prev.1).as_secs_f64();
             let rate = if secs > 0.0 { moved.saturating_sub(prev.0) as f64 / secs } else { 0.0 };
             *prev = (moved, now);
-            json!({
+            let mut o = json!({
                 "id": id,
                 "role": format!("{role:?}").to_lowercase(),
                 "rows_in": rows_in,
                 "rows_out": rows_out,
                 "rows_rejected": rejected,
                 "rows_per_s": (rate * 10.0).round() / 10.0,
-            })
+            });
+            // A queue source's consumer lag (the API serves this file).
+            if let Some((messages, bytes)) = s.backlog() {
+                o["backlog"] = json!({ "messages": messages, "bytes": bytes });
+            }
+            o
         })
         .collect();
     let channels: Vec<serde_json::Value> = live

@@ -283,6 +283,7 @@ struct Wiring {
     receivers: HashMap<String, Vec<(Receiver<Message>, Arc<Credit>)>>,
     edges: Vec<Edge>,
     requests_rx: tokio::sync::watch::Receiver<u64>,
+    committed_rx: tokio::sync::watch::Receiver<u64>,
     reports_tx: Option<tokio::sync::mpsc::UnboundedSender<Report>>,
     no_more: CancellationToken,
 }
@@ -535,10 +536,12 @@ impl<'p> Runner<'p> {
             tokio::sync::watch::channel(self.session.as_ref().map(|s| s.last_epoch()).unwrap_or(0));
         let (reports_tx, reports_rx) = tokio::sync::mpsc::unbounded_channel::<Report>();
         let no_more = CancellationToken::new();
-        let mut wiring = Wiring { senders, receivers, edges, requests_rx, reports_tx: None, no_more };
+        let (committed_tx, committed_rx) =
+            tokio::sync::watch::channel(self.session.as_ref().map(|s| s.last_epoch()).unwrap_or(0));
+        let mut wiring = Wiring { senders, receivers, edges, requests_rx, committed_rx, reports_tx: None, no_more };
         if self.checkpointing() {
             wiring.reports_tx = Some(reports_tx);
-            self.pending = self.coordinator_for(requests_tx, reports_rx, wiring.no_more.clone());
+            self.pending = self.coordinator_for(requests_tx, committed_tx, reports_rx, wiring.no_more.clone());
         }
         wiring
     }
@@ -546,6 +549,7 @@ impl<'p> Runner<'p> {
     fn coordinator_for(
         &self,
         requests: tokio::sync::watch::Sender<u64>,
+        committed: tokio::sync::watch::Sender<u64>,
         reports: tokio::sync::mpsc::UnboundedReceiver<Report>,
         no_more: CancellationToken,
     ) -> Option<Coordinator> {
@@ -563,6 +567,7 @@ impl<'p> Runner<'p> {
                 .map(|(_, s)| s.clone())
                 .collect(),
             requests,
+            committed,
             reports,
             no_more,
             drain: self.control.drain.clone(),
@@ -643,6 +648,7 @@ impl<'p> Runner<'p> {
                     let link = w.reports_tx.as_ref().map(|tx| SourceLink {
                         op: i,
                         requests: w.requests_rx.clone(),
+                        committed: w.committed_rx.clone(),
                         start_epoch: self.session.as_ref().map(|s| s.last_epoch()).unwrap_or(0),
                         reports: tx.clone(),
                         no_more: w.no_more.clone(),
@@ -1000,6 +1006,9 @@ async fn source_task(
         // Checked between steps, never mid-step, so a batch is either sent to
         // every edge of its port or to none, and a barrier never splits one.
         if let Some(l) = &mut link {
+            // A commit is handled before the next barrier: the source's
+            // latest snapshot is then the one that commit covers.
+            tell_committed(&mut source, l).await?;
             let want = *l.requests.borrow_and_update();
             if want > injected {
                 inject(&mut source, &mut out, l, want).await?;
@@ -1051,8 +1060,18 @@ async fn source_task(
     out.broadcast(Message::End).await
 }
 
+/// Tells the source about a checkpoint committed since it last heard.
+async fn tell_committed(source: &mut Box<dyn Source>, l: &mut SourceLink) -> Result<(), OperatorError> {
+    if l.committed.has_changed().unwrap_or(false) {
+        let epoch = *l.committed.borrow_and_update();
+        source.committed(epoch).await?;
+    }
+    Ok(())
+}
+
 /// Injects the barriers the coordinator asks for (after `injected`) until
-/// it wants no more; with `one`, stops after the first.
+/// it wants no more; with `one`, stops after the first. Commits are passed
+/// on meanwhile, and once more at the end (the last checkpoint's).
 async fn serve_barriers(
     source: &mut Box<dyn Source>,
     out: &mut Collector,
@@ -1062,6 +1081,7 @@ async fn serve_barriers(
     one: bool,
 ) -> Result<(), OperatorError> {
     loop {
+        tell_committed(source, l).await?;
         let want = *l.requests.borrow_and_update();
         if want > injected {
             inject(source, out, l, want).await?;
@@ -1072,8 +1092,9 @@ async fn serve_barriers(
         }
         tokio::select! {
             _ = abort.cancelled() => return Err(OperatorError::Cancelled),
-            _ = l.no_more.cancelled() => return Ok(()),
-            r = l.requests.changed() => if r.is_err() { return Ok(()) },
+            _ = l.no_more.cancelled() => return tell_committed(source, l).await,
+            r = l.requests.changed() => if r.is_err() { return tell_committed(source, l).await },
+            r = l.committed.changed(), if !one => if r.is_err() { return Ok(()) } else { l.committed.mark_changed() },
         }
     }
 }

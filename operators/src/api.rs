@@ -91,11 +91,25 @@ pub struct OperatorStats {
     /// parts per million plus one; 0 when unknown. Read it with
     /// [`OperatorStats::daily_quota`].
     pub daily_quota_ppm: AtomicU64,
+    /// Messages and bytes waiting for this source in a queue (the `nats`
+    /// source's consumer lag), plus one; 0 when unknown. Read them with
+    /// [`OperatorStats::backlog`].
+    pub backlog_messages: AtomicU64,
+    pub backlog_bytes: AtomicU64,
 }
 
 impl OperatorStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// (messages, bytes) waiting in the queue this source reads, as last
+    /// measured; None for sources without a queue.
+    pub fn backlog(&self) -> Option<(u64, u64)> {
+        match (self.backlog_messages.load(Ordering::Relaxed), self.backlog_bytes.load(Ordering::Relaxed)) {
+            (0, _) => None,
+            (m, b) => Some((m - 1, b.saturating_sub(1))),
+        }
     }
 
     /// Share (0..=1) of a service's daily request quota the operator last
@@ -313,6 +327,13 @@ impl Collector {
         }
     }
 
+    /// Messages and bytes waiting in the queue a source reads, for the
+    /// report and the live figures.
+    pub fn record_backlog(&mut self, messages: u64, bytes: u64) {
+        self.stats.backlog_messages.store(messages.saturating_add(1), Ordering::Relaxed);
+        self.stats.backlog_bytes.store(bytes.saturating_add(1), Ordering::Relaxed);
+    }
+
     pub fn cancel_token(&self) -> &CancellationToken {
         &self.cancel
     }
@@ -394,6 +415,12 @@ pub trait Source: Send {
     /// nothing to read, nothing to write.
     fn up_to_date(&self) -> Option<String> {
         None
+    }
+    /// The checkpoint that took this source's latest snapshot is durable
+    /// (epoch `epoch`): a source whose input must be told (a queue's
+    /// acknowledgements) does it now, never earlier. Called between steps.
+    async fn committed(&mut self, _epoch: u64) -> Result<(), OperatorError> {
+        Ok(())
     }
 }
 

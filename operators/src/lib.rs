@@ -21,6 +21,7 @@ pub mod flow;
 pub mod keyset;
 pub mod lock;
 pub mod plan;
+pub mod queued;
 pub mod registry;
 pub mod rejects;
 pub mod sinks;

@@ -85,6 +85,11 @@ fn parse<T: DeserializeOwned>(v: &serde_json::Value) -> Result<T, OptionError> {
     })
 }
 
+/// A problem with the component's options as a whole (no single key).
+fn whole(message: String) -> OptionError {
+    OptionError { path: Vec::new(), message }
+}
+
 fn check<T: DeserializeOwned>(v: &serde_json::Value) -> Result<(), OptionError> {
     parse::<T>(v).map(|_| ())
 }
@@ -113,6 +118,16 @@ pub static KINDS: &[KindSpec] = &[
         about: "a Kaggle dataset file, downloaded, staged (local or S3) and read as CSV",
         check: check::<sources::kaggle::KaggleSourceConfig>,
         build: |ctx, v| Ok(Built::Source(Box::new(sources::kaggle::build(ctx, typed(v)?)?))),
+    },
+    KindSpec {
+        name: "nats",
+        role: Role::Source,
+        ports: &["out"],
+        state_options: &["stream", "partition", "subject"],
+        deletes: false,
+        about: "one partition of a NATS JetStream stream a `nats` sink fills (a sync worker)",
+        check: |v| sources::nats::check(&parse(v)?).map_err(whole),
+        build: |ctx, v| Ok(Built::Source(Box::new(sources::nats::build(ctx, typed(v)?)?))),
     },
     KindSpec {
         name: "validate",
@@ -183,6 +198,16 @@ pub static KINDS: &[KindSpec] = &[
         about: "HubSpot CRM batch upserts (or an outbox file without a token)",
         check: check::<sinks::hubspot::HubSpotConfig>,
         build: |ctx, v| Ok(Built::Operator(Box::new(sinks::hubspot::build(ctx, typed(v)?)?))),
+    },
+    KindSpec {
+        name: "nats",
+        role: Role::Sink,
+        ports: &[],
+        state_options: &["stream", "subject", "partition_by", "partitions"],
+        deletes: false,
+        about: "NATS JetStream stream, rows partitioned by key for sync workers",
+        check: |v| sinks::nats::check(&parse(v)?).map(|_| ()).map_err(whole),
+        build: |ctx, v| Ok(Built::Operator(Box::new(sinks::nats::build(ctx, typed(v)?)?))),
     },
     KindSpec {
         name: "blackhole",

@@ -3,4 +3,5 @@
 pub mod blackhole;
 pub mod file;
 pub mod hubspot;
+pub mod nats;
 pub mod sql;

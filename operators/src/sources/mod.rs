@@ -4,4 +4,5 @@
 pub mod csv;
 pub mod file;
 pub mod kaggle;
+pub mod nats;
 pub mod segments;

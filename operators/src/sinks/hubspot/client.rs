@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -163,6 +163,10 @@ pub struct Client {
     rotating: tokio::sync::Mutex<()>,
     http: reqwest::Client,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// The limit shared with other workers, when joined; replaces `limiter`.
+    shared: std::sync::OnceLock<Arc<queue::limiter::SharedLimiter>>,
+    /// This worker's share of the limit (NATS unreachable at start).
+    alone: std::sync::OnceLock<DefaultDirectRateLimiter>,
     /// Set from HubSpot's headers: nobody sends before this instant.
     pause_until: Mutex<Option<Instant>>,
     circuit: Mutex<Circuit>,
@@ -232,6 +236,8 @@ impl Client {
             s,
             http,
             limiter,
+            shared: Default::default(),
+            alone: Default::default(),
             pause_until: Mutex::new(None),
             circuit: Mutex::new(Circuit::Closed { failures: 0 }),
             requests: AtomicU64::new(0),
@@ -468,8 +474,33 @@ impl Client {
             }
             break;
         }
-        if let Some(l) = &self.limiter {
+        if let Some(s) = self.shared.get() {
+            s.until_ready().await;
+        } else if let Some(l) = self.alone.get() {
             l.until_ready().await;
+        } else if let Some(l) = &self.limiter {
+            l.until_ready().await;
+        }
+    }
+
+    /// The spacing between two requests under the configured limit (98% of
+    /// it, evenly spaced), if one is set.
+    pub fn spacing(&self) -> Option<Duration> {
+        let (requests, per, _) = self.s.limit?;
+        Some(per.mul_f64(1.0 / 0.98) / requests.max(1))
+    }
+
+    /// Paces requests through a limiter shared with other workers.
+    pub fn share(&self, limiter: Arc<queue::limiter::SharedLimiter>) {
+        let _ = self.shared.set(limiter);
+    }
+
+    /// Paces this worker alone at `1/workers` of the limit.
+    pub fn pace_alone(&self, workers: u32) {
+        if let Some(spacing) = self.spacing()
+            && let Some(q) = Quota::with_period(spacing * workers.max(1))
+        {
+            let _ = self.alone.set(RateLimiter::direct(q.allow_burst(NonZeroU32::MIN)));
         }
     }
 

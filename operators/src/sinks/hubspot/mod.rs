@@ -85,6 +85,31 @@ pub struct RateLimit {
     /// The IANA time zone whose midnight resets the daily count (HubSpot:
     /// the account's time zone); default UTC.
     pub daily_reset_tz: Option<String>,
+    /// One limit shared by several workers (the limit is per HubSpot
+    /// account, not per process), through a NATS key-value bucket.
+    pub shared: Option<SharedLimit>,
+}
+
+fn nats_local() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn limits_bucket() -> String {
+    "engine_rate_limits".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedLimit {
+    #[serde(default = "nats_local")]
+    pub url: String,
+    #[serde(default = "limits_bucket")]
+    pub bucket: String,
+    /// The account's name in the bucket; default: the `base_url`'s host.
+    /// Workers that share it share the limit.
+    pub key: Option<String>,
+    /// Workers sharing the limit: each paces itself at 1/workers of it
+    /// while NATS is unreachable.
+    pub workers: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -372,6 +397,36 @@ fn wanted(cfg: &HubSpotConfig) -> Result<Vec<Wanted>, String> {
 }
 
 impl HubSpotSink {
+    /// With `rate_limit.shared`: joins the limit the other workers share
+    /// (or, NATS unreachable, paces this worker at 1/workers of it).
+    async fn share_limit(&mut self) {
+        let (Mode::Online(client), Some(r)) = (&self.mode, self.cfg.rate_limit.as_ref()) else { return };
+        let Some(shared) = &r.shared else { return };
+        let Some(spacing) = client.spacing() else { return };
+        let key = shared.key.clone().unwrap_or_else(|| {
+            url::Url::parse(&self.cfg.base_url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default()
+        });
+        let workers = shared.workers.max(1);
+        let joined = async {
+            let c =
+                queue::connect(&shared.url, &format!("engine {} rate limit", self.operator), Duration::from_secs(5))
+                    .await?;
+            let js = queue::jetstream(c, Duration::from_secs(5));
+            queue::limiter::SharedLimiter::new(&js, &shared.bucket, &key, spacing, workers).await
+        }
+        .await;
+        match joined {
+            Ok(l) => {
+                tracing::info!(bucket = %shared.bucket, key = %key, workers, "hubspot rate limit shared through NATS");
+                client.share(Arc::new(l));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, workers, "cannot join the shared rate limit; pacing this worker at 1/{workers} of it");
+                client.pace_alone(workers);
+            }
+        }
+    }
+
     /// Says at start which mode the sink is in.
     pub fn describe(&self) -> String {
         match &self.mode {
@@ -678,6 +733,7 @@ impl HubSpotSink {
 impl Operator for HubSpotSink {
     async fn open(&mut self) -> Result<(), OperatorError> {
         self.lock_outbox()?;
+        self.share_limit().await;
         if let Some(done) = self.setup().await? {
             tracing::info!(properties = %done.describe(), "hubspot properties checked");
         }

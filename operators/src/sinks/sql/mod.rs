@@ -92,6 +92,10 @@ pub struct SqlSinkConfig {
     /// (the default); `false` writes multi-row `INSERT`s like the other
     /// databases. Ignored elsewhere.
     pub copy: Option<bool>,
+    /// A run takes the table's lock for itself (one writer per table).
+    /// Sync workers that each own a partition of the keys set this to their
+    /// partition (`"${PARTITION}"`): each then locks its own share.
+    pub lock_scope: Option<String>,
 }
 
 /// MySQL and MariaDB refuse longer table and column names.
@@ -425,6 +429,11 @@ impl SqlSink {
         Ok(shared)
     }
 
+    /// What `lock_scope` adds to the lock's name.
+    fn scope(&self) -> String {
+        self.cfg.lock_scope.as_deref().filter(|s| !s.is_empty()).map(|s| format!(":{s}")).unwrap_or_default()
+    }
+
     /// Takes the table's lock, or says which run holds it.
     async fn lock_table(&self, pool: &Pool) -> Result<TableLock, OperatorError> {
         let holder = crate::lock::holder(&self.ctx.pipeline, &self.ctx.id);
@@ -433,9 +442,10 @@ impl SqlSink {
             Pool::Sqlite(_) => {
                 let file = db::sqlite_file(&self.cfg.url).unwrap_or_default();
                 let target = file.with_file_name(format!(
-                    "{}.{}",
+                    "{}.{}{}",
                     file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                    self.cfg.table
+                    self.cfg.table,
+                    self.scope().replace(['/', '\\'], "_")
                 ));
                 crate::lock::OutputLock::acquire(&target, &what, &holder).map(TableLock::File)
             }
@@ -445,7 +455,7 @@ impl SqlSink {
                 let database: Option<String> =
                     sqlx::query_scalar("SELECT DATABASE()").fetch_one(&mut conn).await.map_err(db_err)?;
                 // MySQL lock names hold at most 64 characters.
-                let mut name = format!("engine:{}.{}", database.unwrap_or_default(), self.cfg.table);
+                let mut name = format!("engine:{}.{}{}", database.unwrap_or_default(), self.cfg.table, self.scope());
                 if name.len() > 64 {
                     use sha2::Digest;
                     let digest = sha2::Sha256::digest(name.as_bytes());
@@ -481,7 +491,7 @@ impl SqlSink {
                 let mut conn = p.acquire().await.map_err(db_err)?.detach();
                 let database: String =
                     sqlx::query_scalar("SELECT current_database()").fetch_one(&mut conn).await.map_err(db_err)?;
-                let name = format!("engine:{database}.{}", self.cfg.table);
+                let name = format!("engine:{database}.{}{}", self.cfg.table, self.scope());
                 let key = pg_lock_key(&name);
                 if !db::pg_table_exists(&mut conn, "engine_sink_locks").await.map_err(db_err)? {
                     sqlx::raw_sql(PG_LOCKS_DDL).execute(&mut conn).await.map_err(db_err)?;
