@@ -334,6 +334,12 @@ impl Collector {
         self.stats.backlog_bytes.store(bytes.saturating_add(1), Ordering::Relaxed);
     }
 
+    /// The operator's counters, for a task of its own that reports beside
+    /// the data path (a queue's lag sampler).
+    pub fn stats(&self) -> Arc<OperatorStats> {
+        self.stats.clone()
+    }
+
     pub fn cancel_token(&self) -> &CancellationToken {
         &self.cancel
     }

@@ -31,13 +31,14 @@ pub struct PartitionSpec {
 /// Messages waiting for this worker.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lag {
-    /// Not yet delivered to the consumer.
+    /// Not yet processed for good: not yet delivered to the worker, or
+    /// delivered but not yet covered by a committed checkpoint.
     pub messages: u64,
     /// Delivered but not yet acknowledged (not yet covered by a committed
     /// checkpoint).
     pub unacknowledged: u64,
-    /// Bytes of the messages not yet delivered, estimated from the stream's
-    /// average message size.
+    /// Bytes of those messages, estimated from the stream's average
+    /// message size.
     pub bytes: u64,
 }
 
@@ -135,17 +136,10 @@ impl Partition {
         .await
     }
 
-    pub async fn lag(&mut self) -> Result<Lag, QueueError> {
-        let info = self.consumer.info().await.map_err(|e| QueueError::js("reading the consumer", &e))?.clone();
-        let mut stream =
-            self.js.get_stream(&self.spec.stream).await.map_err(|e| QueueError::js("reading the stream", &e))?;
-        let s = stream.info().await.map_err(|e| QueueError::js("reading the stream", &e))?.state.clone();
-        let avg = if s.messages > 0 { s.bytes / s.messages } else { 0 };
-        Ok(Lag {
-            messages: info.num_pending,
-            unacknowledged: info.num_ack_pending as u64,
-            bytes: info.num_pending * avg,
-        })
+    /// Reads this partition's lag apart from the reader (a task that
+    /// samples it while the reader waits on a slow sink).
+    pub fn probe(&self) -> Probe {
+        Probe { js: self.js.clone(), stream: self.spec.stream.clone(), durable: self.spec.durable.clone() }
     }
 }
 
@@ -173,11 +167,15 @@ async fn create(js: &jetstream::Context, spec: &PartitionSpec, after: u64) -> Re
         Err(e) => return Err(QueueError::js(format!("reading consumer {}", spec.durable), &e)),
     }
     let start = floor + 1;
+    // A work-queue stream holds only what is not acknowledged yet and lets
+    // consumers start nowhere but at its oldest message; what the
+    // checkpoint already covers is skipped by the reader.
+    let workqueue = stream.cached_info().config.retention == jetstream::stream::RetentionPolicy::WorkQueue;
     let config = pull::Config {
         durable_name: Some(spec.durable.clone()),
         description: Some("engine nats source: acknowledged after each committed checkpoint".into()),
         filter_subject: spec.subject.clone(),
-        deliver_policy: if floor == 0 {
+        deliver_policy: if floor == 0 || workqueue {
             DeliverPolicy::All
         } else {
             DeliverPolicy::ByStartSequence { start_sequence: start }
@@ -196,4 +194,24 @@ async fn create(js: &jetstream::Context, spec: &PartitionSpec, after: u64) -> Re
         .map_err(|e| QueueError::js(format!("creating consumer {} on {}", spec.durable, spec.subject), &e))?;
     tracing::info!(consumer = %spec.durable, subject = %spec.subject, start, "reading the partition");
     Ok((consumer, start))
+}
+
+/// Reads a consumer's lag.
+#[derive(Clone)]
+pub struct Probe {
+    js: jetstream::Context,
+    stream: String,
+    durable: String,
+}
+
+impl Probe {
+    pub async fn lag(&self) -> Result<Lag, QueueError> {
+        let mut stream =
+            self.js.get_stream(&self.stream).await.map_err(|e| QueueError::js("reading the stream", &e))?;
+        let info = stream.consumer_info(&self.durable).await.map_err(|e| QueueError::js("reading the consumer", &e))?;
+        let s = stream.info().await.map_err(|e| QueueError::js("reading the stream", &e))?.state.clone();
+        let avg = if s.messages > 0 { s.bytes / s.messages } else { 0 };
+        let messages = info.num_pending + info.num_ack_pending as u64;
+        Ok(Lag { messages, unacknowledged: info.num_ack_pending as u64, bytes: messages * avg })
+    }
 }

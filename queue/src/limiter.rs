@@ -24,7 +24,7 @@ use bytes::Bytes;
 use crate::QueueError;
 
 /// The longest a limiter call to NATS may take before we pace alone.
-pub const ANSWER: Duration = Duration::from_millis(500);
+pub const ANSWER: Duration = Duration::from_secs(2);
 /// How long we pace alone before asking NATS again.
 pub const DEGRADED: Duration = Duration::from_secs(5);
 
@@ -43,6 +43,8 @@ pub struct SharedLimiter {
     pub shared: std::sync::atomic::AtomicU64,
     pub local: std::sync::atomic::AtomicU64,
     pub conflicts: std::sync::atomic::AtomicU64,
+    /// Slots given up because this worker woke too late for them.
+    pub late: std::sync::atomic::AtomicU64,
 }
 
 fn now_us() -> u64 {
@@ -69,15 +71,29 @@ impl SharedLimiter {
     ) -> Result<SharedLimiter, QueueError> {
         let store = match js.get_key_value(bucket).await {
             Ok(s) => s,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.to_string(),
-                    description: "engine: shared rate limits (GCRA theoretical arrival times)".into(),
-                    history: 1,
+            Err(_) => {
+                // The bucket's stream, made here: the client's
+                // `create_key_value` first reads the account's limits in a
+                // form nats-server 2.9 does not answer.
+                let config = jetstream::stream::Config {
+                    name: format!("KV_{bucket}"),
+                    description: Some("engine: shared rate limits (GCRA theoretical arrival times)".into()),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: 1,
+                    discard: jetstream::stream::DiscardPolicy::New,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    num_replicas: 1,
                     ..Default::default()
-                })
-                .await
-                .or_else(|e| Err(QueueError::js(format!("creating key-value bucket {bucket}"), &e)))?,
+                };
+                if let Err(e) = js.create_stream(config).await {
+                    tracing::debug!(error = %crate::error_chain(&e), "creating the limits bucket (another worker may have)");
+                }
+                js.get_key_value(bucket)
+                    .await
+                    .map_err(|e| QueueError::js(format!("opening key-value bucket {bucket}"), &e))?
+            }
         };
         Ok(SharedLimiter {
             store,
@@ -90,6 +106,7 @@ impl SharedLimiter {
             shared: Default::default(),
             local: Default::default(),
             conflicts: Default::default(),
+            late: Default::default(),
         })
     }
 
@@ -102,8 +119,17 @@ impl SharedLimiter {
             }
             match tokio::time::timeout(ANSWER, self.reserve()).await {
                 Ok(Ok(Some(wait))) => {
+                    let slot = Instant::now() + wait;
+                    tokio::time::sleep_until(slot.into()).await;
+                    // Woken late (a loaded machine): sending now would
+                    // crowd the next worker's slot, and a window could hold
+                    // one request too many. The slot goes unused; take
+                    // another.
+                    if Instant::now() > slot + self.spacing / 2 {
+                        self.late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
                     self.shared.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tokio::time::sleep(wait).await;
                     return;
                 }
                 Ok(Ok(None)) => {

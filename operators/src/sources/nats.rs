@@ -157,7 +157,9 @@ pub struct NatsSource {
     covered: Vec<String>,
     last_message: Instant,
     lag: Lag,
-    lag_at: Option<Instant>,
+    /// Messages waiting, as the sampler last read it.
+    lag_shared: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sampler: Option<tokio::task::JoinHandle<()>>,
     rows: u64,
     skipped_rows: u64,
     messages: u64,
@@ -208,7 +210,8 @@ pub fn build(ctx: &BuildContext, cfg: NatsSourceConfig) -> Result<NatsSource, Op
         covered: Vec::new(),
         last_message: Instant::now(),
         lag: Lag::default(),
-        lag_at: None,
+        lag_shared: Default::default(),
+        sampler: None,
         rows: 0,
         skipped_rows: 0,
         messages: 0,
@@ -221,6 +224,14 @@ pub fn build(ctx: &BuildContext, cfg: NatsSourceConfig) -> Result<NatsSource, Op
 
 fn header<'a>(m: &'a queue::async_nats::jetstream::Message, name: &str) -> Option<&'a str> {
     m.headers.as_ref()?.get(name).map(|v| v.as_str())
+}
+
+impl Drop for NatsSource {
+    fn drop(&mut self) {
+        if let Some(s) = self.sampler.take() {
+            s.abort();
+        }
+    }
 }
 
 impl NatsSource {
@@ -350,25 +361,65 @@ impl NatsSource {
         Ok(is_end && self.cfg.until == Until::End && pending == 0)
     }
 
-    /// Reads the consumer's lag (at most every 2 s unless `now`) into the
-    /// gauges and the operator's stats.
-    async fn refresh_lag(&mut self, out: &mut Collector, now: bool) {
-        if !now && self.lag_at.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+    /// The stream's layout; a worker started before the ingest's first run
+    /// waits for the stream (up to `patience`).
+    async fn wait_for_stream(
+        &self,
+        js: &queue::async_nats::jetstream::Context,
+    ) -> Result<(queue::layout::Layout, queue::async_nats::jetstream::stream::Info), OperatorError> {
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            match queue::layout::read(js, &self.cfg.stream).await {
+                Ok(l) => return Ok(l),
+                Err(queue::QueueError::Layout(why))
+                    if why.contains("does not exist") && started.elapsed() < self.patience =>
+                {
+                    if !told {
+                        told = true;
+                        tracing::info!(stream = %self.cfg.stream, "waiting for the stream: the ingest has not published yet");
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(queue_err(e)),
+            }
+        }
+    }
+
+    /// Starts the task that reads the consumer's lag every 2 s into the
+    /// gauges and the operator's stats (it keeps going while emitting waits
+    /// on a slow sink, which is when the backlog matters).
+    fn start_sampler(&mut self, out: &Collector) {
+        if self.sampler.is_some() {
             return;
         }
-        self.lag_at = Some(Instant::now());
-        let Some(r) = self.reader.as_mut() else { return };
-        match tokio::time::timeout(Duration::from_secs(2), r.lag()).await {
-            Ok(Ok(l)) => {
-                self.lag = l;
-                self.gauge_messages.set(l.messages as f64);
-                self.gauge_bytes.set(l.bytes as f64);
-                self.gauge_unacked.set(l.unacknowledged as f64);
-                out.record_backlog(l.messages, l.bytes);
+        let Some(probe) = self.reader.as_ref().map(|r| r.probe()) else { return };
+        let stats = out.stats();
+        let (gm, gb, gu) = (self.gauge_messages.clone(), self.gauge_bytes.clone(), self.gauge_unacked.clone());
+        let lag = self.lag_shared.clone();
+        self.sampler = Some(tokio::spawn(async move {
+            loop {
+                if let Ok(Ok(l)) = tokio::time::timeout(Duration::from_secs(2), probe.lag()).await {
+                    gm.set(l.messages as f64);
+                    gb.set(l.bytes as f64);
+                    gu.set(l.unacknowledged as f64);
+                    stats.backlog_messages.store(l.messages + 1, std::sync::atomic::Ordering::Relaxed);
+                    stats.backlog_bytes.store(l.bytes + 1, std::sync::atomic::Ordering::Relaxed);
+                    lag.store(l.messages, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "reading the consumer's lag failed"),
-            Err(_) => {}
+        }));
+    }
+
+    /// Messages waiting, as the server says now.
+    async fn pending_now(&mut self) -> u64 {
+        if let Some(r) = self.reader.as_ref()
+            && let Ok(Ok(l)) = tokio::time::timeout(Duration::from_secs(2), r.probe().lag()).await
+        {
+            return l.messages - l.unacknowledged;
         }
+        self.lag.messages
     }
 }
 
@@ -402,7 +453,7 @@ impl Source for NatsSource {
         self.subject = match &self.cfg.subject {
             Some(s) => s.replace("{partition}", &self.partition.to_string()),
             None => {
-                let (layout, _) = queue::layout::read(&js, &self.cfg.stream).await.map_err(queue_err)?;
+                let (layout, _) = self.wait_for_stream(&js).await?;
                 if self.partition >= layout.partitions {
                     return Err(cfg_err(format!(
                         "partition {} does not exist: stream {} has {} partitions (0..={})",
@@ -437,14 +488,14 @@ impl Source for NatsSource {
         let after = self.state.stream_seq;
         let reader = self.reader.as_mut().ok_or_else(|| cfg_err("the nats source was not opened"))?;
         let msgs = reader.fetch(self.cfg.fetch, self.wait, after).await.map_err(queue_err)?;
+        self.start_sampler(out);
         if msgs.is_empty() {
             let ended = self.cfg.until == Until::End && self.state.ended.is_some();
-            self.refresh_lag(out, ended).await;
             if self.cfg.until == Until::Idle && self.last_message.elapsed() >= self.idle {
                 tracing::info!(idle = ?self.idle, "no message for the idle time; ending the run");
                 return Ok(SourceState::Done);
             }
-            if ended && self.lag.messages == 0 {
+            if ended && self.pending_now().await == 0 {
                 // Resumed right after the end marker: nothing came since.
                 return Ok(SourceState::Done);
             }
@@ -457,7 +508,6 @@ impl Source for NatsSource {
                 return Ok(SourceState::Done);
             }
         }
-        self.refresh_lag(out, false).await;
         Ok(SourceState::More)
     }
 
@@ -478,7 +528,11 @@ impl Source for NatsSource {
     fn position(&self) -> String {
         format!(
             "stream sequence {} of {} ({} rows, {} repeated rows skipped, {} messages waiting)",
-            self.state.stream_seq, self.subject, self.rows, self.skipped_rows, self.lag.messages
+            self.state.stream_seq,
+            self.subject,
+            self.rows,
+            self.skipped_rows,
+            self.lag_shared.load(std::sync::atomic::Ordering::Relaxed)
         )
     }
 }

@@ -183,6 +183,9 @@ struct Sim {
     rng: rand::rngs::StdRng,
     /// Upsert id values refused until cleared (`/_sim/refuse`).
     refused: HashSet<String>,
+    /// An outage: every API call gets what HubSpot's edge answers when the
+    /// service behind it is down (503, an HTML page), and changes nothing.
+    down: bool,
 }
 
 type Shared = Arc<Mutex<Sim>>;
@@ -223,6 +226,10 @@ impl Handle {
         lock(&self.state).catalog.create_direct(def)
     }
     /// Refuses upsert inputs with these id values until `accept_all`.
+    /// Starts or ends an outage (see `down`); records stay.
+    pub fn set_down(&self, down: bool) {
+        lock(&self.state).down = down;
+    }
     pub fn refuse(&self, ids: &[&str]) {
         lock(&self.state).refused.extend(ids.iter().map(|s| s.to_string()));
     }
@@ -273,6 +280,7 @@ pub async fn serve(cfg: Config, addr: SocketAddr) -> std::io::Result<Handle> {
         store: Store::new(),
         stats: Stats::default(),
         refused: HashSet::new(),
+        down: false,
     }));
     let app = Router::new().fallback(dispatch).with_state(state.clone());
     let task = tokio::spawn(async move {
@@ -397,6 +405,20 @@ async fn dispatch(State(state): State<Shared>, method: Method, uri: Uri, headers
     let path = uri.path().to_string();
     if path == "/_sim" || path.starts_with("/_sim/") {
         return sim_hook(&state, &method, &path, &uri, &body).into_response(HeaderMap::new());
+    }
+    if lock(&state).down {
+        {
+            let mut s = lock(&state);
+            s.stats.requests += 1;
+            *s.stats.by_status.entry(503).or_default() += 1;
+        }
+        let mut h = HeaderMap::new();
+        h.insert("content-type", axum::http::HeaderValue::from_static("text/html"));
+        return axum::response::IntoResponse::into_response((
+            StatusCode::SERVICE_UNAVAILABLE,
+            h,
+            "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
+        ));
     }
     let query: Vec<(String, String)> = Query::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
     let route = route(&method, &path);

@@ -154,6 +154,11 @@ enum Circuit {
     HalfOpen,
 }
 
+/// The share of the limit workers sharing it use together: 96%, not the
+/// 98% of one process, because requests leave several processes and reach
+/// HubSpot with more jitter between their slots.
+pub const SHARED_SHARE: f64 = 0.96;
+
 pub struct Client {
     s: Settings,
     /// The token in use: replaced when a 401 finds its secret rotated.
@@ -483,11 +488,11 @@ impl Client {
         }
     }
 
-    /// The spacing between two requests under the configured limit (98% of
-    /// it, evenly spaced), if one is set.
-    pub fn spacing(&self) -> Option<Duration> {
+    /// The spacing between two requests at `share` (0..1) of the
+    /// configured limit, if one is set.
+    pub fn spacing(&self, share: f64) -> Option<Duration> {
         let (requests, per, _) = self.s.limit?;
-        Some(per.mul_f64(1.0 / 0.98) / requests.max(1))
+        Some(per.mul_f64(1.0 / share) / requests.max(1))
     }
 
     /// Paces requests through a limiter shared with other workers.
@@ -497,7 +502,7 @@ impl Client {
 
     /// Paces this worker alone at `1/workers` of the limit.
     pub fn pace_alone(&self, workers: u32) {
-        if let Some(spacing) = self.spacing()
+        if let Some(spacing) = self.spacing(SHARED_SHARE)
             && let Some(q) = Quota::with_period(spacing * workers.max(1))
         {
             let _ = self.alone.set(RateLimiter::direct(q.allow_burst(NonZeroU32::MIN)));

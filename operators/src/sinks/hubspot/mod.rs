@@ -402,7 +402,7 @@ impl HubSpotSink {
     async fn share_limit(&mut self) {
         let (Mode::Online(client), Some(r)) = (&self.mode, self.cfg.rate_limit.as_ref()) else { return };
         let Some(shared) = &r.shared else { return };
-        let Some(spacing) = client.spacing() else { return };
+        let Some(spacing) = client.spacing(client::SHARED_SHARE) else { return };
         let key = shared.key.clone().unwrap_or_else(|| {
             url::Url::parse(&self.cfg.base_url).ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default()
         });
