@@ -93,6 +93,7 @@ pub fn decode(payload: &[u8]) -> Result<(SchemaRef, Vec<Batch>), ArrowError> {
 }
 
 /// Assigns rows to partitions (`xxh64-text-v1`).
+#[derive(Debug)]
 pub struct Partitioner {
     columns: Vec<usize>,
     partitions: u32,
