@@ -134,7 +134,7 @@ fn absurd_numbers_and_durations_in_every_shipped_pipeline_are_errors_at_a_positi
     let dir = tempfile::tempdir().unwrap();
     // With a token, hubspot sinks build their client, which reads
     // `rate_limit.per`; validation sends nothing.
-    let env = [("HUBSPOT_TOKEN", "fuzz-token")];
+    let env = [("HUBSPOT_TOKEN", "fuzz-token"), ("PARTITION", "0")];
     let mut pipelines: Vec<_> = std::fs::read_dir(repo().join("pipelines"))
         .unwrap()
         .filter_map(|e| e.ok())
@@ -172,7 +172,8 @@ fn absurd_numbers_and_durations_in_every_shipped_pipeline_are_errors_at_a_positi
                 let strings = absurd(Kind::Duration).iter().filter_map(|b| b.strip_prefix('"')?.strip_suffix('"'));
                 for bad in strings.filter(|b| !b.is_empty()) {
                     let file = pipeline.to_str().unwrap();
-                    let o = run(&["validate", file], &[("HUBSPOT_TOKEN", "fuzz-token"), (var, bad)]);
+                    let o =
+                        run(&["validate", file], &[("HUBSPOT_TOKEN", "fuzz-token"), ("PARTITION", "0"), (var, bad)]);
                     let err = stderr(&o);
                     assert_eq!(o.status.code(), Some(2), "{name}: {var}={bad}: {err}");
                     let line = reported_line(&err, file)

@@ -125,7 +125,7 @@ impl SharedLimiter {
                     // crowd the next worker's slot, and a window could hold
                     // one request too many. The slot goes unused; take
                     // another.
-                    if Instant::now() > slot + self.spacing / 2 {
+                    if Instant::now() > slot + self.spacing / 4 {
                         self.late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         continue;
                     }
