@@ -503,3 +503,32 @@ columns = {{ name = "Name", year = "Year", gender = "Gender", count = "Count", s
     assert_eq!(got.len(), rows.len(), "{log}");
     assert!(got == expected_rows(&rows), "MariaDB rows differ");
 }
+
+/// Without checkpoints a worker would never acknowledge anything and read
+/// its partition again on every run: refused before anything runs.
+#[test]
+fn a_nats_source_without_checkpoints_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let p = write_pipeline(
+        dir.path(),
+        "nocp.toml",
+        &format!(
+            r#"
+[pipeline.checkpoint]
+interval = "off"
+[sources.queue]
+kind = "nats"
+url = "{}"
+stream = "never_made"
+partition = 0
+[sinks.out]
+kind = "blackhole"
+inputs = ["queue"]
+"#,
+            nats_url()
+        ),
+    );
+    let o = run(&["run", "--no-progress", &p], &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("a `nats` source needs checkpoints"), "{}", stderr(&o));
+}

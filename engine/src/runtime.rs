@@ -428,6 +428,14 @@ impl<'p> Runner<'p> {
         let p = self.p;
         let mut built = Vec::with_capacity(p.components.len());
         for (i, c) in p.components.iter().enumerate() {
+            // A queue source acknowledges only committed checkpoints: with
+            // none, it would read its partition again on every run.
+            if self.mode == Mode::Run && !self.checkpointing() && c.role == Role::Source && c.kind.name == "nats" {
+                return Err((
+                    c.id.clone(),
+                    "a `nats` source needs checkpoints ([pipeline.checkpoint] interval is off): it acknowledges messages only once a checkpoint covering them committed".into(),
+                ));
+            }
             let ctx = BuildContext {
                 pipeline: p.name.clone(),
                 id: c.id.clone(),
