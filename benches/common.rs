@@ -5,7 +5,9 @@
 // Each bench is its own crate and uses only some of these helpers.
 #![allow(dead_code)]
 
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
@@ -84,4 +86,46 @@ pub fn summary_source_rows(summary: &str, id: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(3))
         .and_then(|n| n.replace(',', "").parse().ok())
         .unwrap_or(0)
+}
+
+/// Runs `sql` in `db` with the `mariadb` client (root, 127.0.0.1): its
+/// output, or its error text.
+pub fn mariadb(db: &str, sql: &str) -> Result<String, String> {
+    let o = Command::new("mariadb")
+        .args(["--local-infile=1", "-h127.0.0.1", "-uroot", "-N", "-B", db, "-e", sql])
+        .output()
+        .map_err(|e| format!("mariadb client: {e}"))?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// CPU seconds the MariaDB server process has used (user + system), when
+/// it runs on this machine.
+pub fn server_cpu_seconds() -> Option<f64> {
+    let pid = ["mariadbd", "mysqld"].iter().find_map(|name| {
+        let o = Command::new("pidof").arg(name).output().ok()?;
+        String::from_utf8_lossy(&o.stdout).split_whitespace().next().map(str::to_string)
+    })?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime and stime
+    // are the 12th and 13th of them, in clock ticks.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+/// The header and the first `rows` rows of `csv`, written to `out`.
+pub fn write_head(csv: &Path, rows: usize, out: &Path) {
+    let file = std::fs::File::open(csv).expect("open the input");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(out).expect("create the head file"));
+    for line in std::io::BufReader::new(file).lines().take(rows + 1) {
+        writeln!(w, "{}", line.expect("read")).expect("write");
+    }
+    w.flush().expect("flush");
 }

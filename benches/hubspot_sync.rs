@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{input_csv, repo, source_validate_dedupe, summary_peak_mib};
+use common::{input_csv, repo, source_validate_dedupe, summary_peak_mib, write_head};
 
 const ROWS: usize = 69_000;
 
@@ -30,16 +30,10 @@ fn main() {
         return;
     }
     let Some(full) = input_csv() else { return };
-    let file = std::fs::File::open(&full).expect("open the input");
     let dir = std::env::temp_dir().join(format!("engine-hubspot-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let head = dir.join("head.csv");
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&head).expect("head.csv"));
-        for line in std::io::BufReader::new(file).lines().take(ROWS + 1) {
-            writeln!(w, "{}", line.expect("read")).expect("write");
-        }
-    }
+    write_head(&full, ROWS, &head);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let cfg = simulators::hubspot::Config {

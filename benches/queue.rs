@@ -17,43 +17,15 @@
 //! cargo bench -p engine --bench queue
 //! ```
 
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{input_csv, repo, source_validate_dedupe};
+use common::{input_csv, mariadb, repo, server_cpu_seconds, source_validate_dedupe, write_head};
 
 fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-fn mariadb(db: &str, sql: &str) -> Result<String, String> {
-    let o = Command::new("mariadb")
-        .args(["-h127.0.0.1", "-uroot", "-N", "-B", db, "-e", sql])
-        .output()
-        .map_err(|e| format!("mariadb client: {e}"))?;
-    if o.status.success() {
-        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
-}
-
-/// CPU seconds (user + system) of the MariaDB server process.
-fn server_cpu_seconds() -> Option<f64> {
-    let pid = ["mariadbd", "mysqld"].iter().find_map(|name| {
-        let o = Command::new("pidof").arg(name).output().ok()?;
-        String::from_utf8_lossy(&o.stdout).split_whitespace().next().map(str::to_string)
-    })?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / hz)
 }
 
 /// Waits for `child` and returns (success, CPU seconds, peak RSS MiB) from
@@ -279,13 +251,7 @@ fn main() {
 fn hubspot_share(csv: &Path, dir: &Path) {
     const ROWS: usize = 60_000;
     let head = dir.join("head.csv");
-    {
-        let f = std::fs::File::open(csv).expect("open");
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&head).expect("head"));
-        for line in std::io::BufReader::new(f).lines().take(ROWS + 1) {
-            writeln!(w, "{}", line.expect("read")).expect("write");
-        }
-    }
+    write_head(csv, ROWS, &head);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let cfg = simulators::hubspot::Config {
         window_requests: 100,

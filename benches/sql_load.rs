@@ -34,37 +34,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod common;
-use common::{input_csv, repo, source_validate_dedupe, summary_peak_mib};
-
-fn mariadb(db: &str, sql: &str) -> Result<String, String> {
-    let o = Command::new("mariadb")
-        .args(["--local-infile=1", "-h127.0.0.1", "-uroot", "-N", "-B", db, "-e", sql])
-        .output()
-        .map_err(|e| format!("mariadb client: {e}"))?;
-    if o.status.success() {
-        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
-}
-
-/// CPU seconds the MariaDB server process has used (user + system), when
-/// it runs on this machine.
-fn server_cpu_seconds() -> Option<f64> {
-    let pid = ["mariadbd", "mysqld"].iter().find_map(|name| {
-        let o = Command::new("pidof").arg(name).output().ok()?;
-        String::from_utf8_lossy(&o.stdout).split_whitespace().next().map(str::to_string)
-    })?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): utime and stime
-    // are the 12th and 13th of them, in clock ticks.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / hz)
-}
+use common::{input_csv, mariadb, repo, server_cpu_seconds, source_validate_dedupe, summary_peak_mib};
 
 fn server_cpu_per_row(before: Option<f64>, rows: u64) {
     if let (Some(b), Some(a)) = (before, server_cpu_seconds())
