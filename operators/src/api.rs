@@ -112,6 +112,12 @@ impl OperatorStats {
         }
     }
 
+    /// Records the messages and bytes waiting in the queue a source reads.
+    pub fn set_backlog(&self, messages: u64, bytes: u64) {
+        self.backlog_messages.store(messages.saturating_add(1), Ordering::Relaxed);
+        self.backlog_bytes.store(bytes.saturating_add(1), Ordering::Relaxed);
+    }
+
     /// Share (0..=1) of a service's daily request quota the operator last
     /// reported as used; None when it reported none.
     pub fn daily_quota(&self) -> Option<f64> {
@@ -325,13 +331,6 @@ impl Collector {
             let ppm = (u.clamp(0.0, 1.0) * 1e6).round() as u64;
             self.stats.daily_quota_ppm.store(ppm + 1, Ordering::Relaxed);
         }
-    }
-
-    /// Messages and bytes waiting in the queue a source reads, for the
-    /// report and the live figures.
-    pub fn record_backlog(&mut self, messages: u64, bytes: u64) {
-        self.stats.backlog_messages.store(messages.saturating_add(1), Ordering::Relaxed);
-        self.stats.backlog_bytes.store(bytes.saturating_add(1), Ordering::Relaxed);
     }
 
     /// The operator's counters, for a task of its own that reports beside

@@ -32,6 +32,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
 
+/// Where `nats` kinds and the shared rate limit find NATS by default.
+pub(crate) fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+
+/// How long NATS may be unreachable before a `nats` kind fails the run.
+pub(crate) fn default_patience() -> String {
+    "5m".into()
+}
+
 /// Each row's line in the producer's input, carried beside the user's columns.
 pub const LINE_COLUMN: &str = "__engine_line";
 

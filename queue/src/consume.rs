@@ -46,8 +46,6 @@ pub struct Partition {
     js: jetstream::Context,
     spec: PartitionSpec,
     consumer: PullConsumer,
-    /// Stream sequence the consumer was created to start at.
-    pub start: u64,
     failures: u32,
 }
 
@@ -56,8 +54,8 @@ impl Partition {
     /// `after` (0: from the oldest message the stream still holds, or after
     /// what the existing consumer acknowledged).
     pub async fn open(js: jetstream::Context, spec: PartitionSpec, after: u64) -> Result<Partition, QueueError> {
-        let (consumer, start) = create(&js, &spec, after).await?;
-        Ok(Partition { js, spec, consumer, start, failures: 0 })
+        let consumer = create(&js, &spec, after).await?;
+        Ok(Partition { js, spec, consumer, failures: 0 })
     }
 
     /// Up to `max` messages, waiting at most `wait` for the first. An empty
@@ -88,9 +86,8 @@ impl Partition {
                     if self.failures % 3 == 0 {
                         // The consumer may be gone (a server that lost its
                         // state, someone deleting it): make it again where we are.
-                        if let Ok((c, start)) = create(&self.js, &self.spec, after).await {
+                        if let Ok(c) = create(&self.js, &self.spec, after).await {
                             self.consumer = c;
-                            self.start = start;
                         }
                     }
                 }
@@ -145,7 +142,7 @@ impl Partition {
 
 /// (Re-)creates the durable consumer to start after `after` or the old
 /// consumer's acknowledged floor, whichever is later.
-async fn create(js: &jetstream::Context, spec: &PartitionSpec, after: u64) -> Result<(PullConsumer, u64), QueueError> {
+async fn create(js: &jetstream::Context, spec: &PartitionSpec, after: u64) -> Result<PullConsumer, QueueError> {
     let stream =
         retrying(&format!("looking up stream {}", spec.stream), spec.patience, || js.get_stream(&spec.stream)).await?;
     let mut floor = after;
@@ -193,7 +190,7 @@ async fn create(js: &jetstream::Context, spec: &PartitionSpec, after: u64) -> Re
         .await
         .map_err(|e| QueueError::js(format!("creating consumer {} on {}", spec.durable, spec.subject), &e))?;
     tracing::info!(consumer = %spec.durable, subject = %spec.subject, start, "reading the partition");
-    Ok((consumer, start))
+    Ok(consumer)
 }
 
 /// Reads a consumer's lag.

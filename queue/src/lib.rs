@@ -39,9 +39,6 @@ pub enum QueueError {
     /// settings): carrying on would send rows to the wrong worker.
     #[error("{0}")]
     Layout(String),
-    /// Rows went missing from a partition (expired or purged messages).
-    #[error("{0}")]
-    Gap(String),
 }
 
 impl QueueError {

@@ -39,12 +39,6 @@ pub struct SharedLimiter {
     alone_until: Mutex<Option<Instant>>,
     /// The next local slot while pacing alone.
     local_next: Mutex<Instant>,
-    /// Slots taken through NATS and alone, and lost compare-and-sets.
-    pub shared: std::sync::atomic::AtomicU64,
-    pub local: std::sync::atomic::AtomicU64,
-    pub conflicts: std::sync::atomic::AtomicU64,
-    /// Slots given up because this worker woke too late for them.
-    pub late: std::sync::atomic::AtomicU64,
 }
 
 fn now_us() -> u64 {
@@ -103,10 +97,6 @@ impl SharedLimiter {
             seen: tokio::sync::Mutex::new(None),
             alone_until: Mutex::new(None),
             local_next: Mutex::new(Instant::now()),
-            shared: Default::default(),
-            local: Default::default(),
-            conflicts: Default::default(),
-            late: Default::default(),
         })
     }
 
@@ -126,16 +116,12 @@ impl SharedLimiter {
                     // one request too many. The slot goes unused; take
                     // another.
                     if Instant::now() > slot + self.spacing / 4 {
-                        self.late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         continue;
                     }
-                    self.shared.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return;
                 }
-                Ok(Ok(None)) => {
-                    self.conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    continue;
-                }
+                // Another worker wrote first: read again.
+                Ok(Ok(None)) => continue,
                 Ok(Err(e)) => self.go_alone(&e),
                 Err(_) => self.go_alone(&format!("no answer within {ANSWER:?}")),
             }
@@ -163,7 +149,6 @@ impl SharedLimiter {
             *next = slot + self.spacing * self.share;
             slot
         };
-        self.local.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::time::sleep_until(slot.into()).await;
     }
 

@@ -85,10 +85,6 @@ impl Publisher {
         Ok(())
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.window.len()
-    }
-
     async fn send(&self, p: &mut Pending) -> Result<(), QueueError> {
         loop {
             let msg = PublishMessage::build().headers(p.headers.clone()).payload(p.payload.clone()).message_id(&p.id);

@@ -42,9 +42,6 @@ use crate::batch::{Barrier, Batch};
 use crate::duration::parse_duration;
 use crate::queued::{self, Partitioner};
 
-fn default_url() -> String {
-    "nats://127.0.0.1:4222".into()
-}
 fn one() -> u32 {
     1
 }
@@ -53,9 +50,6 @@ fn one_usize() -> usize {
 }
 fn two_minutes() -> String {
     "2m".into()
-}
-fn five_minutes() -> String {
-    "5m".into()
 }
 fn message_rows() -> usize {
     4096
@@ -68,7 +62,7 @@ fn in_flight() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct NatsSinkConfig {
     /// `nats://host:port` (user and password may be in it; never logged).
-    #[serde(default = "default_url")]
+    #[serde(default = "queued::default_nats_url")]
     pub url: String,
     pub stream: String,
     /// Subject of partition `p`; `{partition}` stands for it. Default
@@ -101,7 +95,7 @@ pub struct NatsSinkConfig {
     #[serde(default = "in_flight")]
     pub in_flight: usize,
     /// How long NATS may be unreachable before the run fails.
-    #[serde(default = "five_minutes")]
+    #[serde(default = "queued::default_patience")]
     pub patience: String,
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use queue::consume::{Lag, Partition, PartitionSpec};
+use queue::consume::{Partition, PartitionSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{BuildContext, Collector, OUT, OperatorError, Resume, Snapshot, Source, SourceState};
@@ -28,17 +28,11 @@ use crate::batch::Batch;
 use crate::duration::parse_duration;
 use crate::queued::{self, Seen};
 
-fn default_url() -> String {
-    "nats://127.0.0.1:4222".into()
-}
 fn one_second() -> String {
     "1s".into()
 }
 fn ten_minutes() -> String {
     "10m".into()
-}
-fn five_minutes() -> String {
-    "5m".into()
 }
 fn thirty_seconds() -> String {
     "30s".into()
@@ -81,7 +75,7 @@ impl PartitionIndex {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSourceConfig {
-    #[serde(default = "default_url")]
+    #[serde(default = "queued::default_nats_url")]
     pub url: String,
     pub stream: String,
     pub partition: PartitionIndex,
@@ -106,7 +100,7 @@ pub struct NatsSourceConfig {
     #[serde(default = "ten_minutes")]
     pub ack_wait: String,
     /// How long NATS may be unreachable before the run fails.
-    #[serde(default = "five_minutes")]
+    #[serde(default = "queued::default_patience")]
     pub patience: String,
 }
 
@@ -156,7 +150,8 @@ pub struct NatsSource {
     unacked: Vec<String>,
     covered: Vec<String>,
     last_message: Instant,
-    lag: Lag,
+    /// Messages not yet delivered, as the last message said.
+    undelivered: u64,
     /// Messages waiting, as the sampler last read it.
     lag_shared: std::sync::Arc<std::sync::atomic::AtomicU64>,
     sampler: Option<tokio::task::JoinHandle<()>>,
@@ -209,7 +204,7 @@ pub fn build(ctx: &BuildContext, cfg: NatsSourceConfig) -> Result<NatsSource, Op
         unacked: Vec::new(),
         covered: Vec::new(),
         last_message: Instant::now(),
-        lag: Lag::default(),
+        undelivered: 0,
         lag_shared: Default::default(),
         sampler: None,
         rows: 0,
@@ -356,8 +351,7 @@ impl NatsSource {
             }
         }
         self.state.stream_seq = seq;
-        self.lag.messages = pending;
-        self.gauge_messages.set(pending as f64);
+        self.undelivered = pending;
         Ok(is_end && self.cfg.until == Until::End && pending == 0)
     }
 
@@ -403,8 +397,7 @@ impl NatsSource {
                     gm.set(l.messages as f64);
                     gb.set(l.bytes as f64);
                     gu.set(l.unacknowledged as f64);
-                    stats.backlog_messages.store(l.messages + 1, std::sync::atomic::Ordering::Relaxed);
-                    stats.backlog_bytes.store(l.bytes + 1, std::sync::atomic::Ordering::Relaxed);
+                    stats.set_backlog(l.messages, l.bytes);
                     lag.store(l.messages, std::sync::atomic::Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -419,7 +412,7 @@ impl NatsSource {
         {
             return l.messages - l.unacknowledged;
         }
-        self.lag.messages
+        self.undelivered
     }
 }
 

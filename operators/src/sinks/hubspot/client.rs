@@ -160,6 +160,11 @@ enum Circuit {
 /// running three workers saw one 429 in 2,300 requests at 96%).
 pub const SHARED_SHARE: f64 = 0.95;
 
+/// Evenly spaced requests at `share` of `requests` per `per`.
+fn spacing_at(requests: u32, per: Duration, share: f64) -> Duration {
+    per.mul_f64(1.0 / share) / requests.max(1)
+}
+
 pub struct Client {
     s: Settings,
     /// The token in use: replaced when a 401 finds its secret rotated.
@@ -217,7 +222,7 @@ impl Client {
                 // limit, so no rolling window ever holds more than allowed,
                 // even with some jitter on the way to the server.
                 let n = NonZeroU32::new(requests.max(1)).ok_or("requests must be at least 1")?;
-                let spacing = per.mul_f64(1.0 / 0.98) / n.get();
+                let spacing = spacing_at(n.get(), per, 0.98);
                 let quota =
                     Quota::with_period(spacing).ok_or("rate limit period too small")?.allow_burst(NonZeroU32::MIN);
                 Some(RateLimiter::direct(quota))
@@ -493,7 +498,7 @@ impl Client {
     /// configured limit, if one is set.
     pub fn spacing(&self, share: f64) -> Option<Duration> {
         let (requests, per, _) = self.s.limit?;
-        Some(per.mul_f64(1.0 / share) / requests.max(1))
+        Some(spacing_at(requests, per, share))
     }
 
     /// Paces requests through a limiter shared with other workers.

@@ -90,9 +90,6 @@ pub struct RateLimit {
     pub shared: Option<SharedLimit>,
 }
 
-fn nats_local() -> String {
-    "nats://127.0.0.1:4222".into()
-}
 fn limits_bucket() -> String {
     "engine_rate_limits".into()
 }
@@ -100,7 +97,7 @@ fn limits_bucket() -> String {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SharedLimit {
-    #[serde(default = "nats_local")]
+    #[serde(default = "crate::queued::default_nats_url")]
     pub url: String,
     #[serde(default = "limits_bucket")]
     pub bucket: String,
