@@ -94,6 +94,12 @@ pub fn slice(batch: &Batch, offset: usize, len: usize) -> Batch {
     b
 }
 
+/// The longest a measurement of a consumer's throughput runs (busy time).
+const WINDOW: Duration = Duration::from_millis(50);
+/// A measurement also ends once this many budgets' worth of rows went
+/// through.
+const WINDOW_BUDGETS: u64 = 4;
+
 /// A consumer's throughput, measured over the time it was busy with input
 /// (processing and waiting to emit, which is how a slow consumer downstream
 /// makes this one slow too), and the budget that follows from it.
@@ -119,11 +125,17 @@ impl Meter {
     }
 
     /// Records `rows` processed in `busy`; returns a new budget once enough
-    /// was seen to measure (every ~50 ms of busy time).
+    /// was seen to measure: after ~50 ms of busy time, or sooner once four
+    /// budgets' worth of rows went through. With the time alone, a fast
+    /// consumer took a doubling per 50 ms to get from 1,024 rows to its
+    /// cap, and its producer sliced every batch into small messages
+    /// meanwhile (4% of a short run's time). A consumer has to really
+    /// process four budgets quickly to double one, so a slow one is not
+    /// opened up by this.
     pub fn observe(&mut self, rows: usize, busy: Duration) -> Option<usize> {
         self.rows += rows as u64;
         self.busy += busy;
-        if self.busy < Duration::from_millis(50) {
+        if self.busy < WINDOW && self.rows < WINDOW_BUDGETS * self.budget as u64 {
             return None;
         }
         let now = self.rows as f64 / self.busy.as_secs_f64().max(1e-6);
@@ -165,10 +177,11 @@ mod tests {
         assert_eq!(m.observe(1000, Duration::from_secs(1)), Some(500));
         // Very fast: doubles per measurement up to the cap.
         let mut fast = Meter::new(Duration::from_millis(500), 4 * INITIAL_BUDGET);
-        assert_eq!(fast.observe(8192, Duration::from_millis(10)), None, "too little seen yet");
-        assert_eq!(fast.observe(8192, Duration::from_millis(40)), Some(2 * INITIAL_BUDGET));
-        assert_eq!(fast.observe(8192, Duration::from_millis(50)), Some(4 * INITIAL_BUDGET));
-        assert_eq!(fast.observe(8192, Duration::from_millis(50)), Some(4 * INITIAL_BUDGET));
+        assert_eq!(fast.observe(1000, Duration::from_millis(10)), None, "too little seen yet");
+        assert_eq!(fast.observe(1000, Duration::from_millis(40)), Some(2 * INITIAL_BUDGET), "50 ms busy");
+        assert_eq!(fast.observe(8192, Duration::from_millis(1)), Some(4 * INITIAL_BUDGET), "four budgets' rows");
+        assert_eq!(fast.observe(8192, Duration::from_millis(1)), None, "four of the new budget: not yet");
+        assert_eq!(fast.observe(8192, Duration::from_millis(1)), Some(4 * INITIAL_BUDGET), "at the cap");
         // Very slow: floored, at once.
         let mut slow = Meter::new(Duration::from_millis(500), 32_768);
         assert_eq!(slow.observe(10, Duration::from_secs(1)), Some(MIN_BUDGET));

@@ -23,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
 use crate::api::OperatorError;
-use crate::sources::csv::{CsvDecoder, CsvOptions, DecoderPosition, Unit};
+use crate::sources::csv::{CsvDecoder, CsvOptions, DecoderPosition, Unit, count_newlines};
 
 /// Where the boundary scan is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,7 +297,7 @@ impl Segments {
     /// Decodes `seg`, the object's bytes from `self.next` on.
     fn dispatch(&mut self, seg: Bytes) {
         let start = self.next;
-        let newlines = seg.iter().filter(|&&b| b == b'\n').count() as u64;
+        let newlines = count_newlines(&seg);
         let end = (start.0 + seg.len() as u64, start.1 + newlines);
         self.next = end;
         let (operator, object, opts) = (self.operator.clone(), self.object.clone(), self.opts.clone());
