@@ -443,28 +443,53 @@ fn a_connection_killed_mid_run_is_retried_and_the_table_is_exact(backend: Backen
     let url = db.url();
     assert!(run(&["migrate", "up", "pipelines/babynames.toml"], &[("DATABASE_URL", &url)]).status.success());
     let pipeline = sql_pipeline(dir.path(), "p.toml", &csv, &url, "batch_rows = 500\nconnections = 2");
-    let child = engine()
+    let mut child = engine()
         .args(["run", &pipeline])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until rows are landing, then kill the engine's connections, twice.
+    // Read stderr as it comes: the kills go on until the engine reports a
+    // replayed batch. A connection killed between two statements is just
+    // replaced by the pool, with no statement to replay, so one or two
+    // kills may not be enough.
+    let mut err_pipe = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = std::io::Read::read(&mut err_pipe, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                log.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let retried = || log.lock().unwrap().contains("transient database error; replaying the batch");
+    // Wait until rows are landing, then kill the engine's connections every
+    // 5,000 rows until a batch was replayed.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut kills = 0;
-    let mut rounds = 0;
-    while rounds < 2 && Instant::now() < deadline {
+    let mut last = 0;
+    while !retried() && Instant::now() < deadline {
         let n = db.scalar("SELECT COUNT(*) FROM baby_names");
-        if n > (rounds as i64 + 1) * 10_000 && (n as usize) < rows {
-            kills += db.kill_engine_connections();
-            rounds += 1;
+        if n as usize >= rows {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if n >= 10_000 && n >= last + 5_000 {
+            kills += db.kill_engine_connections();
+            last = n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    reader.join().unwrap();
+    let err = log.lock().unwrap().clone();
+    assert!(o.status.success(), "{err}");
     assert!(kills > 0, "the run ended before a connection could be killed");
-    assert!(stderr(&o).contains("transient database error; replaying the batch"), "no retry seen:\n{}", stderr(&o));
+    assert!(retried(), "no retry seen after {kills} kills:\n{err}");
     assert_eq!(db.scalar("SELECT COUNT(*) FROM baby_names"), rows as i64);
     assert_eq!(db.scalar("SELECT COUNT(DISTINCT source_id) FROM baby_names"), rows as i64);
     let sum = format!("SELECT {} FROM baby_names", backend.as_i64("SUM(source_id)"));
