@@ -83,7 +83,7 @@ impl Partition {
                     }
                     tracing::warn!(subject = %self.spec.subject, error = %e, "reading the partition failed; trying again");
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(self.failures.min(10)))).await;
-                    if self.failures % 3 == 0 {
+                    if self.failures.is_multiple_of(3) {
                         // The consumer may be gone (a server that lost its
                         // state, someone deleting it): make it again where we are.
                         if let Ok(c) = create(&self.js, &self.spec, after).await {
@@ -207,7 +207,7 @@ impl Probe {
             self.js.get_stream(&self.stream).await.map_err(|e| QueueError::js("reading the stream", &e))?;
         let info = stream.consumer_info(&self.durable).await.map_err(|e| QueueError::js("reading the consumer", &e))?;
         let s = stream.info().await.map_err(|e| QueueError::js("reading the stream", &e))?.state.clone();
-        let avg = if s.messages > 0 { s.bytes / s.messages } else { 0 };
+        let avg = s.bytes.checked_div(s.messages).unwrap_or(0);
         let messages = info.num_pending + info.num_ack_pending as u64;
         Ok(Lag { messages, unacknowledged: info.num_ack_pending as u64, bytes: messages * avg })
     }
