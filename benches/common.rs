@@ -91,15 +91,33 @@ pub fn summary_source_rows(summary: &str, id: &str) -> u64 {
 /// Runs `sql` in `db` with the `mariadb` client (root, 127.0.0.1): its
 /// output, or its error text.
 pub fn mariadb(db: &str, sql: &str) -> Result<String, String> {
-    let o = Command::new("mariadb")
-        .args(["--local-infile=1", "-h127.0.0.1", "-uroot", "-N", "-B", db, "-e", sql])
-        .output()
-        .map_err(|e| format!("mariadb client: {e}"))?;
+    client_output(
+        "mariadb client",
+        Command::new("mariadb").args(["--local-infile=1", "-h127.0.0.1", "-uroot", "-N", "-B", db, "-e", sql]),
+    )
+}
+
+/// A database client's trimmed output, or its error text (`what` names it
+/// when it cannot start).
+pub fn client_output(what: &str, cmd: &mut Command) -> Result<String, String> {
+    let o = cmd.output().map_err(|e| format!("{what}: {e}"))?;
     if o.status.success() {
         Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
     } else {
         Err(String::from_utf8_lossy(&o.stderr).into_owned())
     }
+}
+
+/// The HubSpot simulator on a free port of 127.0.0.1, allowing
+/// `requests_per_second` and no daily cap, served by `rt`.
+pub fn hubspot_sim(rt: &tokio::runtime::Runtime, requests_per_second: u32) -> simulators::hubspot::Handle {
+    let cfg = simulators::hubspot::Config {
+        window_requests: requests_per_second,
+        window: std::time::Duration::from_secs(1),
+        daily: u64::MAX,
+        ..Default::default()
+    };
+    rt.block_on(simulators::hubspot::serve(cfg, "127.0.0.1:0".parse().expect("addr"))).expect("simulator")
 }
 
 /// CPU seconds the MariaDB server process has used (user + system), when

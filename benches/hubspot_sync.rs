@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{input_csv, repo, source_validate_dedupe, summary_peak_mib, write_head};
+use common::{hubspot_sim, input_csv, repo, source_validate_dedupe, summary_peak_mib, write_head};
 
 const ROWS: usize = 69_000;
 
@@ -36,13 +36,7 @@ fn main() {
     write_head(&full, ROWS, &head);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let cfg = simulators::hubspot::Config {
-        window_requests: 100,
-        window: Duration::from_secs(1),
-        daily: u64::MAX,
-        ..Default::default()
-    };
-    let sim = rt.block_on(simulators::hubspot::serve(cfg, "127.0.0.1:0".parse().expect("addr"))).expect("simulator");
+    let sim = hubspot_sim(&rt, 100);
 
     let pipeline = dir.join("hubspot.toml");
     std::fs::write(
@@ -132,13 +126,7 @@ fn version_two(full: &std::path::Path, out: &std::path::Path) -> (u64, u64) {
 fn mirror(rt: &tokio::runtime::Runtime, full: &std::path::Path, dir: &std::path::Path) {
     let names = dir.join("names.csv");
     std::fs::copy(full, &names).expect("copy the input");
-    let cfg = simulators::hubspot::Config {
-        window_requests: 1_000_000,
-        window: Duration::from_secs(1),
-        daily: u64::MAX,
-        ..Default::default()
-    };
-    let sim = rt.block_on(simulators::hubspot::serve(cfg, "127.0.0.1:0".parse().expect("addr"))).expect("simulator");
+    let sim = hubspot_sim(&rt, 1_000_000);
     let pipeline = |limit: &str| {
         let p = dir.join("mirror.toml");
         std::fs::write(

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{input_csv, mariadb, repo, server_cpu_seconds, source_validate_dedupe, write_head};
+use common::{hubspot_sim, input_csv, mariadb, repo, server_cpu_seconds, source_validate_dedupe, write_head};
 
 fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -253,13 +253,7 @@ fn hubspot_share(csv: &Path, dir: &Path) {
     let head = dir.join("head.csv");
     write_head(csv, ROWS, &head);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let cfg = simulators::hubspot::Config {
-        window_requests: 100,
-        window: Duration::from_secs(1),
-        daily: u64::MAX,
-        ..Default::default()
-    };
-    let sim = rt.block_on(simulators::hubspot::serve(cfg, "127.0.0.1:0".parse().expect("addr"))).expect("simulator");
+    let sim = hubspot_sim(&rt, 100);
     let stream = format!("qbench_hs_{}", std::process::id());
     let ingest = dir.join("ingest-hs.toml");
     std::fs::write(&ingest, ingest_toml(&head, &stream, 3, dir)).expect("write");

@@ -34,7 +34,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod common;
-use common::{input_csv, mariadb, repo, server_cpu_seconds, source_validate_dedupe, summary_peak_mib};
+use common::{client_output, input_csv, mariadb, repo, server_cpu_seconds, source_validate_dedupe, summary_peak_mib};
 
 fn server_cpu_per_row(before: Option<f64>, rows: u64) {
     if let (Some(b), Some(a)) = (before, server_cpu_seconds())
@@ -116,15 +116,21 @@ fn main() {
 }
 
 fn psql(server: &str, db: &str, sql: &str) -> Result<String, String> {
-    let o = Command::new("psql")
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &format!("{server}/{db}"), "-c", sql])
-        .output()
-        .map_err(|e| format!("psql: {e}"))?;
-    if o.status.success() {
-        Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
+    client_output(
+        "psql",
+        Command::new("psql").args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &format!("{server}/{db}"),
+            "-c",
+            sql,
+        ]),
+    )
 }
 
 /// A sql sink pipeline into `table` at `url`, with `extra` sink lines.
